@@ -1,0 +1,97 @@
+# ringloop — top-level entry points. `make bench` and `make test` do all set-up themselves.
+# Subdirectories own their own Makefiles (c-examples/, python-binding/, benches/); this file only
+# installs prerequisites and delegates.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+VPY := $(VENV)/bin/python
+export RINGLOOP_ROOT := $(CURDIR)
+export CARGO_TERM_COLOR := never
+
+# Debian packages the tests and benchmarks need (clang+libclang for bindgen and sanitizers,
+# valgrind for leak checks, libuv/liburing for the reference servers, strace/perf for profiling).
+DEB_PACKAGES := clang libclang-dev libclang-rt-14-dev valgrind libuv1-dev liburing-dev pkg-config strace
+# Python packages for the test and bench environment.
+PY_PACKAGES := pytest pytest-timeout uvloop setuptools-rust matplotlib
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: build deps deps-deb deps-venv test test-rust test-rust-checks test-c test-python test-bench \
+        bench install header check-header clean fuzz soak
+
+## Prerequisites ---------------------------------------------------------------------------------
+
+deps: deps-deb deps-venv
+
+deps-deb:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+deps-venv: $(VENV)/.deps-stamp
+
+$(VENV)/.deps-stamp: Makefile
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(PY_PACKAGES)
+	@touch $@
+
+## Build -----------------------------------------------------------------------------------------
+
+build:
+	$(CARGO) build --release --workspace
+
+header: 
+	$(MAKE) -C ffi header
+
+check-header:
+	$(MAKE) -C ffi check-header
+
+install: build
+	$(MAKE) -C ffi install PREFIX="$(PREFIX)"
+
+## Tests -----------------------------------------------------------------------------------------
+
+test: deps
+	$(MAKE) test-rust
+	$(MAKE) test-c
+	$(MAKE) test-python
+	$(MAKE) test-bench
+	@echo "make test: all suites passed"
+
+test-rust-checks:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+# Every reactor test is instantiated for both backends; the whole suite then runs once more with
+# the default backend forced to epoll.
+test-rust: test-rust-checks
+	$(CARGO) test --workspace
+	RINGLOOP_BACKEND=epoll $(CARGO) test --workspace
+
+test-c: build
+	$(MAKE) -C ffi check-header
+	$(MAKE) -C c-examples test
+
+test-python: build deps-venv
+	$(MAKE) -C python-binding test VPY=$(VPY)
+
+test-bench: build deps-venv
+	$(MAKE) -C benches smoke VPY=$(VPY)
+
+## Benchmarks ------------------------------------------------------------------------------------
+
+bench: deps build
+	$(MAKE) -C benches bench VPY=$(VPY)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,16 @@
+//! ringloop: a Linux event-loop reactor with two backends, io_uring (completion-based) where the
+//! kernel allows it and epoll (readiness-based, emulating completions) everywhere else.
+//!
+//! The core model: every operation carries a caller-chosen `u64` token and every outcome is an
+//! [`Event`] `{token, result, flags, aux}`. [`Reactor::poll`] flushes pending submissions and waits
+//! in one system call where the backend allows it. [`EventLoop`] is a callback dispatcher over the
+//! same core.
+
+mod backend;
+mod event;
+mod options;
+mod reactor;
+
+pub use event::{flags, Event, Interest, OpId, TimerId};
+pub use options::{BackendChoice, BackendKind, Options};
+pub use reactor::{Reactor, Waker};

@@ -1,0 +1,63 @@
+//! Loop construction options and backend identity.
+
+/// Which kernel interface a loop runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// io_uring: completion-based.
+    IoUring,
+    /// epoll: readiness-based, completions emulated.
+    Epoll,
+}
+
+impl BackendKind {
+    /// `"io_uring"` or `"epoll"`, the names `RINGLOOP_BACKEND` accepts.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::IoUring => "io_uring",
+            BackendKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// How to pick the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// io_uring when a probe shows the ops the reactor needs, else epoll. `RINGLOOP_BACKEND`
+    /// (`io_uring` or `epoll`) overrides this choice when [`Options::honor_env`] is set.
+    #[default]
+    Auto,
+    /// io_uring or an error that says why it is unavailable; never a silent switch.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+/// Options for [`crate::Reactor::new`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Backend selection.
+    pub backend: BackendChoice,
+    /// Whether `RINGLOOP_BACKEND` may override [`BackendChoice::Auto`].
+    pub honor_env: bool,
+    /// Size in bytes of each reactor-owned receive buffer.
+    pub buffer_size: u32,
+    /// Number of receive buffers (a power of two, at most 32768).
+    pub buffer_count: u32,
+    /// io_uring submission queue entries (a power of two); ignored by epoll.
+    pub ring_entries: u32,
+    /// The token of the event a [`crate::Waker`] produces.
+    pub wake_token: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            backend: BackendChoice::Auto,
+            honor_env: true,
+            buffer_size: 16 * 1024,
+            buffer_count: 512,
+            ring_entries: 1024,
+            wake_token: u64::MAX,
+        }
+    }
+}

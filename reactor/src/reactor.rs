@@ -1,0 +1,176 @@
+//! The reactor: the public face of the token/event core.
+//!
+//! CONTRACT (fixed; the C ABI, the callback loop and the Python binding are written against it):
+//!
+//! * Every submission returns an [`OpId`] and later produces events carrying the caller's token.
+//! * [`Reactor::poll`] first recycles the receive buffers lent by the previous `poll`, then flushes
+//!   pending submissions and waits in one system call where the backend allows, then fills
+//!   `events` (never more than `events.len()`; what does not fit stays queued for the next call,
+//!   nothing is dropped). `timeout`: `None` waits forever, `Some(Duration::ZERO)` does not wait.
+//!   Expired timers are delivered by the same call. `Ok(0)` on timeout or on a signal interrupt.
+//! * Watches are persistent and level-triggered (asyncio's add_reader/add_writer): while the fd is
+//!   ready and the watch exists, each `poll` delivers at most one event for it, `result` = the ready
+//!   [`crate::Interest`] bits (error/hang-up count as ready for every watched direction).
+//! * Cancelling ([`Reactor::cancel`], [`Reactor::cancel_token`]) takes effect before it returns: no
+//!   later event is delivered for the op, EXCEPT ops that hold caller memory (send), which deliver
+//!   exactly one final event (bytes sent or `-ECANCELED`) once the kernel no longer touches that
+//!   memory.
+//! * Multishot ops (recv, accept, signals) set [`crate::flags::MORE`] on every event but their last.
+//!   A multishot recv ends with `result == 0` (EOF) or `-errno`. When the receive-buffer pool runs
+//!   dry the reactor holds the recv back and re-arms it after buffers are recycled: the caller never
+//!   sees `ENOBUFS` and no byte is lost.
+//! * A send completes once with the total bytes sent (all of them, or the count before an error is
+//!   reported as `-errno`); the reactor finishes short sends itself.
+//! * New fds (accept) are non-blocking and close-on-exec.
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{BackendKind, Event, Interest, OpId, Options, TimerId};
+
+/// The reactor. Used from one thread at a time (`Send`, not `Sync`); [`Waker`] is the only handle
+/// other threads use.
+pub struct Reactor {
+    _private: (),
+}
+
+/// A cheap, cloneable, thread-safe handle that wakes a reactor blocked in `poll`. Wakes coalesce:
+/// any number of `wake()` calls between two polls produce exactly one event with
+/// [`Options::wake_token`], and a wake is never lost.
+#[derive(Clone)]
+pub struct Waker {
+    _inner: Arc<()>,
+}
+
+impl Waker {
+    /// Wakes the reactor. Thread-safe, async-signal-safe, never blocks.
+    pub fn wake(&self) {
+        todo!("reactor core")
+    }
+}
+
+impl Reactor {
+    /// Creates a reactor with the backend `opts` selects.
+    ///
+    /// Forcing io_uring where it is unavailable fails with `ErrorKind::Unsupported` and a message
+    /// that says why.
+    pub fn new(opts: &Options) -> io::Result<Reactor> {
+        let _ = opts;
+        todo!("reactor core")
+    }
+
+    /// Which backend this reactor runs on.
+    pub fn backend(&self) -> BackendKind {
+        todo!("reactor core")
+    }
+
+    /// The monotonic clock (CLOCK_MONOTONIC) in nanoseconds; timer deadlines use it.
+    pub fn now_ns() -> u64 {
+        todo!("reactor core")
+    }
+
+    /// Waits for events. See the module contract.
+    pub fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
+        let _ = (timeout, events);
+        todo!("reactor core")
+    }
+
+    /// A thread-safe waker for this reactor.
+    pub fn waker(&self) -> Waker {
+        todo!("reactor core")
+    }
+
+    /// Watches `fd` for readiness (persistent, level-triggered). Several watches may exist on one fd
+    /// (asyncio's reader and writer are two watches).
+    pub fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<OpId> {
+        let _ = (fd, interest, token);
+        todo!("reactor core")
+    }
+
+    /// Multishot stream receive into reactor-owned buffers: events carry [`crate::flags::BUFFER`],
+    /// `aux` = buffer id, `result` = byte count; read the bytes with [`Reactor::buffer`].
+    pub fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
+        let _ = (fd, token);
+        todo!("reactor core")
+    }
+
+    /// Sends `len` bytes starting at `buf`. One event: total bytes sent, or `-errno`.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid and unmodified until this op's final event has been returned
+    /// by `poll` (also after [`Reactor::cancel`]).
+    pub unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: usize, token: u64) -> io::Result<OpId> {
+        let _ = (fd, buf, len, token);
+        todo!("reactor core")
+    }
+
+    /// Multishot accept on a listening socket: one event per connection, `result` = the new fd
+    /// (non-blocking, close-on-exec, owned by the caller from then on).
+    pub fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
+        let _ = (fd, token);
+        todo!("reactor core")
+    }
+
+    /// Connects a non-blocking socket. One event: `0` or `-errno`. `addr` is copied.
+    pub fn connect(&mut self, fd: RawFd, addr: &nix::sys::socket::SockaddrStorage, token: u64) -> io::Result<OpId> {
+        let _ = (fd, addr, token);
+        todo!("reactor core")
+    }
+
+    /// Closes `fd` after cancelling every op the reactor has on it. One event: `0` or `-errno`.
+    pub fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<OpId> {
+        let _ = (fd, token);
+        todo!("reactor core")
+    }
+
+    /// Cancels one op; `NotFound` for a stale id. See the module contract.
+    pub fn cancel(&mut self, op: OpId) -> io::Result<()> {
+        let _ = op;
+        todo!("reactor core")
+    }
+
+    /// Cancels every live op carrying `token`; returns how many.
+    pub fn cancel_token(&mut self, token: u64) -> usize {
+        let _ = token;
+        todo!("reactor core")
+    }
+
+    /// A one-shot timer at `deadline_ns` on [`Reactor::now_ns`]'s clock. Its event has `result` 0.
+    pub fn add_timer(&mut self, deadline_ns: u64, token: u64) -> TimerId {
+        let _ = (deadline_ns, token);
+        todo!("reactor core")
+    }
+
+    /// Cancels a timer. `false` when it already fired or was cancelled (harmless).
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        let _ = timer;
+        todo!("reactor core")
+    }
+
+    /// Delivers `signo` as events (`result` = signo, multishot) through a signalfd. The signal is
+    /// blocked in the calling thread; cancel the op to stop and unblock it.
+    pub fn add_signal(&mut self, signo: i32, token: u64) -> io::Result<OpId> {
+        let _ = (signo, token);
+        todo!("reactor core")
+    }
+
+    /// The bytes of a [`crate::flags::BUFFER`] event; `None` for any other event.
+    pub fn event_data(&self, event: &Event) -> Option<&[u8]> {
+        let _ = event;
+        todo!("reactor core")
+    }
+
+    /// The whole receive-buffer region: `(base, buffer_size, buffer_count)`. Buffer `id` starts at
+    /// `base + id * buffer_size`. The region's address is fixed for the reactor's lifetime, so a
+    /// binding may map it once.
+    pub fn buffer_region(&self) -> (*const u8, usize, usize) {
+        todo!("reactor core")
+    }
+
+    /// Number of live ops and timers (what closing would cancel).
+    pub fn pending(&self) -> usize {
+        todo!("reactor core")
+    }
+}
