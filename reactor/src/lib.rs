@@ -3,10 +3,11 @@
 //!
 //! The core model: every operation carries a caller-chosen `u64` token and every outcome is an
 //! [`Event`] `{token, result, flags, aux}`. [`Reactor::poll`] flushes pending submissions and waits
-//! in one system call where the backend allows it. [`EventLoop`] is a callback dispatcher over the
-//! same core.
+//! in one system call where the backend allows it. The [`callback`] module holds the callback
+//! dispatcher over the same core.
 
 mod backend;
+pub mod callback;
 mod event;
 mod options;
 mod reactor;

@@ -1,0 +1,1 @@
+//! Callback mode: an event loop that dispatches events to callbacks, futures, a thread pool.
