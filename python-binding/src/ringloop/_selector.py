@@ -1,0 +1,198 @@
+"""A ``selectors.BaseSelector`` over ringloop readiness watches, and the per-iteration dispatch.
+
+asyncio's selector machinery (add_reader/add_writer, sock_* fallbacks, UDP, pipes, subprocess,
+signals through the self-pipe) runs unchanged on top of it: every registered direction is one
+persistent level-triggered ``rl_op_watch``. ``select()`` is the loop's single ``rl_poll`` per
+iteration; besides readiness it dispatches completion events (stream receives, sends, the wake)
+to the handlers registered by token, so one foreign call serves both models.
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from ._lib import EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+#: A completion handler: called with (result, flags, aux) of each event carrying its token.
+Handler = Callable[[int, int, int], Any]
+
+
+def _fileobj_to_fd(fileobj: Any) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+class RingSelector(selectors.BaseSelector):
+    """Readiness through ringloop watches; completion events go to ``handlers[token]``.
+
+    ``handlers`` maps a token either to an ``int`` (a watch: ``fd << 1 | is_write``) or to a
+    callable taking ``(result, flags, aux)``. A handler removed from the map drops any event for
+    its token that the current ``poll`` already returned.
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        handlers: Dict[int, Any],
+        new_token: Callable[[], int],
+        on_error: Callable[[BaseException, Any], None],
+    ) -> None:
+        self._reactor = reactor
+        self._handlers = handlers
+        self._new_token = new_token
+        self._on_error = on_error
+        self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
+        # fd -> [read (token, op) or None, write (token, op) or None]
+        self._watches: Dict[int, List[Optional[Tuple[int, int]]]] = {}
+        self._iter_unpack = EVENT_STRUCT.iter_unpack
+        self._events = reactor.events
+        self._closed = False
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def _arm(self, fd: int, is_write: int) -> Tuple[int, int]:
+        token = self._new_token()
+        op = self._reactor.watch(fd, WRITABLE if is_write else READABLE, token)
+        self._handlers[token] = fd << 1 | is_write
+        return token, op
+
+    def _disarm(self, armed: Optional[Tuple[int, int]]) -> None:
+        if armed is None:
+            return
+        token, op = armed
+        self._handlers.pop(token, None)
+        self._reactor.cancel(op)
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if self._closed:
+            raise RuntimeError("selector is closed")
+        if not events or events & ~(EVENT_READ | EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = _fileobj_to_fd(fileobj)
+        if fd in self._fd_to_key:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        slots: List[Optional[Tuple[int, int]]] = [None, None]
+        try:
+            if events & EVENT_READ:
+                slots[0] = self._arm(fd, 0)
+            if events & EVENT_WRITE:
+                slots[1] = self._arm(fd, 1)
+        except BaseException:
+            self._disarm(slots[0])
+            raise
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._fd_to_key[fd] = key
+        self._watches[fd] = slots
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._lookup(fileobj)
+        key = self._fd_to_key.pop(fd, None)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        read, write = self._watches.pop(fd)
+        self._disarm(read)
+        self._disarm(write)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = self._lookup(fileobj)
+        key = self._fd_to_key.get(fd)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        if not events or events & ~(EVENT_READ | EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        slots = self._watches[fd]
+        for index, bit in ((0, EVENT_READ), (1, EVENT_WRITE)):
+            wanted = bool(events & bit)
+            if wanted and slots[index] is None:
+                slots[index] = self._arm(fd, index)
+            elif not wanted and slots[index] is not None:
+                armed, slots[index] = slots[index], None
+                self._disarm(armed)
+        key = selectors.SelectorKey(key.fileobj, fd, events, data)
+        self._fd_to_key[fd] = key
+        return key
+
+    def _lookup(self, fileobj: Any) -> int:
+        try:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
+            # A closed file object: find it by identity, as the stdlib selectors do.
+            for key in self._fd_to_key.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        try:
+            return self._fd_to_key[self._lookup(fileobj)]
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def get_map(self) -> Mapping[int, selectors.SelectorKey]:
+        return MappingProxyType(self._fd_to_key)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for read, write in self._watches.values():
+            for armed in (read, write):
+                if armed is not None:
+                    self._handlers.pop(armed[0], None)
+                    try:
+                        self._reactor.cancel(armed[1])
+                    except (OSError, RuntimeError):
+                        pass
+        self._watches.clear()
+        self._fd_to_key.clear()
+
+    # -- the one foreign call per iteration ---------------------------------------------------
+
+    def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            timeout_ns = -1
+        elif timeout <= 0:
+            timeout_ns = 0
+        else:
+            # Round up: waking a little early would only spin the loop once more.
+            timeout_ns = math.ceil(timeout * 1e9)
+        n = self._reactor.poll(timeout_ns)
+        ready: List[Tuple[selectors.SelectorKey, int]] = []
+        if not n:
+            return ready
+        handlers = self._handlers
+        fd_to_key = self._fd_to_key
+        for token, result, flags, aux in self._iter_unpack(self._events[: n * EVENT_SIZE]):
+            handler = handlers.get(token)
+            if handler is None:
+                # A watch or op removed earlier in this batch (or a stale event): asyncio's
+                # remove_reader()/remove_writer() take effect at once.
+                continue
+            if type(handler) is int:
+                key = fd_to_key.get(handler >> 1)
+                if key is not None:
+                    ready.append((key, EVENT_WRITE if handler & 1 else EVENT_READ))
+                continue
+            try:
+                handler(result, flags, aux)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._on_error(exc, handler)
+        return ready

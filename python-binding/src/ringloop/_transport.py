@@ -1,0 +1,486 @@
+"""The completion-based stream transport (TCP and Unix sockets).
+
+Reading is one multishot ``rl_op_recv`` per connection into the reactor's buffers; each event is
+copied once (into a ``bytes`` for ``data_received``, or into the protocol's own buffer for a
+``BufferedProtocol``). Writing tries ``socket.send`` first; only what the kernel did not take is
+handed to the reactor (``rl_op_send`` of a ``bytes`` object kept alive until its event), and
+writes made while a send is in flight wait in a list until it completes. Flow control, EOF,
+close and abort follow asyncio's ``_SelectorSocketTransport`` exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import warnings
+from typing import Any, List, Optional
+
+from asyncio import constants, futures, protocols, transports, trsock
+from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
+from asyncio.base_events import Server
+
+from ._lib import EV_MORE
+
+logger = logging.getLogger("asyncio")
+
+_ECANCELED = errno.ECANCELED
+
+
+def _server_hooks_take_transport() -> bool:
+    # Python 3.13 changed Server._attach()/_detach() to take the transport.
+    import inspect
+
+    try:
+        return len(inspect.signature(Server._attach).parameters) > 1
+    except (TypeError, ValueError):
+        return False
+
+
+_SERVER_HOOKS_TAKE_TRANSPORT = _server_hooks_take_transport()
+
+
+class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
+    """asyncio stream transport on ringloop completions."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    # Read by __del__ even when __init__ failed early.
+    _sock: Optional[socket.socket] = None
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        waiter: Optional[Any] = None,
+        extra: Optional[dict] = None,
+        server: Optional[Server] = None,
+    ) -> None:
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._reactor = loop._reactor
+        self._buffers = loop._reactor.buffers
+        self._buffer_size = loop._reactor.buffer_size
+        self._handlers = loop._handlers
+
+        # Receiving: one token for the connection's lifetime, re-armed after pause_reading().
+        self._recv_token = loop._new_token()
+        self._recv_op: Optional[int] = None
+        self._read_eof = False  # the peer's EOF (or a read error) ended receiving for good
+        # Events the current poll returned after pause_reading(): delivered on resume, in order.
+        # b"" marks EOF.
+        self._held: List[bytes] = []
+
+        # Sending: the chunk the reactor is sending and what was written after it.
+        self._send_token = loop._new_token()
+        self._send_op: Optional[int] = None
+        self._inflight: Optional[bytes] = None
+        self._pending: List[bytes] = []
+        self._write_size = 0
+
+        self._conn_lost = 0
+        self._closing = False
+        self._paused = False
+        self._eof = False
+        self._empty_waiter: Optional[futures.Future] = None
+
+        self._protocol_connected = False
+        self._deliver = self._deliver_data
+        self.set_protocol(protocol)
+
+        self._server = server
+        if server is not None:
+            if _SERVER_HOOKS_TAKE_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+
+        self._handlers[self._recv_token] = self._on_recv
+        self._handlers[self._send_token] = self._on_send
+
+        _set_nodelay(sock)
+        loop.call_soon(self._protocol.connection_made, self)
+        # Reading starts only once connection_made() has run.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=polling" if self._recv_op is not None else "read=idle")
+            state = "polling" if self._inflight is not None else "idle"
+            info.append(f"write=<{state}, bufsize={self._write_size}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._stop_reading()
+            self._sock.close()
+
+    # -- protocol --------------------------------------------------------------------------
+
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        if isinstance(protocol, protocols.BufferedProtocol):
+            self._deliver = self._deliver_buffered
+        else:
+            self._deliver = self._deliver_data
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            # Data that arrived after the pause goes first, on the loop's next turn (asyncio
+            # never calls back into the protocol from resume_reading() itself).
+            self._loop.call_soon(self._start_reading)
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _start_reading(self) -> None:
+        while self._held:
+            if self._closing or self._paused:
+                return
+            data = self._held.pop(0)
+            if data:
+                self._deliver(data)
+            else:
+                self._on_eof()
+        if self._closing or self._paused or self._read_eof or self._recv_op is not None:
+            return
+        try:
+            self._recv_op = self._reactor.recv(self._sock_fd, self._recv_token)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+
+    def _stop_reading(self) -> None:
+        op, self._recv_op = self._recv_op, None
+        if op is not None:
+            try:
+                self._reactor.cancel(op)
+            except RuntimeError:
+                pass  # the loop is gone: nothing left to cancel
+
+    def _on_recv(self, result: int, flags: int, aux: int) -> None:
+        if not flags & EV_MORE:
+            self._recv_op = None
+        if self._closing:
+            return
+        if result > 0:
+            start = aux * self._buffer_size
+            view = self._buffers[start : start + result]
+            if self._paused:
+                self._held.append(bytes(view))
+                return
+            self._deliver(view)
+            if not flags & EV_MORE and self._recv_op is None:
+                # The reactor ended the multishot receive without EOF: arm a new one.
+                self._start_reading()
+        elif result == 0:
+            self._read_eof = True
+            if self._paused:
+                self._held.append(b"")
+                return
+            self._on_eof()
+        else:
+            if result == -_ECANCELED:
+                return
+            self._read_eof = True
+            self._fatal_error(
+                OSError(-result, os.strerror(-result)), "Fatal read error on socket transport"
+            )
+
+    def _deliver_data(self, view: Any) -> None:
+        try:
+            self._protocol.data_received(bytes(view))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _deliver_buffered(self, view: Any) -> None:
+        view = memoryview(view)
+        protocol = self._protocol
+        while view:
+            try:
+                buf = protocol.get_buffer(len(view))
+                target = memoryview(buf).cast("B")
+                if not len(target):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            try:
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if view and (self._closing or self._paused):
+                if not self._closing:
+                    self._held.insert(0, bytes(view))
+                return
+
+    def _on_eof(self) -> None:
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        return self._write_size
+
+    def write(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._write_size:
+            # A send is in flight: keep order by queueing behind it. Copy what may change.
+            chunk = data if type(data) is bytes else bytes(data)
+            self._pending.append(chunk)
+            self._write_size += len(chunk)
+        else:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if n == len(data):
+                return
+            self._submit(bytes(memoryview(data)[n:]) if n or type(data) is not bytes else data)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _submit(self, chunk: bytes) -> None:
+        self._inflight = chunk
+        self._write_size += len(chunk)
+        try:
+            self._send_op = self._reactor.send(self._sock_fd, chunk, self._send_token)
+        except (OSError, RuntimeError) as exc:
+            self._inflight = None
+            self._write_size = 0
+            self._pending.clear()
+            self._fatal_error(exc, "Fatal write error on socket transport")
+
+    def _on_send(self, result: int, flags: int, aux: int) -> None:
+        chunk, self._inflight = self._inflight, None
+        self._send_op = None
+        if chunk is None:
+            return
+        if self._sock is None:
+            # Connection already lost: the reactor has let go of the chunk; so do we.
+            self._handlers.pop(self._send_token, None)
+            return
+        if self._conn_lost:
+            return
+        if result < 0:
+            exc = OSError(-result, os.strerror(-result))
+            self._pending.clear()
+            self._write_size = 0
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(exc)
+            return
+        self._write_size -= len(chunk)
+        if result < len(chunk):
+            self._pending.insert(0, chunk[result:])
+            self._write_size += len(chunk) - result
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            self._write_size -= len(data)
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                if self._empty_waiter is not None:
+                    self._empty_waiter.set_exception(exc)
+                return
+            if n < len(data):
+                self._submit(data[n:] if n else data)
+                if self._inflight is None:
+                    return  # the submission failed and closed the transport
+        self._maybe_resume_protocol()  # may write more
+        if not self._write_size:
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_result(None)
+            if self._closing:
+                self._call_connection_lost(None)
+            elif self._eof:
+                self._sock.shutdown(socket.SHUT_WR)
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._write_size:
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._write_size:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._conn_lost:
+            return
+        if self._write_size:
+            self._pending.clear()
+            self._write_size = 0
+            op = self._send_op
+            if op is not None:
+                # The chunk stays referenced until the send's final event.
+                try:
+                    self._reactor.cancel(op)
+                except RuntimeError:
+                    pass
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._stop_reading()
+            self._handlers.pop(self._recv_token, None)
+            if self._inflight is None:
+                self._handlers.pop(self._send_token, None)
+            self._held.clear()
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
+            server = self._server
+            if server is not None:
+                if _SERVER_HOOKS_TAKE_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
+                self._server = None
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    # -- sendfile support (BaseSelectorEventLoop._sendfile_native) -----------------------------
+
+    def _make_empty_waiter(self) -> futures.Future:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self._write_size:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
