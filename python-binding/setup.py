@@ -1,0 +1,57 @@
+"""Build step of the ringloop package: compile the C library and put it inside the package.
+
+All metadata lives in pyproject.toml. This file only declares the Rust library, because
+setuptools-rust names a library it copies into a package like a Python extension module
+(``libringloop.cpython-311-x86_64-linux-gnu.so``), while ``libringloop.so`` is a plain C library
+loaded with ctypes: it is not an extension module, has no ``PyInit_*`` and works with every
+Python version. ``ringloop/_lib.py`` looks for ``libringloop.so`` next to itself.
+
+The crate lives outside this directory (``../ffi``, a member of the repository's cargo workspace),
+so the package builds from a checkout of the repository: ``pip install ./python-binding``. pip
+builds local directories in place (pip >= 21.3), and cargo uses the workspace's ``target/``
+directory, so a library already built by ``cargo build --release`` is reused.
+"""
+
+import os
+
+from setuptools import setup
+from setuptools_rust import Binding, RustExtension, build_rust
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FFI_MANIFEST = os.path.join("..", "ffi", "Cargo.toml")
+
+
+class build_rust_c_library(build_rust):
+    """Install the cdylib under its C name (``libringloop.so``), not an extension-module name."""
+
+    def get_dylib_ext_path(self, ext, target_fname):
+        extension_module_path = super().get_dylib_ext_path(ext, target_fname)
+        library_name = target_fname.rpartition(".")[2] + ".so"
+        return os.path.join(os.path.dirname(extension_module_path), library_name)
+
+
+def rust_extensions():
+    if not os.path.exists(os.path.join(HERE, FFI_MANIFEST)):
+        raise SystemExit(
+            f"ringloop: the Rust crate {os.path.normpath(os.path.join(HERE, FFI_MANIFEST))} is "
+            "missing. This package builds from a checkout of the ringloop repository "
+            "(`pip install ./python-binding`); it cannot build from a copy of python-binding/ alone."
+        )
+    return [
+        RustExtension(
+            # -> ringloop/libringloop.so (see build_rust_c_library)
+            "ringloop.libringloop",
+            path=FFI_MANIFEST,
+            binding=Binding.NoBinding,
+            # The library is the release build whatever the Python build's debug flag says;
+            # SETUPTOOLS_RUST_CARGO_PROFILE still selects another cargo profile if set.
+            debug=False,
+            py_limited_api=False,
+        )
+    ]
+
+
+setup(
+    rust_extensions=rust_extensions(),
+    cmdclass={"build_rust": build_rust_c_library},
+)

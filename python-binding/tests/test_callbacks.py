@@ -1,0 +1,209 @@
+"""Scheduling callbacks: call_soon, call_later, call_at, cancellation, the clock, threads."""
+
+import asyncio
+import contextvars
+import threading
+import time
+
+import pytest
+
+from support import run
+
+
+def test_call_soon_runs_callbacks_in_fifo_order(loop):
+    order = []
+    for i in range(200):
+        loop.call_soon(order.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert order == list(range(200))
+
+
+def test_call_soon_from_a_callback_runs_after_already_queued_callbacks(loop):
+    order = []
+
+    def first():
+        order.append("first")
+        loop.call_soon(nested)
+
+    def nested():
+        order.append("nested")
+        loop.stop()
+
+    loop.call_soon(first)
+    loop.call_soon(order.append, "second")
+    loop.run_forever()
+    assert order == ["first", "second", "nested"]
+
+
+def test_call_soon_passes_arguments_and_returns_a_cancellable_handle(loop):
+    seen = []
+    handle = loop.call_soon(seen.append, "cancelled")
+    loop.call_soon(lambda *args: seen.append(args), 1, "two", None)
+    handle.cancel()
+    assert handle.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [(1, "two", None)]
+
+
+def test_call_soon_runs_callback_in_the_given_context(loop):
+    var = contextvars.ContextVar("var", default="default")
+    context = contextvars.copy_context()
+    context.run(var.set, "in context")
+    seen = []
+    loop.call_soon(lambda: seen.append(var.get()), context=context)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in context", "default"]
+
+
+def test_call_later_fires_in_deadline_order_and_not_early(loop):
+    fired = []
+    delays = [0.05, 0.01, 0.04, 0.0, 0.03, 0.02, 0.06]
+    handles = {}
+    for delay in delays:
+        handles[delay] = loop.call_later(delay, lambda d=delay: fired.append((d, loop.time())))
+    loop.call_later(0.1, loop.stop)
+    loop.run_forever()
+    assert [d for d, _ in fired] == sorted(delays)
+    for delay, fired_at in fired:
+        # asyncio may run a timer up to one clock resolution early; nothing earlier.
+        assert fired_at >= handles[delay].when() - 1e-3
+
+
+def test_call_later_with_negative_delay_runs_like_call_soon(loop):
+    seen = []
+    loop.call_later(-1, seen.append, "late")
+    loop.call_soon(seen.append, "soon")
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert sorted(seen) == ["late", "soon"]
+
+
+def test_call_at_uses_the_loop_clock(loop):
+    seen = []
+    when = loop.time() + 0.02
+    handle = loop.call_at(when, lambda: seen.append(loop.time()))
+    assert handle.when() == when
+    loop.call_at(when + 0.01, loop.stop)
+    loop.run_forever()
+    assert len(seen) == 1 and seen[0] >= when - 1e-3
+
+
+def test_cancelled_timers_never_fire(loop):
+    fired = []
+    handles = [loop.call_later(0.01 * (i % 5), fired.append, i) for i in range(100)]
+    for handle in handles[::2]:
+        handle.cancel()
+    handles[1].cancel()
+    handles[1].cancel()  # cancelling twice is harmless
+    loop.call_later(0.08, loop.stop)
+    loop.run_forever()
+    expected = [i for i in range(1, 100, 2) if i != 1]
+    assert sorted(fired) == expected
+    assert all(handles[i].cancelled() for i in range(0, 100, 2))
+
+
+def test_timer_cancelled_by_an_earlier_timer_in_the_same_iteration_does_not_run(loop):
+    fired = []
+    later = loop.call_later(0.02, fired.append, "later")
+    loop.call_later(0.01, later.cancel)
+    time.sleep(0.03)  # both deadlines are due when the loop next looks
+    loop.call_later(0.03, loop.stop)
+    loop.run_forever()
+    assert fired == []
+
+
+def test_many_timers_all_fire_once(loop):
+    fired = []
+    for i in range(5000):
+        loop.call_later((i % 50) / 1000, fired.append, i)
+    loop.call_later(0.2, loop.stop)
+    loop.run_forever()
+    assert sorted(fired) == list(range(5000))
+
+
+def test_loop_time_is_monotonic_and_advances(loop):
+    samples = [loop.time() for _ in range(1000)]
+    assert samples == sorted(samples)
+    start = loop.time()
+    run(loop, asyncio.sleep(0.05))
+    assert loop.time() - start >= 0.05 - 1e-3
+    # The loop clock is time.monotonic's clock (what asyncio.timeout() and wait_for compare to).
+    assert abs(loop.time() - time.monotonic()) < 1.0
+
+
+def test_call_soon_threadsafe_from_many_threads_runs_each_callback_exactly_once(loop):
+    threads_count, per_thread = 4, 500
+    total = threads_count * per_thread
+    seen = []
+
+    def record(item):
+        seen.append(item)
+        if len(seen) == total:
+            loop.stop()
+
+    def producer(thread_index):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(record, (thread_index, i))
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(threads_count)]
+    loop.call_soon(lambda: [t.start() for t in threads])
+    loop.run_forever()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == total
+    assert set(seen) == {(t, i) for t in range(threads_count) for i in range(per_thread)}
+    # Each producer's callbacks keep that producer's order.
+    for t in range(threads_count):
+        assert [i for (tt, i) in seen if tt == t] == list(range(per_thread))
+
+
+def test_call_soon_threadsafe_wakes_a_loop_that_waits_without_timers(loop):
+    def wake_later():
+        time.sleep(0.1)
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=wake_later)
+    thread.start()
+    loop.run_forever()  # nothing else can wake it: pytest-timeout fails the test if it hangs
+    thread.join()
+
+
+def test_call_soon_threadsafe_wakes_a_loop_blocked_on_a_far_timer(loop):
+    event = threading.Event()
+    loop.call_later(3600, lambda: None)
+    loop.call_soon(lambda: threading.Thread(target=lambda: (event.wait(), loop.call_soon_threadsafe(loop.stop))).start())
+    loop.call_soon(event.set)
+    loop.run_forever()
+
+
+def test_run_coroutine_threadsafe_returns_the_result_to_the_thread(loop):
+    results = []
+
+    async def double(x):
+        await asyncio.sleep(0)
+        return 2 * x
+
+    def worker():
+        futures = [asyncio.run_coroutine_threadsafe(double(i), loop) for i in range(50)]
+        results.extend(f.result(timeout=30) for f in futures)
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    loop.run_forever()
+    thread.join()
+    assert results == [2 * i for i in range(50)]
+
+
+def test_scheduling_on_a_closed_loop_raises(loop):
+    loop.close()
+    with pytest.raises(RuntimeError):
+        loop.call_soon(lambda: None)
+    with pytest.raises(RuntimeError):
+        loop.call_later(1, lambda: None)
+    with pytest.raises(RuntimeError):
+        loop.call_soon_threadsafe(lambda: None)

@@ -1,0 +1,135 @@
+"""The exception handler receives what escapes callbacks, tasks and protocol methods."""
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+from support import run
+
+
+def _collecting_handler(contexts):
+    def handler(loop, context):
+        contexts.append(context)
+
+    return handler
+
+
+def test_exception_in_a_callback_goes_to_the_handler_and_the_loop_goes_on(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    assert loop.get_exception_handler() is not None
+    after = []
+
+    def bad():
+        raise ZeroDivisionError("in callback")
+
+    loop.call_soon(bad)
+    loop.call_soon(after.append, "still running")
+    loop.call_later(0.01, bad)
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert after == ["still running"]
+    assert len(contexts) == 2
+    for context in contexts:
+        assert isinstance(context["exception"], ZeroDivisionError)
+        assert "message" in context
+
+
+def test_exception_in_a_threadsafe_callback_goes_to_the_handler(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    loop.call_soon_threadsafe(lambda: 1 / 0)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert [type(c["exception"]) for c in contexts] == [ZeroDivisionError]
+
+
+def test_never_retrieved_task_exception_is_reported(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+
+    async def fail():
+        raise ValueError("nobody awaits me")
+
+    async def main():
+        loop.create_task(fail())
+        await asyncio.sleep(0.01)
+
+    run(loop, main())
+    gc.collect()
+    assert any(isinstance(c.get("exception"), ValueError) for c in contexts), contexts
+
+
+def test_exception_in_data_received_is_reported_and_closes_the_transport(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+
+    class FailingProtocol(asyncio.Protocol):
+        def __init__(self):
+            self.lost = loop.create_future()
+
+        def data_received(self, data):
+            raise RuntimeError("protocol bug")
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        protocols = []
+
+        def factory():
+            protocols.append(FailingProtocol())
+            return protocols[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"trigger")
+        assert await reader.read() == b""  # the server side was closed
+        await protocols[0].lost
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert any(isinstance(c.get("exception"), RuntimeError) for c in contexts), contexts
+
+
+def test_call_exception_handler_uses_the_default_handler_without_a_custom_one(loop, caplog):
+    loop.set_exception_handler(None)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_exception_handler({"message": "custom message", "exception": KeyError("k")})
+    assert any("custom message" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_exception_handler_does_not_break_the_loop(loop, caplog):
+    def broken_handler(loop, context):
+        raise RuntimeError("handler bug")
+
+    loop.set_exception_handler(broken_handler)
+    after = []
+    loop.call_soon(lambda: 1 / 0)
+    loop.call_soon(after.append, "ran")
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert after == ["ran"]
+
+
+def test_set_exception_handler_rejects_non_callables(loop):
+    with pytest.raises(TypeError):
+        loop.set_exception_handler("not callable")
+
+
+def test_keyboard_interrupt_in_a_callback_propagates_out_of_the_loop(loop):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    loop.call_soon(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    assert not loop.is_running()
+    # The loop stays usable.
+    assert loop.run_until_complete(asyncio.sleep(0, result="again")) == "again"

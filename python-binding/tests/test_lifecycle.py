@@ -1,0 +1,265 @@
+"""Running, stopping and closing a loop; async generators; the default executor; warnings."""
+
+import asyncio
+import concurrent.futures
+import gc
+import logging
+import threading
+import time
+import warnings
+
+import pytest
+
+from support import run
+
+
+def test_run_until_complete_returns_the_coroutine_result(loop):
+    async def answer():
+        await asyncio.sleep(0.001)
+        return 42
+
+    assert loop.run_until_complete(answer()) == 42
+    assert not loop.is_running()
+
+
+def test_run_until_complete_raises_the_coroutine_exception(loop):
+    async def fail():
+        await asyncio.sleep(0)
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        loop.run_until_complete(fail())
+
+
+def test_run_until_complete_accepts_a_future_resolved_by_a_callback(loop):
+    future = loop.create_future()
+    loop.call_later(0.01, future.set_result, "done")
+    assert loop.run_until_complete(future) == "done"
+
+
+def test_run_until_complete_when_already_running_raises(loop):
+    async def nested():
+        coro = asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            loop.run_until_complete(coro)
+        coro.close()
+        return "checked"
+
+    assert run(loop, nested()) == "checked"
+
+
+def test_run_forever_and_stop_can_be_repeated(loop):
+    counter = []
+    for round_number in range(3):
+        loop.call_soon(counter.append, round_number)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert counter == [0, 1, 2]
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    seen = []
+    loop.call_soon(seen.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert seen == [1]
+
+
+def test_is_running_reports_the_state(loop):
+    states = []
+    loop.call_soon(lambda: states.append(loop.is_running()))
+    loop.call_soon(loop.stop)
+    assert not loop.is_running()
+    loop.run_forever()
+    assert states == [True]
+    assert not loop.is_running()
+
+
+def test_get_running_loop_inside_callbacks_and_tasks(loop):
+    async def which():
+        return asyncio.get_running_loop()
+
+    assert run(loop, which()) is loop
+    seen = []
+    loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [loop]
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+def test_close_is_idempotent_and_refuses_a_running_loop(loop):
+    errors = []
+
+    def try_close():
+        try:
+            loop.close()
+        except RuntimeError as exc:
+            errors.append(exc)
+        loop.stop()
+
+    loop.call_soon(try_close)
+    loop.run_forever()
+    assert len(errors) == 1 and not loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+    with pytest.raises(RuntimeError):
+        loop.run_forever()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(coro)
+    coro.close()
+
+
+def test_running_a_second_loop_in_the_same_thread_is_refused(loop_factory):
+    outer, inner = loop_factory(), loop_factory()
+    try:
+        async def nested():
+            coro = asyncio.sleep(0)
+            with pytest.raises(RuntimeError):
+                inner.run_until_complete(coro)
+            coro.close()
+            return "refused"
+
+        assert outer.run_until_complete(nested()) == "refused"
+    finally:
+        outer.close()
+        inner.close()
+
+
+def test_loops_in_different_threads_run_independently(loop_factory):
+    results = {}
+
+    def worker(index):
+        loop = loop_factory()
+        try:
+            async def work():
+                await asyncio.sleep(0.01)
+                return index * 10
+
+            results[index] = loop.run_until_complete(work())
+        finally:
+            loop.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: i * 10 for i in range(4)}
+
+
+def test_shutdown_asyncgens_finalizes_suspended_generators(loop):
+    finalized = []
+
+    async def numbers():
+        try:
+            for i in range(10):
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            finalized.append("finally ran")
+
+    async def take_two():
+        gen = numbers()
+        values = [await gen.__anext__(), await gen.__anext__()]
+        take_two.gen = gen  # keep it alive and suspended
+        return values
+
+    assert run(loop, take_two()) == [0, 1]
+    assert finalized == []
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    assert finalized == ["finally ran"]
+    del take_two.gen
+
+
+def test_run_in_executor_returns_results_and_exceptions(loop):
+    def blocking(x):
+        time.sleep(0.01)
+        if x < 0:
+            raise ValueError(x)
+        return threading.get_ident(), x * 2
+
+    async def main():
+        ident, doubled = await loop.run_in_executor(None, blocking, 21)
+        assert ident != threading.get_ident() and doubled == 42
+        with pytest.raises(ValueError):
+            await loop.run_in_executor(None, blocking, -1)
+        results = await asyncio.gather(*(loop.run_in_executor(None, blocking, i) for i in range(20)))
+        return [r[1] for r in results]
+
+    assert run(loop, main()) == [i * 2 for i in range(20)]
+
+
+def test_run_in_executor_with_a_custom_and_a_default_executor(loop):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="custom") as pool:
+        async def main():
+            return await loop.run_in_executor(pool, lambda: threading.current_thread().name)
+
+        assert run(loop, main()).startswith("custom")
+
+    default = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="default")
+    loop.set_default_executor(default)
+
+    async def on_default():
+        return await loop.run_in_executor(None, lambda: threading.current_thread().name)
+
+    assert run(loop, on_default()).startswith("default")
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_shutdown_default_executor_joins_threads_and_refuses_new_work(loop):
+    async def main():
+        await loop.run_in_executor(None, time.sleep, 0.01)
+        await loop.shutdown_default_executor()
+        with pytest.raises(RuntimeError):
+            await loop.run_in_executor(None, time.sleep, 0)
+
+    run(loop, main())
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+
+
+def test_unclosed_loop_emits_a_resource_warning(loop_factory):
+    loop = loop_factory()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del loop
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught), [str(w.message) for w in caught]
+
+
+def test_closed_loop_emits_no_resource_warning(loop_factory):
+    loop = loop_factory()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del loop
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_debug_mode_warns_about_slow_callbacks(loop, caplog):
+    loop.set_debug(True)
+    assert loop.get_debug()
+    loop.slow_callback_duration = 0.05
+    loop.call_soon(time.sleep, 0.1)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_forever()
+    slow = [r for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert slow, [r.getMessage() for r in caplog.records]
+
+
+def test_debug_mode_can_be_switched_off(loop, caplog):
+    loop.set_debug(False)
+    assert not loop.get_debug()
+    loop.slow_callback_duration = 0.01
+    loop.call_soon(time.sleep, 0.05)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_forever()
+    assert not [r for r in caplog.records if "took" in r.getMessage()]

@@ -1,0 +1,331 @@
+"""Low-level socket coroutines (loop.sock_*) and add_reader/add_writer semantics."""
+
+import asyncio
+import os
+import socket
+import sys
+
+import pytest
+
+from support import run
+
+
+def nonblocking(sock):
+    sock.setblocking(False)
+    return sock
+
+
+async def connected_pair(loop):
+    """(client, server-side) non-blocking TCP sockets connected through the loop."""
+    listener = nonblocking(socket.socket())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = nonblocking(socket.socket())
+    try:
+        accept = asyncio.ensure_future(loop.sock_accept(listener))
+        await loop.sock_connect(client, listener.getsockname())
+        server_side, peer = await accept
+        assert peer == client.getsockname()
+        assert not server_side.getblocking()  # sock_accept returns a non-blocking socket
+    finally:
+        listener.close()
+    return client, server_side
+
+
+def test_sock_connect_accept_sendall_recv_are_byte_exact(loop):
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            payload = os.urandom(4 * 1024 * 1024)
+
+            async def receive_all():
+                received = bytearray()
+                while len(received) < len(payload):
+                    chunk = await loop.sock_recv(server_side, 65536)
+                    assert chunk
+                    received += chunk
+                return bytes(received)
+
+            receiver = asyncio.ensure_future(receive_all())
+            assert await loop.sock_sendall(client, payload) is None
+            assert await receiver == payload
+            client.shutdown(socket.SHUT_WR)
+            assert await loop.sock_recv(server_side, 10) == b""
+
+    run(loop, main())
+
+
+def test_sock_recv_into_fills_the_buffer(loop):
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            await loop.sock_sendall(client, b"0123456789")
+            buffer = bytearray(4)
+            received = bytearray()
+            while len(received) < 10:
+                n = await loop.sock_recv_into(server_side, buffer)
+                assert 0 < n <= 4
+                received += buffer[:n]
+            assert received == b"0123456789"
+            view = memoryview(bytearray(16))
+            await loop.sock_sendall(client, b"view")
+            n = await loop.sock_recv_into(server_side, view[8:])
+            assert bytes(view[8:8 + n]) == b"view"[:n]
+
+    run(loop, main())
+
+
+def test_sock_recv_waits_for_data(loop):
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            pending = asyncio.ensure_future(loop.sock_recv(server_side, 100))
+            await asyncio.sleep(0.05)
+            assert not pending.done()
+            await loop.sock_sendall(client, b"late")
+            assert await pending == b"late"
+
+    run(loop, main())
+
+
+def test_cancelled_sock_recv_does_not_consume_data(loop):
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            pending = asyncio.ensure_future(loop.sock_recv(server_side, 100))
+            await asyncio.sleep(0.01)
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            await loop.sock_sendall(client, b"kept")
+            assert await loop.sock_recv(server_side, 100) == b"kept"
+
+    run(loop, main())
+
+
+def test_sock_connect_refused(loop):
+    async def main():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = probe.getsockname()
+        with nonblocking(socket.socket()) as sock:
+            with pytest.raises(ConnectionRefusedError):
+                await loop.sock_connect(sock, address)
+
+    run(loop, main())
+
+
+def test_sock_connect_resolves_a_host_name(loop):
+    async def main():
+        with nonblocking(socket.socket()) as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            with nonblocking(socket.socket()) as client:
+                await loop.sock_connect(client, ("localhost", listener.getsockname()[1]))
+                conn, _ = await loop.sock_accept(listener)
+                conn.close()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sock_recvfrom/sock_sendto are new in 3.11")
+def test_sock_sendto_recvfrom_and_recvfrom_into(loop):
+    async def main():
+        with nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as a, \
+             nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as b:
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+            pending = asyncio.ensure_future(loop.sock_recvfrom(b, 65536))
+            await asyncio.sleep(0.01)
+            datagram = os.urandom(60000)
+            assert await loop.sock_sendto(a, datagram, b.getsockname()) == len(datagram)
+            data, source = await pending
+            assert data == datagram and source == a.getsockname()
+            await loop.sock_sendto(b, b"reply", a.getsockname())
+            buffer = bytearray(100)
+            n, source = await loop.sock_recvfrom_into(a, buffer)
+            assert buffer[:n] == b"reply" and source == b.getsockname()
+
+    run(loop, main())
+
+
+def test_sock_methods_reject_ssl_sockets(loop, client_ssl_context):
+    async def main():
+        raw = nonblocking(socket.socket())
+        wrapped = client_ssl_context.wrap_socket(raw, do_handshake_on_connect=False, server_hostname="localhost")
+        with wrapped:
+            with pytest.raises(TypeError):
+                await loop.sock_recv(wrapped, 1)
+
+    run(loop, main())
+
+
+def test_add_reader_is_level_triggered_and_remove_reader_reports_presence(loop):
+    reader_sock, writer_sock = socket.socketpair()
+    with reader_sock, writer_sock:
+        calls = []
+
+        def on_readable(tag):
+            calls.append(tag)
+            if len(calls) == 3:
+                loop.remove_reader(reader_sock.fileno())
+                loop.call_later(0.05, loop.stop)
+
+        loop.add_reader(reader_sock.fileno(), on_readable, "tag")
+        writer_sock.send(b"x")  # never read: readiness persists
+        loop.run_forever()
+        assert calls == ["tag", "tag", "tag"]
+        assert loop.remove_reader(reader_sock.fileno()) is False
+        assert reader_sock.recv(1) == b"x"
+
+
+def test_add_reader_replaces_the_previous_callback(loop):
+    reader_sock, writer_sock = socket.socketpair()
+    with reader_sock, writer_sock:
+        seen = []
+
+        def second():
+            seen.append("second")
+            reader_sock.recv(10)
+            loop.stop()
+
+        loop.add_reader(reader_sock, lambda: seen.append("first"))  # file-like objects are accepted
+        loop.add_reader(reader_sock.fileno(), second)
+        writer_sock.send(b"x")
+        loop.run_forever()
+        assert seen == ["second"]
+        assert loop.remove_reader(reader_sock) is True
+
+
+def test_remove_reader_takes_effect_within_the_same_iteration(loop):
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        calls = []
+        (r1, w1), (r2, w2) = pairs
+
+        def on_first():
+            calls.append("first")
+            r1.recv(10)
+            loop.remove_reader(r2.fileno())
+            loop.remove_reader(r1.fileno())
+
+        def on_second():
+            calls.append("second")
+            r2.recv(10)
+            loop.remove_reader(r1.fileno())
+            loop.remove_reader(r2.fileno())
+
+        loop.add_reader(r1.fileno(), on_first)
+        loop.add_reader(r2.fileno(), on_second)
+        w1.send(b"1")
+        w2.send(b"2")
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+        # Both were ready in the same iteration; whichever ran first removed the other.
+        assert calls in (["first"], ["second"])
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_add_reader_leaves_the_blocking_mode_alone(loop):
+    reader_sock, writer_sock = socket.socketpair()
+    with reader_sock, writer_sock:
+        assert reader_sock.getblocking()
+        loop.add_reader(reader_sock.fileno(), lambda: None)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert os.get_blocking(reader_sock.fileno())
+        loop.remove_reader(reader_sock.fileno())
+        assert os.get_blocking(reader_sock.fileno())
+        nonblocking(reader_sock)
+        loop.add_writer(reader_sock.fileno(), lambda: None)
+        loop.remove_writer(reader_sock.fileno())
+        assert not os.get_blocking(reader_sock.fileno())
+
+
+def test_add_writer_fires_while_writable(loop):
+    a, b = socket.socketpair()
+    with a, b:
+        calls = []
+
+        def on_writable():
+            calls.append(1)
+            if len(calls) == 2:
+                assert loop.remove_writer(a.fileno()) is True
+                loop.stop()
+
+        loop.add_writer(a.fileno(), on_writable)
+        loop.run_forever()
+        assert calls == [1, 1]
+        assert loop.remove_writer(a.fileno()) is False
+
+
+def test_reader_and_writer_on_the_same_fd_are_independent(loop):
+    a, b = socket.socketpair()
+    with a, b:
+        seen = set()
+
+        def done_if_both():
+            if seen == {"reader", "writer"}:
+                loop.stop()
+
+        def on_writable():
+            seen.add("writer")
+            loop.remove_writer(a.fileno())
+            done_if_both()
+
+        def on_readable():
+            seen.add("reader")
+            a.recv(10)
+            loop.remove_reader(a.fileno())
+            done_if_both()
+
+        loop.add_reader(a.fileno(), on_readable)
+        loop.add_writer(a.fileno(), on_writable)
+        b.send(b"ping")
+        loop.run_forever()
+        assert seen == {"reader", "writer"}
+
+
+def test_reader_sees_peer_hangup(loop):
+    a, b = socket.socketpair()
+    with a:
+        seen = []
+
+        def on_readable():
+            seen.append(a.recv(10))
+            loop.remove_reader(a.fileno())
+            loop.stop()
+
+        loop.add_reader(a.fileno(), on_readable)
+        b.close()
+        loop.run_forever()
+        assert seen == [b""]
+
+
+def test_add_reader_with_invalid_fd_raises(loop):
+    with pytest.raises((ValueError, OSError)):
+        loop.add_reader(-1, lambda: None)
+    with pytest.raises((ValueError, TypeError)):
+        loop.add_reader("not an fd", lambda: None)
+
+
+def test_add_reader_on_a_pipe(loop):
+    r, w = os.pipe()
+    try:
+        received = []
+
+        def on_readable():
+            received.append(os.read(r, 100))
+            loop.remove_reader(r)
+            loop.stop()
+
+        loop.add_reader(r, on_readable)
+        loop.call_later(0.01, os.write, w, b"through a pipe")
+        loop.run_forever()
+        assert received == [b"through a pipe"]
+    finally:
+        os.close(r)
+        os.close(w)
