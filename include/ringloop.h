@@ -1,0 +1,475 @@
+/*
+ * ringloop: a Linux event-loop reactor (io_uring where the kernel allows it, epoll elsewhere).
+ *
+ * The C ABI of libringloop. Generated from ffi/src by cbindgen: do not edit; run
+ * `make -C ffi header` after changing the Rust source.
+ *
+ * Conventions (see each function for details):
+ *  - Functions return 0 (or a count) on success and -errno on failure; ringloop's own codes are
+ *    below -RL_ERR_BASE (RL_EHANDLE, RL_EPANIC, RL_EUNSUPPORTED, RL_ESTATE). rl_strerror()
+ *    names every code.
+ *  - Handles (rl_loop *, rl_future *) are opaque and validated on every call: a NULL, freed or
+ *    foreign handle gives RL_EHANDLE, never a crash.
+ *  - A loop is used by one thread at a time ("loop thread only"); functions documented as
+ *    "thread-safe" may be called from any thread.
+ *  - Callbacks are a C function pointer plus a void *data passed back verbatim. They run on the
+ *    loop thread, inside rl_run or rl_poll, and may call any function of the library on that
+ *    loop except rl_loop_free, rl_run and rl_poll.
+ *  - Nothing unwinds out of the library: an internal panic is reported as RL_EPANIC.
+ */
+
+#ifndef RINGLOOP_H
+#define RINGLOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/**
+ * Major version of the library this header describes (incompatible ABI changes).
+ */
+#define RL_VERSION_MAJOR 0
+
+/**
+ * Minor version (backwards-compatible additions).
+ */
+#define RL_VERSION_MINOR 1
+
+/**
+ * Patch version (fixes only).
+ */
+#define RL_VERSION_PATCH 0
+
+/**
+ * Base of ringloop's own error codes: they are all below `-RL_ERR_BASE`, far outside the errno
+ * range, so `-errno` and library codes never collide.
+ */
+#define RL_ERR_BASE 100000
+
+/**
+ * A null, stale (freed) or foreign handle was passed.
+ */
+#define RL_EHANDLE -100001
+
+/**
+ * The library caught an internal panic; the operation did not take place. The loop stays usable.
+ */
+#define RL_EPANIC -100002
+
+/**
+ * The requested backend is unavailable on this kernel (e.g. io_uring disabled by sysctl).
+ */
+#define RL_EUNSUPPORTED -100003
+
+/**
+ * The object is in the wrong state for the call (freeing a running loop, reading the result of
+ * a pending future, completing a done future, using a loop from a second thread concurrently).
+ */
+#define RL_ESTATE -100004
+
+/**
+ * Readiness interest / ready-mask bit: readable (hang-up and error count as readable).
+ */
+#define RL_READABLE 1
+
+/**
+ * Readiness interest / ready-mask bit: writable (error counts as writable).
+ */
+#define RL_WRITABLE 2
+
+/**
+ * `rl_event.flags` bit: more events follow for this operation (a multishot op is still armed).
+ */
+#define RL_EV_MORE 1
+
+/**
+ * `rl_event.flags` bit: `aux` is the id of a loop-owned receive buffer holding `result` bytes,
+ * valid until the next `rl_poll`.
+ */
+#define RL_EV_BUFFER 2
+
+/**
+ * The token of the event `rl_wake` produces in raw mode.
+ */
+#define RL_WAKE_TOKEN UINT64_MAX
+
+/**
+ * Tokens at or above this value belong to the library; raw operations given one fail `-EINVAL`.
+ */
+#define RL_TOKEN_RESERVED 9223372036854775808ull
+
+/**
+ * `rl_options.backend`: io_uring when the kernel supports what ringloop needs, else epoll;
+ * `RINGLOOP_BACKEND=io_uring|epoll` overrides unless `RL_OPT_IGNORE_ENV` is set.
+ */
+#define RL_BACKEND_AUTO 0
+
+/**
+ * `rl_options.backend`: io_uring, or `RL_EUNSUPPORTED` when unavailable (never a silent switch).
+ */
+#define RL_BACKEND_IO_URING 1
+
+/**
+ * `rl_options.backend`: epoll.
+ */
+#define RL_BACKEND_EPOLL 2
+
+/**
+ * `rl_options.flags` bit: ignore the `RINGLOOP_BACKEND` environment variable.
+ */
+#define RL_OPT_IGNORE_ENV 1
+
+/**
+ * `rl_run` mode: run until `rl_stop` is called or no work is left that could wake the loop.
+ */
+#define RL_RUN_DEFAULT 0
+
+/**
+ * `rl_run` mode: wait for at least one event (or a due timer) and dispatch once.
+ */
+#define RL_RUN_ONCE 1
+
+/**
+ * `rl_run` mode: dispatch what is ready now without waiting.
+ */
+#define RL_RUN_NOWAIT 2
+
+/**
+ * An event loop. Opaque: created by `rl_loop_new`, destroyed by `rl_loop_free`.
+ *
+ * The pointer value is a registry handle, never dereferenced by the library: a null, freed or
+ * foreign value is detected and rejected with `RL_EHANDLE`.
+ */
+typedef struct rl_loop rl_loop;
+
+/**
+ * Loop options. Initialise with `rl_options_init`, then change fields.
+ *
+ * `size` must be `sizeof(rl_options)` as the caller compiled it: the struct only grows at the
+ * end, so a caller built against an older header keeps working (missing fields take their
+ * defaults), and a newer caller's extra fields are accepted when they are zero.
+ */
+typedef struct rl_options {
+    /**
+     * `sizeof(rl_options)`.
+     */
+    uint32_t size;
+    /**
+     * `RL_BACKEND_AUTO`, `RL_BACKEND_IO_URING` or `RL_BACKEND_EPOLL`.
+     */
+    uint32_t backend;
+    /**
+     * Size in bytes of each loop-owned receive buffer; 0 = default (16384).
+     */
+    uint32_t buffer_size;
+    /**
+     * Number of receive buffers, a power of two up to 32768; 0 = default (512).
+     */
+    uint32_t buffer_count;
+    /**
+     * io_uring submission queue entries, a power of two; 0 = default (1024). Ignored by epoll.
+     */
+    uint32_t ring_entries;
+    /**
+     * Bit set of `RL_OPT_*`.
+     */
+    uint32_t flags;
+} rl_options;
+
+/**
+ * One completion event, identical in layout to the reactor's event record (24 bytes).
+ */
+typedef struct rl_event {
+    /**
+     * The token the operation was submitted with (`RL_WAKE_TOKEN` for a wake-up).
+     */
+    uint64_t token;
+    /**
+     * Bytes transferred, a new fd, a ready mask (`RL_READABLE`/`RL_WRITABLE`), a signal number,
+     * 0, or `-errno`.
+     */
+    int32_t result;
+    /**
+     * Bit set of `RL_EV_MORE` and `RL_EV_BUFFER`.
+     */
+    uint32_t flags;
+    /**
+     * The receive buffer id when `RL_EV_BUFFER` is set, else 0.
+     */
+    uint64_t aux;
+} rl_event;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The library version as `(major << 16) | (minor << 8) | patch`.
+ *
+ * Compare with `RL_VERSION_MAJOR`/`MINOR`/`PATCH` from the header to detect a header/library
+ * mismatch at run time. Thread-safe.
+ */
+uint32_t rl_version(void);
+
+/**
+ * A static, NUL-terminated description of `code`: ringloop's `RL_E*` codes, `-errno` values
+ * (and positive errno values) and `0`.
+ *
+ * Never returns NULL; an unknown code gives `"unknown error"`. The string is owned by the library
+ * and must not be freed. Thread-safe.
+ */
+const char *rl_strerror(int code);
+
+/**
+ * Fills `*opts` with the defaults, `size` included.
+ *
+ * Does nothing when `opts` is NULL. Thread-safe.
+ *
+ * # Safety
+ * `opts` is NULL or points to a writable `rl_options`.
+ */
+void rl_options_init(struct rl_options *opts);
+
+/**
+ * Creates a loop and stores its handle in `*out`.
+ *
+ * `opts` may be NULL for the defaults. Returns 0; `-EINVAL` when `out` is NULL or an option is
+ * out of range, `-E2BIG` when `opts->size` is larger than this library's `rl_options` and the
+ * extra bytes are not zero, `RL_EUNSUPPORTED` when `RL_BACKEND_IO_URING` was forced and io_uring
+ * is unavailable, or another `-errno` from the kernel (`-EMFILE`, `-ENOMEM`, ...). On failure
+ * `*out` is left unchanged.
+ *
+ * The caller owns the loop and releases it with `rl_loop_free`. The loop may be created on one
+ * thread and used on another, but is used by one thread at a time. Thread-safe.
+ *
+ * # Safety
+ * `opts` is NULL or points to at least `opts->size` readable bytes; `out` is NULL or writable.
+ */
+int rl_loop_new(const struct rl_options *opts, struct rl_loop **out);
+
+/**
+ * Destroys a loop: cancels every operation, timer, watch and signal handler still registered,
+ * waits until the kernel no longer touches any caller memory (pending sends), and releases the
+ * loop's resources. Closes no fd the caller owns; pending callbacks are dropped without being
+ * called, pending futures of the loop are cancelled.
+ *
+ * Returns 0, `RL_EHANDLE` for a null, stale or foreign handle (so a double free is an error, not
+ * a crash), or `RL_ESTATE` when called from inside a callback of this loop (during `rl_run` or
+ * `rl_poll`) or while another thread is using it. After success the handle is stale everywhere.
+ *
+ * Loop thread only.
+ */
+int rl_loop_free(struct rl_loop *loop);
+
+/**
+ * The name of the loop's backend: `"io_uring"` or `"epoll"` (a static string), or NULL for a
+ * null, stale or foreign handle. Thread-safe.
+ */
+const char *rl_loop_backend(const struct rl_loop *loop);
+
+/**
+ * The loop's clock: CLOCK_MONOTONIC in nanoseconds, the clock of `rl_call_at` and `rl_op_timer`
+ * deadlines. 0 for a null, stale or foreign handle. Thread-safe.
+ */
+uint64_t rl_now(const struct rl_loop *loop);
+
+/**
+ * Waits for events and writes up to `capacity` of them to `events`.
+ *
+ * `timeout_ns < 0` waits until at least one event is ready, `0` does not wait, `> 0` waits at
+ * most that long. Submissions made since the last call go to the kernel in the same system call
+ * where the backend allows it. Events that do not fit stay queued for the next call; nothing is
+ * dropped. The receive buffers named by the previous call's `RL_EV_BUFFER` events are recycled
+ * by this call: read (or copy) their bytes before calling `rl_poll` again.
+ *
+ * If callback-mode work is registered on the loop (timers, readers, futures, ...), this call
+ * dispatches it and returns only raw-mode events and the `RL_WAKE_TOKEN` event.
+ *
+ * Returns the number of events written (0 on timeout or signal interruption), `-EINVAL` when
+ * `events` is NULL (or not 8-byte aligned) with a nonzero `capacity`, `RL_EHANDLE`, `RL_ESTATE`
+ * when another thread is using the loop or when called from a callback of this loop, or
+ * `-errno`. Does not take any lock a callback could need: safe to call with Python's GIL released.
+ *
+ * Loop thread only.
+ *
+ * # Safety
+ * `events` is valid for writing `capacity` records (or `capacity` is 0).
+ */
+int rl_poll(struct rl_loop *loop, int64_t timeout_ns, struct rl_event *events, uint32_t capacity);
+
+/**
+ * Watches `fd` for readiness: a persistent, level-triggered watch (asyncio's add_reader /
+ * add_writer). While `fd` is ready, each `rl_poll` returns one event with `token`, `result` =
+ * the ready bits of `interest`, and `RL_EV_MORE`; until the watch is cancelled with
+ * `rl_op_cancel`.
+ *
+ * `interest` is `RL_READABLE`, `RL_WRITABLE` or both. Several watches may exist on one fd.
+ * Stores the op id in `*op_out` when `op_out` is not NULL. Returns 0, `-EINVAL` (bad interest or
+ * reserved token), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, or `-errno`. The fd stays the caller's.
+ *
+ * Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token, uint64_t *op_out);
+
+/**
+ * Starts a multishot receive on the stream socket `fd` into loop-owned buffers.
+ *
+ * Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
+ * are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll`. Every event but
+ * the last has `RL_EV_MORE`; the last has `result` 0 (end of stream) or `-errno`, or comes
+ * after `rl_op_cancel`. When the loop runs out of buffers the receive pauses and resumes after
+ * the next `rl_poll`: no `-ENOBUFS`, no lost bytes.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
+ * `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_recv(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
+
+/**
+ * Sends `len` bytes from `buf` on the stream socket `fd`. One event: the total bytes sent (the
+ * loop finishes short writes itself), or `-errno` if the send failed (bytes sent before the
+ * error are not reported separately).
+ *
+ * The library reads `buf` until that event has been returned by `rl_poll` (also after
+ * `rl_op_cancel`, which still delivers the one final event, `-ECANCELED` or a count): the
+ * caller keeps it alive and unchanged until then. `len` 0 completes with 0.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (NULL `buf` with nonzero
+ * `len`, reserved token), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread only.
+ *
+ * # Safety
+ * `buf..buf+len` stays readable and unmodified until the op's event; `op_out` is NULL or writable.
+ */
+int rl_op_send(struct rl_loop *loop,
+               int fd,
+               const void *buf,
+               size_t len,
+               uint64_t token,
+               uint64_t *op_out);
+
+/**
+ * Starts a multishot accept on the listening socket `fd`: one event per connection with
+ * `result` = the new fd (non-blocking, close-on-exec, owned by the caller from then on) and
+ * `RL_EV_MORE`; a final event without `RL_EV_MORE` carries `-errno` if accepting stops.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
+ * `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_accept(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
+
+/**
+ * Connects the non-blocking socket `fd` to the address `sockaddr` (`addrlen` bytes, copied
+ * before return). One event: 0 or `-errno` (e.g. `-ECONNREFUSED`).
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (NULL or malformed
+ * address), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread only.
+ *
+ * # Safety
+ * `sockaddr` points to `addrlen` readable bytes; `op_out` is NULL or writable.
+ */
+int rl_op_connect(struct rl_loop *loop,
+                  int fd,
+                  const void *sockaddr,
+                  uint32_t addrlen,
+                  uint64_t token,
+                  uint64_t *op_out);
+
+/**
+ * Closes `fd` after cancelling every operation the loop has on it. One event: 0 or `-errno`.
+ *
+ * Ownership of `fd` passes to the loop once the handle, token and fd have been checked (that is,
+ * unless the call returns `RL_EHANDLE`, `RL_ESTATE`, `-EINVAL` or `-EBADF`): from then on the
+ * caller must not use or close it, even if the call returns another error (the fd is closed
+ * then too).
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or an error as above. Loop thread only.
+ *
+ * # Safety
+ * `fd` is an open fd the caller owns and gives away; `op_out` is NULL or writable.
+ */
+int rl_op_close(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
+
+/**
+ * Delivers signal `signo` as events (`result` = signo, `RL_EV_MORE`) through a signalfd: the
+ * signal is blocked in the calling thread (and threads it creates afterwards) until the op is
+ * cancelled with `rl_op_cancel`. Block the signal in every other thread of the process too, or
+ * the kernel may deliver it to one of them instead.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (bad signal number,
+ * SIGKILL/SIGSTOP, reserved token), `-EEXIST` (signal already handled by this loop),
+ * `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_signal(struct rl_loop *loop, int signo, uint64_t token, uint64_t *op_out);
+
+/**
+ * A one-shot timer at `deadline_ns` on the loop clock (`rl_now`). Its event has `result` 0 and
+ * no flags. A deadline in the past fires on the next `rl_poll`.
+ *
+ * Stores the timer id in `*timer_out` (when not NULL); cancel with `rl_timer_cancel`. Returns 0,
+ * `-EINVAL` (reserved token), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ *
+ * # Safety
+ * `timer_out` is NULL or writable.
+ */
+int rl_op_timer(struct rl_loop *loop, uint64_t deadline_ns, uint64_t token, uint64_t *timer_out);
+
+/**
+ * Cancels one operation by the id an `rl_op_*` call returned.
+ *
+ * Takes effect before it returns: no event of the op is delivered afterwards, except for a send,
+ * which delivers exactly one final event (`-ECANCELED` or the bytes sent) once the kernel no
+ * longer reads its buffer. Returns 0, `-ENOENT` for an op that already ended or was cancelled
+ * (harmless: ids carry a generation and never name another op), `RL_EHANDLE`, `RL_ESTATE`.
+ *
+ * Loop thread only.
+ */
+int rl_op_cancel(struct rl_loop *loop, uint64_t op);
+
+/**
+ * Cancels every live operation carrying `token` (timers not included), with the same guarantees
+ * as `rl_op_cancel`. Returns how many were cancelled (0 is not an error), or `-EINVAL` for a
+ * reserved token, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_op_cancel_token(struct rl_loop *loop, uint64_t token);
+
+/**
+ * Describes the loop's receive-buffer region: buffer `id` (the `aux` of an `RL_EV_BUFFER` event)
+ * starts at `*base + id * *buffer_size`. The region never moves for the loop's lifetime, so a
+ * binding may map it once. Each out pointer may be NULL.
+ *
+ * Returns 0, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only. The region belongs to the loop and is
+ * freed by `rl_loop_free`.
+ *
+ * # Safety
+ * Each out pointer is NULL or writable.
+ */
+int rl_buffers(struct rl_loop *loop,
+               const uint8_t **base,
+               uint32_t *buffer_size,
+               uint32_t *buffer_count);
+
+/**
+ * Wakes the loop if it is blocked in `rl_poll` or `rl_run`. Wakes coalesce: any number of calls
+ * between two polls produce one `RL_WAKE_TOKEN` event in raw mode (callback mode consumes it
+ * internally). A wake is never lost.
+ *
+ * Returns 0 or `RL_EHANDLE`. **Thread-safe**; never blocks.
+ */
+int rl_wake(struct rl_loop *loop);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* RINGLOOP_H */
