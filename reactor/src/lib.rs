@@ -7,10 +7,16 @@
 //! dispatcher over the same core.
 
 mod backend;
+mod buffers;
 pub mod callback;
 mod event;
+mod ops;
 mod options;
 mod reactor;
+mod signals;
+mod sys;
+mod timers;
+mod wake;
 
 pub use event::{flags, Event, Interest, OpId, TimerId};
 pub use options::{BackendChoice, BackendKind, Options};

@@ -28,12 +28,21 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::{self, Backend};
+use crate::signals::SignalRegistry;
+use crate::sys::{fork_generation, forked_child_error, monotonic_ns};
+use crate::timers::Timers;
+use crate::wake::WakeShared;
 use crate::{BackendKind, Event, Interest, OpId, Options, TimerId};
 
 /// The reactor. Used from one thread at a time (`Send`, not `Sync`); [`Waker`] is the only handle
 /// other threads use.
 pub struct Reactor {
-    _private: (),
+    backend: Box<dyn Backend>,
+    timers: Timers,
+    signals: SignalRegistry,
+    wake: Arc<WakeShared>,
+    fork_generation: u64,
 }
 
 /// A cheap, cloneable, thread-safe handle that wakes a reactor blocked in `poll`. Wakes coalesce:
@@ -41,14 +50,21 @@ pub struct Reactor {
 /// [`Options::wake_token`], and a wake is never lost.
 #[derive(Clone)]
 pub struct Waker {
-    _inner: Arc<()>,
+    inner: Arc<WakeShared>,
 }
 
 impl Waker {
     /// Wakes the reactor. Thread-safe, async-signal-safe, never blocks.
     pub fn wake(&self) {
-        todo!("reactor core")
+        self.inner.wake();
     }
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such operation (already finished or cancelled)",
+    )
 }
 
 impl Reactor {
@@ -57,43 +73,74 @@ impl Reactor {
     /// Forcing io_uring where it is unavailable fails with `ErrorKind::Unsupported` and a message
     /// that says why.
     pub fn new(opts: &Options) -> io::Result<Reactor> {
-        let _ = opts;
-        todo!("reactor core")
+        let wake = Arc::new(WakeShared::new()?);
+        let backend = backend::create(opts, wake.clone())?;
+        Ok(Reactor {
+            backend,
+            timers: Timers::default(),
+            signals: SignalRegistry::default(),
+            wake,
+            fork_generation: fork_generation(),
+        })
     }
 
     /// Which backend this reactor runs on.
     pub fn backend(&self) -> BackendKind {
-        todo!("reactor core")
+        self.backend.kind()
     }
 
     /// The monotonic clock (CLOCK_MONOTONIC) in nanoseconds; timer deadlines use it.
     pub fn now_ns() -> u64 {
-        todo!("reactor core")
+        monotonic_ns()
     }
 
     /// Waits for events. See the module contract.
     pub fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
-        let _ = (timeout, events);
-        todo!("reactor core")
+        if self.fork_generation != fork_generation() {
+            return Err(forked_child_error());
+        }
+        let mut wait = timeout;
+        if let Some(deadline) = self.timers.next_deadline() {
+            let now = monotonic_ns();
+            let until_timer = Duration::from_nanos(deadline.saturating_sub(now));
+            wait = Some(wait.map_or(until_timer, |t| t.min(until_timer)));
+        }
+        let mut n = self.backend.poll(wait, events)?;
+        if n < events.len() && self.timers.len() > 0 {
+            let now = monotonic_ns();
+            while n < events.len() {
+                let Some(token) = self.timers.pop_expired(now) else {
+                    break;
+                };
+                events[n] = Event {
+                    token,
+                    result: 0,
+                    flags: 0,
+                    aux: 0,
+                };
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// A thread-safe waker for this reactor.
     pub fn waker(&self) -> Waker {
-        todo!("reactor core")
+        Waker {
+            inner: self.wake.clone(),
+        }
     }
 
     /// Watches `fd` for readiness (persistent, level-triggered). Several watches may exist on one fd
     /// (asyncio's reader and writer are two watches).
     pub fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<OpId> {
-        let _ = (fd, interest, token);
-        todo!("reactor core")
+        self.backend.watch(fd, interest, token).map(OpId)
     }
 
     /// Multishot stream receive into reactor-owned buffers: events carry [`crate::flags::BUFFER`],
-    /// `aux` = buffer id, `result` = byte count; read the bytes with [`Reactor::buffer`].
+    /// `aux` = buffer id, `result` = byte count; read the bytes with [`Reactor::event_data`].
     pub fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
-        let _ = (fd, token);
-        todo!("reactor core")
+        self.backend.recv_multi(fd, token).map(OpId)
     }
 
     /// Sends `len` bytes starting at `buf`. One event: total bytes sent, or `-errno`.
@@ -101,76 +148,106 @@ impl Reactor {
     /// # Safety
     /// `buf..buf+len` must stay valid and unmodified until this op's final event has been returned
     /// by `poll` (also after [`Reactor::cancel`]).
-    pub unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: usize, token: u64) -> io::Result<OpId> {
-        let _ = (fd, buf, len, token);
-        todo!("reactor core")
+    pub unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        token: u64,
+    ) -> io::Result<OpId> {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.backend.send(fd, buf, len, token) }.map(OpId)
     }
 
     /// Multishot accept on a listening socket: one event per connection, `result` = the new fd
     /// (non-blocking, close-on-exec, owned by the caller from then on).
     pub fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
-        let _ = (fd, token);
-        todo!("reactor core")
+        self.backend.accept_multi(fd, token).map(OpId)
     }
 
     /// Connects a non-blocking socket. One event: `0` or `-errno`. `addr` is copied.
-    pub fn connect(&mut self, fd: RawFd, addr: &nix::sys::socket::SockaddrStorage, token: u64) -> io::Result<OpId> {
-        let _ = (fd, addr, token);
-        todo!("reactor core")
+    pub fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: &nix::sys::socket::SockaddrStorage,
+        token: u64,
+    ) -> io::Result<OpId> {
+        self.backend.connect(fd, addr, token).map(OpId)
     }
 
     /// Closes `fd` after cancelling every op the reactor has on it. One event: `0` or `-errno`.
     pub fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<OpId> {
-        let _ = (fd, token);
-        todo!("reactor core")
+        self.backend.close(fd, token).map(OpId)
     }
 
     /// Cancels one op; `NotFound` for a stale id. See the module contract.
     pub fn cancel(&mut self, op: OpId) -> io::Result<()> {
-        let _ = op;
-        todo!("reactor core")
+        if !self.backend.cancel(op.0) {
+            return Err(not_found());
+        }
+        self.signals.release_where(|id, _| id == op);
+        Ok(())
     }
 
     /// Cancels every live op carrying `token`; returns how many.
     pub fn cancel_token(&mut self, token: u64) -> usize {
-        let _ = token;
-        todo!("reactor core")
+        let cancelled = self.backend.cancel_token(token);
+        if cancelled > 0 {
+            self.signals.release_where(|_, t| t == token);
+        }
+        cancelled
     }
 
     /// A one-shot timer at `deadline_ns` on [`Reactor::now_ns`]'s clock. Its event has `result` 0.
     pub fn add_timer(&mut self, deadline_ns: u64, token: u64) -> TimerId {
-        let _ = (deadline_ns, token);
-        todo!("reactor core")
+        self.timers.add(deadline_ns, token)
     }
 
     /// Cancels a timer. `false` when it already fired or was cancelled (harmless).
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
-        let _ = timer;
-        todo!("reactor core")
+        self.timers.cancel(timer)
     }
 
     /// Delivers `signo` as events (`result` = signo, multishot) through a signalfd. The signal is
     /// blocked in the calling thread; cancel the op to stop and unblock it.
     pub fn add_signal(&mut self, signo: i32, token: u64) -> io::Result<OpId> {
-        let _ = (signo, token);
-        todo!("reactor core")
+        let (signal, signalfd) = self.signals.open(signo)?;
+        match self.backend.signal(signalfd, token) {
+            Ok(key) => {
+                self.signals.started(OpId(key), token, signal);
+                Ok(OpId(key))
+            }
+            Err(err) => {
+                self.signals.unblock_unused();
+                Err(err)
+            }
+        }
     }
 
     /// The bytes of a [`crate::flags::BUFFER`] event; `None` for any other event.
     pub fn event_data(&self, event: &Event) -> Option<&[u8]> {
-        let _ = event;
-        todo!("reactor core")
+        if event.flags & crate::flags::BUFFER == 0 {
+            return None;
+        }
+        self.backend.buffers().data(event.aux, event.result)
     }
 
     /// The whole receive-buffer region: `(base, buffer_size, buffer_count)`. Buffer `id` starts at
     /// `base + id * buffer_size`. The region's address is fixed for the reactor's lifetime, so a
     /// binding may map it once.
     pub fn buffer_region(&self) -> (*const u8, usize, usize) {
-        todo!("reactor core")
+        let pool = self.backend.buffers();
+        (pool.base() as *const u8, pool.size(), pool.count())
     }
 
     /// Number of live ops and timers (what closing would cancel).
     pub fn pending(&self) -> usize {
-        todo!("reactor core")
+        self.backend.pending() + self.timers.len()
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        self.signals.release_all();
     }
 }

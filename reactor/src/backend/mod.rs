@@ -1,1 +1,150 @@
-//! Backends: the small contract each kernel interface fulfils. (Filled in by the reactor core.)
+//! Backends: the small contract each kernel interface fulfils, and the run-time choice between
+//! them.
+//!
+//! A backend owns the op table, the receive-buffer pool and everything that talks to the kernel
+//! about ops; the reactor above it owns timers, signal masks and the public API. Every backend
+//! must:
+//!
+//! * deliver exactly the events the contract in `reactor.rs` describes — watches level-triggered
+//!   (at most one event per `poll` per watch), multishot recv/accept/signal with
+//!   [`crate::flags::MORE`] on all but the last event, one final event per send/connect/close;
+//! * make `cancel` take effect before it returns (drop anything queued or later completed for the
+//!   op, returning buffers and closing accepted fds nobody will see), except that a send produces
+//!   exactly one final event once the kernel no longer reads caller memory;
+//! * recycle the buffers lent by the previous `poll` at the start of the next one, hold a multishot
+//!   recv back while the pool is dry and re-arm it afterwards (never report `ENOBUFS`);
+//! * keep what does not fit in `events` for the next `poll`, never drop it;
+//! * report a wake (the eventfd in [`WakeShared`]) as one event with the wake token, clearing the
+//!   pending flag only after consuming the eventfd counter;
+//! * never wait longer than `timeout`, and turn `EINTR` into an early, successful return;
+//! * on drop, cancel everything in flight and wait until the kernel no longer references op or
+//!   caller memory.
+//!
+//! Keys returned by the op-starting methods are [`crate::OpId`] values (see `ops.rs`).
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::SockaddrStorage;
+
+use crate::buffers::BufferPool;
+use crate::wake::WakeShared;
+use crate::{BackendChoice, BackendKind, Event, Interest, Options};
+
+mod epoll;
+mod uring;
+
+pub(crate) trait Backend: Send {
+    fn kind(&self) -> BackendKind;
+    fn buffers(&self) -> &BufferPool;
+    /// Recycles lent buffers, submits, waits at most `timeout`, fills `events`.
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize>;
+    fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64>;
+    fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
+    /// # Safety
+    /// `buf..buf+len` stays valid and unmodified until the op's final event has been returned by
+    /// `poll` (the caller's promise in [`crate::Reactor::send`]).
+    unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: usize, token: u64)
+        -> io::Result<u64>;
+    fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
+    fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64>;
+    fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64>;
+    /// Delivers the signals read from `signalfd` (multishot; result = signo).
+    fn signal(&mut self, signalfd: SignalFd, token: u64) -> io::Result<u64>;
+    /// `false` when `key` names no live op.
+    fn cancel(&mut self, key: u64) -> bool;
+    /// Cancels every live op carrying `token`; returns how many.
+    fn cancel_token(&mut self, token: u64) -> usize;
+    /// Live, caller-visible ops.
+    fn pending(&self) -> usize;
+}
+
+/// Validates `opts` and creates the backend it selects.
+pub(crate) fn create(opts: &Options, wake: Arc<WakeShared>) -> io::Result<Box<dyn Backend>> {
+    if opts.ring_entries == 0 || opts.ring_entries > 32768 || !opts.ring_entries.is_power_of_two() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "ring_entries must be a power of two between 1 and 32768",
+        ));
+    }
+    match resolve_choice(opts)? {
+        BackendChoice::Epoll => Ok(Box::new(epoll::Epoll::new(opts, wake)?)),
+        BackendChoice::IoUring => match uring::Uring::new(opts, wake) {
+            Ok(backend) => Ok(Box::new(backend)),
+            Err(uring::SetupError::Unavailable(why)) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("ringloop: io_uring backend unavailable: {why}"),
+            )),
+            Err(uring::SetupError::Io(err)) => Err(err),
+        },
+        BackendChoice::Auto => match uring::Uring::new(opts, wake.clone()) {
+            Ok(backend) => Ok(Box::new(backend)),
+            Err(uring::SetupError::Unavailable(_)) => Ok(Box::new(epoll::Epoll::new(opts, wake)?)),
+            Err(uring::SetupError::Io(err)) => Err(err),
+        },
+    }
+}
+
+/// Applies `RINGLOOP_BACKEND` to [`BackendChoice::Auto`] when the options allow it.
+fn resolve_choice(opts: &Options) -> io::Result<BackendChoice> {
+    if opts.backend != BackendChoice::Auto || !opts.honor_env {
+        return Ok(opts.backend);
+    }
+    match std::env::var("RINGLOOP_BACKEND") {
+        Err(std::env::VarError::NotPresent) => Ok(BackendChoice::Auto),
+        Ok(value) => match value.as_str() {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "io_uring" => Ok(BackendChoice::IoUring),
+            "epoll" => Ok(BackendChoice::Epoll),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("RINGLOOP_BACKEND={other:?} is not one of \"io_uring\", \"epoll\""),
+            )),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "RINGLOOP_BACKEND is not valid UTF-8",
+        )),
+    }
+}
+
+/// Maps kernel readiness (`poll(2)` / epoll bits, which agree for these) to the [`Interest`] bits
+/// a watch reports: error and hang-up count as ready for every watched direction.
+pub(crate) fn ready_bits(revents: u32, interest: Interest) -> u32 {
+    let mut bits = 0;
+    if revents & (libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP) as u32 != 0 {
+        bits |= Interest::READABLE.bits();
+    }
+    if revents & libc::POLLOUT as u32 != 0 {
+        bits |= Interest::WRITABLE.bits();
+    }
+    if revents & (libc::POLLERR | libc::POLLHUP) as u32 != 0 {
+        bits |= Interest::BOTH.bits();
+    }
+    bits & interest.bits()
+}
+
+/// Accept errors that concern one connection or a passing resource shortage: reported (with
+/// [`crate::flags::MORE`]) while the accept stays armed, as asyncio and libuv keep listening.
+pub(crate) fn accept_error_is_transient(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOBUFS
+            | libc::ENOMEM
+            | libc::ECONNABORTED
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+    )
+}

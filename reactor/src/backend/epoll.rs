@@ -1,0 +1,676 @@
+//! The epoll backend: readiness, with the completion model emulated on top (as libxev does).
+//!
+//! * One level-triggered registration per fd whose mask is the union of what the ops on that fd
+//!   need (a reader watch and a writer watch on one fd, a recv plus a send...). The mask is
+//!   recomputed whenever an op on the fd starts, ends or changes state, and `epoll_ctl` is only
+//!   called when it changes.
+//! * Work is done when the fd is ready: `recv` into a free pool buffer, `accept4` with
+//!   `SOCK_NONBLOCK | SOCK_CLOEXEC`, finish a send, read `SO_ERROR` for a connect, read the
+//!   signalfd. A send and a connect are tried at once; if they finish, their event is queued for
+//!   the next `poll`.
+//! * A recv that finds the pool dry is "starved": its read interest is dropped until the next
+//!   `poll` has recycled buffers, so the loop does not spin and no byte leaves the socket before
+//!   there is room for it.
+//! * Everything is level-triggered, so an fd whose events do not fit is simply reported again.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::EpollCreateFlags;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{accept4, recv, send, MsgFlags, SockFlag, SockaddrStorage};
+
+use super::{accept_error_is_transient, ready_bits, Backend};
+use crate::buffers::BufferPool;
+use crate::ops::{FdTable, OpTable};
+use crate::sys::{errno_of, fork_generation, forked_child_error, from_nix, neg_errno};
+use crate::wake::WakeShared;
+use crate::{flags, BackendKind, Event, Interest, Options};
+
+/// epoll data of the wake eventfd (caller fds use their fd number).
+const WAKE_DATA: u64 = u64::MAX;
+/// How many epoll events one `epoll_wait` returns at most; the rest come next time.
+const EPOLL_BATCH: usize = 256;
+/// Reads per ready fd and `poll` for one recv: enough to drain a burst, bounded for fairness.
+const RECV_BURST: usize = 4;
+/// Connections accepted per ready listener and `poll`.
+const ACCEPT_BURST: usize = 32;
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+const ERR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+
+enum Kind {
+    Watch {
+        interest: Interest,
+    },
+    Recv,
+    Send {
+        buf: *const u8,
+        len: usize,
+        sent: usize,
+    },
+    Accept,
+    Connect,
+    Signal {
+        signalfd: SignalFd,
+    },
+}
+
+struct Op {
+    token: u64,
+    fd: RawFd,
+    kind: Kind,
+    /// A recv waiting for free buffers (no read interest meanwhile).
+    starved: bool,
+}
+
+pub(crate) struct Epoll {
+    epoll: nix::sys::epoll::Epoll,
+    ops: OpTable<Op>,
+    fds: FdTable,
+    pool: BufferPool,
+    /// Pool buffers neither lent nor queued in an event (LIFO: the warmest buffer first).
+    free: Vec<u16>,
+    ready: VecDeque<(u64, Event)>,
+    starved: Vec<u64>,
+    epoll_events: Vec<libc::epoll_event>,
+    scratch: Vec<u64>,
+    wake: Arc<WakeShared>,
+    wake_token: u64,
+    live: usize,
+    fork_generation: u64,
+}
+
+// SAFETY: the raw pointers inside (caller send buffers) are only read by the one thread that uses
+// the reactor at a time; the caller keeps that memory alive (contract of `send`).
+unsafe impl Send for Epoll {}
+
+fn epoll_event(events: u32, data: u64) -> libc::epoll_event {
+    libc::epoll_event { events, u64: data }
+}
+
+impl Epoll {
+    pub(crate) fn new(opts: &Options, wake: Arc<WakeShared>) -> io::Result<Epoll> {
+        let epoll =
+            nix::sys::epoll::Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(from_nix)?;
+        let pool = BufferPool::new(opts.buffer_size, opts.buffer_count)?;
+        let free = (0..pool.count() as u16).rev().collect();
+        let backend = Epoll {
+            epoll,
+            ops: OpTable::new(),
+            fds: FdTable::default(),
+            pool,
+            free,
+            ready: VecDeque::with_capacity(1024),
+            starved: Vec::new(),
+            epoll_events: vec![epoll_event(0, 0); EPOLL_BATCH],
+            scratch: Vec::new(),
+            wake_token: opts.wake_token,
+            wake: wake.clone(),
+            live: 0,
+            fork_generation: fork_generation(),
+        };
+        backend.ctl(libc::EPOLL_CTL_ADD, wake.fd(), IN, WAKE_DATA)?;
+        Ok(backend)
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        let mut event = epoll_event(events, data);
+        // SAFETY: plain syscall on our epoll fd; `event` lives across the call. A closed or
+        // foreign `fd` only yields an error.
+        neg_errno(unsafe { libc::epoll_ctl(self.epoll.0.as_raw_fd(), op, fd, &mut event) })
+            .map(drop)
+    }
+
+    fn interest_of(&self, key: u64, op: &Op) -> u32 {
+        match &op.kind {
+            Kind::Watch { interest } => {
+                let mut mask = 0;
+                if interest.contains(Interest::READABLE) {
+                    mask |= IN;
+                }
+                if interest.contains(Interest::WRITABLE) {
+                    mask |= OUT;
+                }
+                mask
+            }
+            Kind::Recv | Kind::Accept | Kind::Signal { .. } if !op.starved => IN,
+            Kind::Recv | Kind::Accept | Kind::Signal { .. } => 0,
+            Kind::Send { .. } => {
+                if self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key) {
+                    OUT
+                } else {
+                    0
+                }
+            }
+            Kind::Connect => OUT,
+        }
+    }
+
+    /// Brings the fd's epoll registration in line with the ops on it.
+    fn update_interest(&mut self, fd: RawFd) -> io::Result<()> {
+        let Some(entry) = self.fds.get(fd) else {
+            return Ok(());
+        };
+        let mut mask = 0;
+        for &key in &entry.ops {
+            if let Some(op) = self.ops.get(key) {
+                mask |= self.interest_of(key, op);
+            }
+        }
+        let registered = entry.registered;
+        if mask == registered {
+            return Ok(());
+        }
+        let data = fd as u64;
+        let result = if mask == 0 {
+            // The fd may already be closed (and so gone from the set): nothing left to undo.
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, data);
+            Ok(())
+        } else if registered == 0 {
+            match self.ctl(libc::EPOLL_CTL_ADD, fd, mask, data) {
+                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                    self.ctl(libc::EPOLL_CTL_MOD, fd, mask, data)
+                }
+                other => other,
+            }
+        } else {
+            match self.ctl(libc::EPOLL_CTL_MOD, fd, mask, data) {
+                // The caller closed the fd (which left the set) and the number was reused.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                    self.ctl(libc::EPOLL_CTL_ADD, fd, mask, data)
+                }
+                other => other,
+            }
+        };
+        let entry = self.fds.entry(fd);
+        entry.registered = if result.is_ok() {
+            mask
+        } else if mask == 0 {
+            0
+        } else {
+            registered
+        };
+        result
+    }
+
+    /// Adds an op and registers interest for it; undone if the kernel refuses the fd.
+    fn start(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let key = self.insert(fd, token, kind);
+        if let Err(err) = self.update_interest(fd) {
+            self.discard(key);
+            return Err(err);
+        }
+        Ok(key)
+    }
+
+    fn insert(&mut self, fd: RawFd, token: u64, kind: Kind) -> u64 {
+        let key = self.ops.insert(Op {
+            token,
+            fd,
+            kind,
+            starved: false,
+        });
+        self.fds.add_op(fd, key);
+        self.live += 1;
+        key
+    }
+
+    /// An op that completed synchronously: its id is stale at once, its event is queued.
+    fn completed_now(&mut self, token: u64, result: i32) -> u64 {
+        let key = self.ops.insert(Op {
+            token,
+            fd: -1,
+            kind: Kind::Connect,
+            starved: false,
+        });
+        self.ops.remove(key);
+        self.emit(0, token, result, 0, 0);
+        key
+    }
+
+    fn discard(&mut self, key: u64) {
+        let Some(op) = self.ops.remove(key) else {
+            return;
+        };
+        self.live -= 1;
+        self.fds.remove_op(op.fd, key);
+        let _ = self.update_interest(op.fd);
+    }
+
+    fn emit(&mut self, key: u64, token: u64, result: i32, flags: u32, aux: u64) {
+        self.ready.push_back((
+            key,
+            Event {
+                token,
+                result,
+                flags,
+                aux,
+            },
+        ));
+    }
+
+    /// Ends an op with its final event.
+    fn finish(&mut self, key: u64, result: i32) {
+        if let Some(op) = self.ops.get(key) {
+            let token = op.token;
+            self.emit(0, token, result, 0, 0);
+            self.discard(key);
+        }
+    }
+
+    fn on_ready(&mut self, fd: RawFd, revents: u32) {
+        let mut keys = std::mem::take(&mut self.scratch);
+        self.fds.ops_on(fd, &mut keys);
+        for &key in &keys {
+            let Some(op) = self.ops.get(key) else {
+                continue;
+            };
+            let token = op.token;
+            match &op.kind {
+                Kind::Watch { interest } => {
+                    let bits = ready_bits(revents, *interest);
+                    if bits != 0 {
+                        self.emit(key, token, bits as i32, flags::MORE, 0);
+                    }
+                }
+                Kind::Recv if !op.starved && revents & (IN | ERR_HUP) != 0 => {
+                    self.do_recv(key, fd, token)
+                }
+                Kind::Accept if revents & (IN | ERR_HUP) != 0 => self.do_accept(key, fd, token),
+                Kind::Send { .. } if revents & (OUT | ERR_HUP) != 0 => {
+                    if self.fds.get(fd).and_then(|e| e.sends.front()) == Some(&key) {
+                        self.do_send(key, fd);
+                    }
+                }
+                Kind::Connect if revents & (OUT | ERR_HUP) != 0 => {
+                    let mut error: libc::c_int = 0;
+                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    // SAFETY: `error`/`len` are valid out-parameters of the right size.
+                    let rc = unsafe {
+                        libc::getsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_ERROR,
+                            &mut error as *mut libc::c_int as *mut libc::c_void,
+                            &mut len,
+                        )
+                    };
+                    let result = match neg_errno(rc) {
+                        Ok(_) => -error,
+                        Err(err) => errno_of(&err),
+                    };
+                    self.finish(key, result);
+                }
+                Kind::Signal { signalfd } if revents & IN != 0 => {
+                    while let Ok(Some(info)) = signalfd.read_signal() {
+                        let event = Event {
+                            token,
+                            result: info.ssi_signo as i32,
+                            flags: flags::MORE,
+                            aux: 0,
+                        };
+                        self.ready.push_back((key, event));
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys.clear();
+        self.scratch = keys;
+        let _ = self.update_interest(fd);
+    }
+
+    fn do_recv(&mut self, key: u64, fd: RawFd, token: u64) {
+        for _ in 0..RECV_BURST {
+            let Some(bid) = self.free.pop() else {
+                if let Some(op) = self.ops.get_mut(key) {
+                    op.starved = true;
+                    self.starved.push(key);
+                }
+                return;
+            };
+            // SAFETY: a free buffer is referenced by nobody else; it lies inside the pool.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(self.pool.buffer_ptr(bid), self.pool.size())
+            };
+            match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    self.free.push(bid);
+                    self.finish(key, 0);
+                    return;
+                }
+                Ok(n) => {
+                    self.emit(
+                        key,
+                        token,
+                        n as i32,
+                        flags::MORE | flags::BUFFER,
+                        u64::from(bid),
+                    );
+                    if n < self.pool.size() {
+                        return;
+                    }
+                }
+                Err(Errno::EINTR) => self.free.push(bid),
+                Err(Errno::EAGAIN) => {
+                    self.free.push(bid);
+                    return;
+                }
+                Err(errno) => {
+                    self.free.push(bid);
+                    self.finish(key, -(errno as i32));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn do_accept(&mut self, key: u64, fd: RawFd, token: u64) {
+        for _ in 0..ACCEPT_BURST {
+            match accept4(fd, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+                Ok(new_fd) => self.emit(key, token, new_fd, flags::MORE, 0),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(errno) if accept_error_is_transient(errno as i32) => {
+                    // Reported; level-triggered readiness brings the listener back next poll.
+                    self.emit(key, token, -(errno as i32), flags::MORE, 0);
+                    return;
+                }
+                Err(errno) => {
+                    self.finish(key, -(errno as i32));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Pushes a send forward; ends it when done or failed.
+    fn do_send(&mut self, key: u64, fd: RawFd) {
+        let Some(Op {
+            kind: Kind::Send { buf, len, sent },
+            ..
+        }) = self.ops.get_mut(key)
+        else {
+            return;
+        };
+        let (buf, len) = (*buf, *len);
+        let result = loop {
+            if *sent == len {
+                break Some(len.min(i32::MAX as usize) as i32);
+            }
+            // SAFETY: the caller keeps `buf..buf+len` valid and unmodified until the final event
+            // (contract of `Reactor::send`); `sent < len`.
+            let rest = unsafe { std::slice::from_raw_parts(buf.add(*sent), len - *sent) };
+            match send(fd, rest, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => *sent += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break None,
+                Err(errno) => break Some(-(errno as i32)),
+            }
+        };
+        if let Some(result) = result {
+            self.finish(key, result);
+        }
+    }
+
+    fn purge_ready(&mut self, key: u64, closes_fds: bool) {
+        let free = &mut self.free;
+        self.ready.retain(|(k, event)| {
+            if *k != key {
+                return true;
+            }
+            if event.flags & flags::BUFFER != 0 {
+                free.push(event.aux as u16);
+            } else if closes_fds && event.result >= 0 {
+                // SAFETY: an accepted fd the caller never saw; the reactor owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(event.result) });
+            }
+            false
+        });
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let timeout_ms = match timeout {
+            None => -1,
+            // Rounded up: waking before a timer's deadline would only spin.
+            Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+        };
+        // SAFETY: the buffer holds `len` writable epoll_event records.
+        let rc = unsafe {
+            libc::epoll_wait(
+                self.epoll.0.as_raw_fd(),
+                self.epoll_events.as_mut_ptr(),
+                self.epoll_events.len() as i32,
+                timeout_ms,
+            )
+        };
+        neg_errno(rc).map(|n| n as usize)
+    }
+}
+
+impl Backend for Epoll {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Epoll
+    }
+
+    fn buffers(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
+        if self.fork_generation != fork_generation() {
+            return Err(forked_child_error());
+        }
+        for bid in self.pool.take_lent() {
+            self.free.push(bid);
+        }
+        if !self.free.is_empty() && !self.starved.is_empty() {
+            let mut starved = std::mem::take(&mut self.starved);
+            for &key in &starved {
+                if let Some(op) = self.ops.get_mut(key) {
+                    op.starved = false;
+                    let fd = op.fd;
+                    let _ = self.update_interest(fd);
+                }
+            }
+            starved.clear();
+            self.starved = starved;
+        }
+        let room = events.len();
+        if self.ready.len() < room {
+            let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
+            let mut wait = if self.ready.is_empty() {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
+            loop {
+                let count = match self.wait(wait) {
+                    Ok(count) => count,
+                    Err(err) if err.raw_os_error() == Some(libc::EINTR) => break,
+                    Err(err) => return Err(err),
+                };
+                for i in 0..count {
+                    let libc::epoll_event {
+                        events: revents,
+                        u64: data,
+                    } = self.epoll_events[i];
+                    if data == WAKE_DATA {
+                        // Consume the counter first, then clear the flag (see wake.rs).
+                        self.wake.drain();
+                        self.wake.clear();
+                        let wake_token = self.wake_token;
+                        self.emit(0, wake_token, 0, 0, 0);
+                    } else {
+                        self.on_ready(data as RawFd, revents);
+                    }
+                }
+                if !self.ready.is_empty() || wait == Some(Duration::ZERO) {
+                    break;
+                }
+                // Readiness without news (e.g. a spurious wakeup): wait out the rest.
+                match deadline {
+                    Some(deadline) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        wait = Some(deadline - now);
+                    }
+                    None if timeout.is_some() => break,
+                    None => {}
+                }
+            }
+        }
+        let mut n = 0;
+        while n < room {
+            let Some((_, event)) = self.ready.pop_front() else {
+                break;
+            };
+            if event.flags & flags::BUFFER != 0 {
+                self.pool.lend(event.aux as u16);
+            }
+            events[n] = event;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Watch { interest })
+    }
+
+    fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Recv)
+    }
+
+    unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        token: u64,
+    ) -> io::Result<u64> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if buf.is_null() && len > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "send from a null buffer",
+            ));
+        }
+        let key = self.insert(fd, token, Kind::Send { buf, len, sent: 0 });
+        let sends = &mut self.fds.entry(fd).sends;
+        sends.push_back(key);
+        if sends.len() == 1 {
+            // Nothing queued ahead: try right away, as most sends fit in the socket buffer.
+            self.do_send(key, fd);
+        }
+        if self.ops.get(key).is_some() {
+            if let Err(err) = self.update_interest(fd) {
+                self.discard(key);
+                return Err(err);
+            }
+        }
+        Ok(key)
+    }
+
+    fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Accept)
+    }
+
+    fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        match nix::sys::socket::connect(fd, addr) {
+            Ok(()) => Ok(self.completed_now(token, 0)),
+            // In progress (EINTR too: the connection keeps going in the background).
+            Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
+                self.start(fd, token, Kind::Connect)
+            }
+            Err(errno) => Ok(self.completed_now(token, -(errno as i32))),
+        }
+    }
+
+    fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {
+        let raw = fd.as_raw_fd();
+        let mut keys = std::mem::take(&mut self.scratch);
+        self.fds.ops_on(raw, &mut keys);
+        for &key in &keys {
+            self.cancel(key);
+        }
+        keys.clear();
+        self.scratch = keys;
+        let result = match nix::unistd::close(fd.into_raw_fd()) {
+            Ok(()) => 0,
+            Err(errno) => -(errno as i32),
+        };
+        Ok(self.completed_now(token, result))
+    }
+
+    fn signal(&mut self, signalfd: SignalFd, token: u64) -> io::Result<u64> {
+        let fd = signalfd.as_raw_fd();
+        self.start(fd, token, Kind::Signal { signalfd })
+    }
+
+    fn cancel(&mut self, key: u64) -> bool {
+        let Some(op) = self.ops.get(key) else {
+            return false;
+        };
+        let token = op.token;
+        let closes_fds = matches!(op.kind, Kind::Accept);
+        let send_result = match op.kind {
+            Kind::Send { sent, .. } if sent > 0 => Some(sent.min(i32::MAX as usize) as i32),
+            Kind::Send { .. } => Some(-libc::ECANCELED),
+            _ => None,
+        };
+        self.purge_ready(key, closes_fds);
+        if let Some(result) = send_result {
+            // The one final event a send owes; the caller's memory is no longer read.
+            self.emit(0, token, result, 0, 0);
+        }
+        self.discard(key);
+        true
+    }
+
+    fn cancel_token(&mut self, token: u64) -> usize {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.ops.keys_where(&mut keys, |op| op.token == token);
+        let mut count = 0;
+        for &key in &keys {
+            count += usize::from(self.cancel(key));
+        }
+        keys.clear();
+        self.scratch = keys;
+        count
+    }
+
+    fn pending(&self) -> usize {
+        self.live
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // Accepted fds queued for the caller but never delivered belong to the reactor.
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.ops
+            .keys_where(&mut keys, |op| matches!(op.kind, Kind::Accept));
+        for &key in &keys {
+            self.purge_ready(key, true);
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! The io_uring backend: native completions.
+//!
+//! * user_data of every SQE is the op's key (see `ops.rs`); keys with generation 0 tag requests
+//!   whose completions carry no news (async-cancel requests) and are skipped.
+//! * Watches are oneshot `POLL_ADD`s re-armed at the start of the next `poll` after they fired: a
+//!   oneshot poll on a still-ready fd completes at once, which gives level-triggered behaviour
+//!   with at most one event per `poll` (multishot poll is edge-like, so it is not used).
+//! * Multishot recv draws from one provided-buffer ring (group 0) over the pool's mapping. A recv
+//!   that the kernel ends without an error the caller should see (ENOBUFS, CQ overflow) is re-armed
+//!   at the next `poll`, after lent buffers went back to the ring.
+//! * Accept is multishot with `SOCK_NONBLOCK | SOCK_CLOEXEC`; per-connection and resource errors
+//!   (EMFILE...) are reported with `MORE` and the accept is re-armed at the next `poll`.
+//! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
+//!   follow-up SQE can never interleave with the next send's bytes.
+//! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
+//!   `SINGLE_ISSUER`/`DEFER_TASKRUN` are deliberately not used: a reactor may be created on one
+//!   thread, polled from another and dropped on a third (Python and the C ABI do exactly this),
+//!   and those flags bind the ring to one submitting task. A registered ring fd is per-thread for
+//!   the same reason and not used.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+
+use super::{accept_error_is_transient, ready_bits, Backend};
+use crate::buffers::{BufferPool, Mapping};
+use crate::ops::{FdTable, OpTable};
+use crate::sys::{errno_of, fork_generation, forked_child_error};
+use crate::wake::WakeShared;
+use crate::{flags, BackendKind, Event, Interest, Options};
+
+/// Provided-buffer group id of the pool.
+const BUF_GROUP: u16 = 0;
+/// user_data of async-cancel requests (generation 0: never an op).
+const CANCEL_TAG: u64 = 0;
+/// How many CQEs one batch copies out of the ring.
+const REAP_BATCH: usize = 64;
+
+/// Why io_uring cannot be used: `Unavailable` makes `Auto` fall back to epoll.
+pub(crate) enum SetupError {
+    Unavailable(String),
+    Io(io::Error),
+}
+
+/// Storage for a connect address that must stay put while the kernel reads it.
+struct SockAddrBuf {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+enum Kind {
+    Watch {
+        interest: Interest,
+    },
+    Recv,
+    Send {
+        buf: *const u8,
+        len: usize,
+        sent: usize,
+    },
+    Accept,
+    Connect {
+        addr: Box<SockAddrBuf>,
+    },
+    Close,
+    Signal {
+        signalfd: SignalFd,
+    },
+    Wake,
+}
+
+/// What to do with a completion, decided while the op is borrowed.
+enum Next {
+    Watch(Interest),
+    Recv,
+    Accept,
+    Send { len: usize, sent: usize },
+    Final,
+    Signal,
+    Wake,
+}
+
+struct Op {
+    token: u64,
+    fd: RawFd,
+    kind: Kind,
+    /// The kernel holds a request for this op (an SQE was queued and its last CQE not seen yet).
+    armed: bool,
+    /// Cancelled by the caller: later completions are swallowed.
+    cancelled: bool,
+}
+
+impl Op {
+    /// Ops the caller started: counted by `pending` and cancellable.
+    fn counted(&self) -> bool {
+        !matches!(self.kind, Kind::Wake)
+    }
+
+    /// Ops on a caller fd, indexed by fd for `close` and the send queue.
+    fn indexed(&self) -> bool {
+        !matches!(self.kind, Kind::Wake | Kind::Close | Kind::Signal { .. })
+    }
+}
+
+/// The provided-buffer ring: `entries` slots of `io_uring_buf` in their own mapping, the tail
+/// published to the kernel through the reserved field of slot 0.
+struct BufRing {
+    map: Mapping,
+    mask: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    fn push(&mut self, bid: u16, addr: *mut u8, len: usize) {
+        let index = (self.tail & self.mask) as usize;
+        // SAFETY: `index < entries`, inside the mapping; the kernel only reads slots between its
+        // head and the published tail, and this slot is past the published tail.
+        unsafe {
+            let entry = (self.map.as_ptr() as *mut types::BufRingEntry).add(index);
+            (*entry).set_addr(addr as u64);
+            (*entry).set_len(len as u32);
+            (*entry).set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field of slot 0 is a naturally aligned u16 the kernel reads atomically;
+        // the release store orders the slot writes above before it.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.map.as_ptr() as *const types::BufRingEntry)
+                as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+pub(crate) struct Uring {
+    // Dropped by hand in `Drop`: the ring first, then the memory it may have referenced.
+    ring: ManuallyDrop<IoUring>,
+    pool: ManuallyDrop<BufferPool>,
+    buf_ring: ManuallyDrop<BufRing>,
+    ops: OpTable<Op>,
+    fds: FdTable,
+    /// Ops to arm again at the start of the next `poll` (fired watches, ended multishots).
+    rearm: Vec<u64>,
+    /// CQEs moved out of the CQ to make room while submitting; handled before the CQ.
+    backlog: VecDeque<(u64, i32, u32)>,
+    /// Events produced but not yet handed out, with the key of their op.
+    ready: VecDeque<(u64, Event)>,
+    scratch: Vec<u64>,
+    spare_addrs: Vec<Box<SockAddrBuf>>,
+    wake: Arc<WakeShared>,
+    wake_token: u64,
+    /// The eventfd read target; boxed so it never moves while a read is in flight.
+    wake_counter: Box<u64>,
+    live: usize,
+    armed: usize,
+    fork_generation: u64,
+}
+
+// SAFETY: the raw pointers inside (caller send buffers, mappings) are only handed to the kernel or
+// read by the one thread that uses the reactor at a time; nothing is shared between threads
+// except `WakeShared`, which is `Sync`.
+unsafe impl Send for Uring {}
+
+fn build_ring(opts: &Options) -> io::Result<IoUring> {
+    let cq_entries = (opts.ring_entries * 4).clamp(4096, 65536);
+    let fast = IoUring::builder()
+        .setup_cqsize(cq_entries)
+        .setup_submit_all()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(opts.ring_entries);
+    match fast {
+        Ok(ring) => Ok(ring),
+        // Older kernels reject flags they do not know with EINVAL; retry without them.
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .build(opts.ring_entries),
+        Err(err) => Err(err),
+    }
+}
+
+impl Uring {
+    pub(crate) fn new(opts: &Options, wake: Arc<WakeShared>) -> Result<Uring, SetupError> {
+        let ring = build_ring(opts)
+            .map_err(|e| SetupError::Unavailable(format!("io_uring_setup failed: {e}")))?;
+        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+            return Err(SetupError::Unavailable(
+                "kernel lacks IORING_FEAT_EXT_ARG/IORING_FEAT_NODROP".into(),
+            ));
+        }
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| SetupError::Unavailable(format!("IORING_REGISTER_PROBE failed: {e}")))?;
+        let needed = [
+            (opcode::PollAdd::CODE, "POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+            (opcode::Recv::CODE, "RECV"),
+            (opcode::Send::CODE, "SEND"),
+            (opcode::Accept::CODE, "ACCEPT"),
+            (opcode::Connect::CODE, "CONNECT"),
+            (opcode::Close::CODE, "CLOSE"),
+            (opcode::Read::CODE, "READ"),
+            // Multishot recv (6.0) has no opcode of its own; SEND_ZC arrived in the same release,
+            // so its presence is the probe for it.
+            (
+                opcode::SendZc::CODE,
+                "SEND_ZC (marker for multishot recv, Linux 6.0)",
+            ),
+        ];
+        for (code, name) in needed {
+            if !probe.is_supported(code) {
+                return Err(SetupError::Unavailable(format!(
+                    "kernel lacks IORING_OP_{name}"
+                )));
+            }
+        }
+        let pool = BufferPool::new(opts.buffer_size, opts.buffer_count).map_err(SetupError::Io)?;
+        let count = pool.count();
+        let map = Mapping::new(count * std::mem::size_of::<types::BufRingEntry>())
+            .map_err(SetupError::Io)?;
+        let mut buf_ring = BufRing {
+            map,
+            mask: (count - 1) as u16,
+            tail: 0,
+        };
+        for bid in 0..count as u16 {
+            buf_ring.push(bid, pool.buffer_ptr(bid), pool.size());
+        }
+        buf_ring.publish();
+        // SAFETY: the ring memory is a live mapping of `count` entries owned by `buf_ring`, which
+        // outlives the ring (see Drop).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buf_ring.map.as_ptr() as u64,
+                count as u16,
+                BUF_GROUP,
+                0,
+            )
+        }
+        .map_err(|e| SetupError::Unavailable(format!("IORING_REGISTER_PBUF_RING failed: {e}")))?;
+
+        let mut uring = Uring {
+            ring: ManuallyDrop::new(ring),
+            pool: ManuallyDrop::new(pool),
+            buf_ring: ManuallyDrop::new(buf_ring),
+            ops: OpTable::new(),
+            fds: FdTable::default(),
+            rearm: Vec::new(),
+            backlog: VecDeque::new(),
+            ready: VecDeque::with_capacity(1024),
+            scratch: Vec::new(),
+            spare_addrs: Vec::new(),
+            wake_token: opts.wake_token,
+            wake_counter: Box::new(0),
+            wake: wake.clone(),
+            live: 0,
+            armed: 0,
+            fork_generation: fork_generation(),
+        };
+        uring
+            .start(wake.fd(), 0, Kind::Wake)
+            .map_err(SetupError::Io)?;
+        Ok(uring)
+    }
+
+    fn entry_for(&self, key: u64, op: &Op) -> squeue::Entry {
+        let fd = types::Fd(op.fd);
+        let entry = match &op.kind {
+            Kind::Watch { interest } => {
+                let mut mask = 0u32;
+                if interest.contains(Interest::READABLE) {
+                    mask |= libc::POLLIN as u32;
+                }
+                if interest.contains(Interest::WRITABLE) {
+                    mask |= libc::POLLOUT as u32;
+                }
+                opcode::PollAdd::new(fd, mask).build()
+            }
+            Kind::Recv => opcode::RecvMulti::new(fd, BUF_GROUP).build(),
+            Kind::Send { buf, len, sent } => {
+                let chunk = (len - sent).min(u32::MAX as usize) as u32;
+                // `sent <= len`, so the pointer stays inside the caller's buffer.
+                opcode::Send::new(fd, buf.wrapping_add(*sent), chunk)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Kind::Accept => opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build(),
+            Kind::Connect { addr } => opcode::Connect::new(
+                fd,
+                &addr.storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+                addr.len,
+            )
+            .build(),
+            Kind::Close => opcode::Close::new(fd).build(),
+            Kind::Signal { signalfd } => {
+                opcode::PollAdd::new(types::Fd(signalfd.as_raw_fd()), libc::POLLIN as u32).build()
+            }
+            Kind::Wake => {
+                opcode::Read::new(fd, &*self.wake_counter as *const u64 as *mut u8, 8).build()
+            }
+        };
+        entry.user_data(key)
+    }
+
+    /// Queues `entry`, submitting first when the SQ is full.
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry built here points only at memory that outlives its request: the
+            // buffer ring and pool (freed after the ring), op-owned boxes (kept until the last
+            // CQE), the boxed wake counter, or caller memory the caller promised to keep (send).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.submit_now()?;
+        }
+    }
+
+    /// Submits the SQ without waiting.
+    fn submit_now(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            // The kernel holds overflowed completions and refuses new work until the CQ has room:
+            // move the CQ into the backlog (handled before the CQ, so order is kept).
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                self.spill_cq();
+                Ok(())
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn spill_cq(&mut self) {
+        let backlog = &mut self.backlog;
+        for cqe in self.ring.completion() {
+            backlog.push_back((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+    }
+
+    fn start(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let op = Op {
+            token,
+            fd,
+            kind,
+            armed: false,
+            cancelled: false,
+        };
+        let (counted, indexed) = (op.counted(), op.indexed());
+        let key = self.ops.insert(op);
+        if indexed {
+            self.fds.add_op(fd, key);
+        }
+        if counted {
+            self.live += 1;
+        }
+        if let Err(err) = self.arm(key) {
+            self.discard(key);
+            return Err(err);
+        }
+        Ok(key)
+    }
+
+    fn arm(&mut self, key: u64) -> io::Result<()> {
+        let Some(op) = self.ops.get(key) else {
+            return Ok(());
+        };
+        if op.armed || op.cancelled {
+            return Ok(());
+        }
+        let entry = self.entry_for(key, op);
+        self.push(&entry)?;
+        if let Some(op) = self.ops.get_mut(key) {
+            op.armed = true;
+            self.armed += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes an op for good and starts the next queued send on its fd.
+    fn discard(&mut self, key: u64) {
+        let Some(op) = self.ops.remove(key) else {
+            return;
+        };
+        if op.counted() && !op.cancelled {
+            self.live -= 1;
+        }
+        if op.indexed() {
+            let was_send_head = self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key);
+            self.fds.remove_op(op.fd, key);
+            if was_send_head {
+                if let Some(&next) = self.fds.get(op.fd).and_then(|e| e.sends.front()) {
+                    if let Err(err) = self.arm(next) {
+                        self.fail(next, errno_of(&err));
+                    }
+                }
+            }
+        }
+        if let Kind::Connect { addr } = op.kind {
+            self.spare_addrs.push(addr);
+        }
+    }
+
+    fn emit(&mut self, key: u64, token: u64, result: i32, flags: u32, aux: u64) {
+        self.ready.push_back((
+            key,
+            Event {
+                token,
+                result,
+                flags,
+                aux,
+            },
+        ));
+    }
+
+    /// Ends an op with a final event `result`.
+    fn fail(&mut self, key: u64, result: i32) {
+        let Some(op) = self.ops.get(key) else { return };
+        let token = op.token;
+        self.emit(0, token, result, 0, 0);
+        self.end(key);
+    }
+
+    /// Ends an op that produced its final event: forgotten now, or once the kernel lets go.
+    fn end(&mut self, key: u64) {
+        let Some(op) = self.ops.get_mut(key) else {
+            return;
+        };
+        if op.armed {
+            // A multishot that reported its end while still armed (cannot normally happen):
+            // cancel it and swallow whatever still arrives.
+            if op.counted() && !op.cancelled {
+                self.live -= 1;
+            }
+            op.cancelled = true;
+            let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
+            let _ = self.push(&cancel);
+        } else {
+            self.discard(key);
+        }
+    }
+
+    fn complete(&mut self, key: u64, res: i32, cqe_flags: u32) {
+        if key >> 32 == 0 {
+            return; // a tag, not an op (see CANCEL_TAG)
+        }
+        let buffer = cqueue::buffer_select(cqe_flags);
+        let more = cqueue::more(cqe_flags);
+        let Some(op) = self.ops.get_mut(key) else {
+            // An op stays in the table while armed, so this cannot happen; still, never lose a
+            // buffer: it goes back to the ring at the next poll.
+            if let Some(bid) = buffer {
+                self.pool.lend(bid);
+            }
+            return;
+        };
+        if !more && op.armed {
+            op.armed = false;
+            self.armed -= 1;
+        }
+        let token = op.token;
+        if op.cancelled {
+            let send_total = match op.kind {
+                Kind::Send { sent, .. } => Some(sent + res.max(0) as usize),
+                _ => None,
+            };
+            let accepted_fd = matches!(op.kind, Kind::Accept) && res >= 0;
+            let still_armed = op.armed;
+            if let Some(bid) = buffer {
+                self.pool.lend(bid);
+            }
+            if accepted_fd {
+                // SAFETY: a connection accepted after the caller cancelled; nobody else knows
+                // this fd, so the reactor owns it and closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            if let Some(total) = send_total {
+                // The one final event a cancelled send still owes the caller.
+                let result = if total > 0 {
+                    total.min(i32::MAX as usize) as i32
+                } else if res < 0 {
+                    res
+                } else {
+                    -libc::ECANCELED
+                };
+                self.emit(0, token, result, 0, 0);
+            }
+            if !still_armed {
+                self.discard(key);
+            }
+            return;
+        }
+        let next = match &mut op.kind {
+            Kind::Watch { interest } => Next::Watch(*interest),
+            Kind::Recv => Next::Recv,
+            Kind::Accept => Next::Accept,
+            Kind::Send { len, sent, .. } => {
+                if res > 0 {
+                    *sent += res as usize;
+                }
+                Next::Send {
+                    len: *len,
+                    sent: *sent,
+                }
+            }
+            Kind::Connect { .. } | Kind::Close => Next::Final,
+            Kind::Signal { signalfd } => {
+                if res >= 0 {
+                    // The poll only said "readable": read every queued siginfo now, on this
+                    // thread (signalfd reads the reading thread's pending signals).
+                    while let Ok(Some(info)) = signalfd.read_signal() {
+                        let event = Event {
+                            token,
+                            result: info.ssi_signo as i32,
+                            flags: flags::MORE,
+                            aux: 0,
+                        };
+                        self.ready.push_back((key, event));
+                    }
+                }
+                Next::Signal
+            }
+            Kind::Wake => Next::Wake,
+        };
+        match next {
+            Next::Watch(interest) => {
+                if res < 0 {
+                    self.fail(key, res);
+                } else {
+                    let bits = ready_bits(res as u32, interest);
+                    if bits != 0 {
+                        self.emit(key, token, bits as i32, flags::MORE, 0);
+                    }
+                    self.rearm.push(key);
+                }
+            }
+            Next::Recv => {
+                if res > 0 {
+                    let Some(bid) = buffer else {
+                        self.fail(key, -libc::EIO);
+                        return;
+                    };
+                    self.emit(key, token, res, flags::MORE | flags::BUFFER, u64::from(bid));
+                    if !more {
+                        // Ended early (e.g. CQ overflow) without an error: transparently re-armed.
+                        self.rearm.push(key);
+                    }
+                } else if res == -libc::ENOBUFS {
+                    // Pool dry: hold the recv back until the next poll recycles buffers. The
+                    // bytes stay in the socket.
+                    if !more {
+                        self.rearm.push(key);
+                    }
+                } else {
+                    if let Some(bid) = buffer {
+                        self.pool.lend(bid);
+                    }
+                    self.fail(key, res);
+                }
+            }
+            Next::Accept => {
+                if res >= 0 || accept_error_is_transient(-res) {
+                    self.emit(key, token, res, flags::MORE, 0);
+                    if !more {
+                        self.rearm.push(key);
+                    }
+                } else if res == -libc::EAGAIN || res == -libc::EINTR {
+                    if !more {
+                        self.rearm.push(key);
+                    }
+                } else {
+                    self.fail(key, res);
+                }
+            }
+            Next::Send { len, sent } => {
+                let retry = (res > 0 && sent < len) || res == -libc::EAGAIN || res == -libc::EINTR;
+                if retry {
+                    // Short send: finish it before anything else goes out on this fd.
+                    if let Err(err) = self.arm(key) {
+                        self.fail(key, errno_of(&err));
+                    }
+                } else if res < 0 {
+                    self.fail(key, res);
+                } else {
+                    self.fail(key, sent.min(i32::MAX as usize) as i32);
+                }
+            }
+            Next::Final => self.fail(key, res),
+            Next::Signal => {
+                if res < 0 {
+                    self.fail(key, res);
+                } else {
+                    self.rearm.push(key);
+                }
+            }
+            Next::Wake => {
+                if res >= 0 {
+                    // The counter is consumed: only now may the flag drop (see wake.rs).
+                    self.wake.clear();
+                    let wake_token = self.wake_token;
+                    self.emit(key, wake_token, 0, 0, 0);
+                }
+                self.rearm.push(key);
+            }
+        }
+    }
+
+    /// Handles completions until `room` events are ready or none are left.
+    fn reap(&mut self, room: usize) {
+        let mut batch = [(0u64, 0i32, 0u32); REAP_BATCH];
+        while self.ready.len() < room {
+            let want = (room - self.ready.len()).min(REAP_BATCH);
+            let mut got = 0;
+            while got < want {
+                let Some(cqe) = self.backlog.pop_front() else {
+                    break;
+                };
+                batch[got] = cqe;
+                got += 1;
+            }
+            if got < want {
+                let mut cq = self.ring.completion();
+                while got < want {
+                    let Some(cqe) = cq.next() else { break };
+                    batch[got] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    got += 1;
+                }
+            }
+            if got == 0 {
+                // Completions the kernel had to hold back on overflow come back with GETEVENTS.
+                let overflow = { self.ring.submission().cq_overflow() };
+                if overflow
+                    && self.ring.submitter().submit_and_wait(0).is_ok()
+                    && !self.ring.completion().is_empty()
+                {
+                    continue;
+                }
+                break;
+            }
+            for &(key, res, cqe_flags) in &batch[..got] {
+                self.complete(key, res, cqe_flags);
+            }
+        }
+    }
+
+    /// Submits and waits for at least one completion, at most `timeout`. `EINTR` ends the wait.
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        let result = match timeout {
+            Some(d) if d.is_zero() => {
+                let needs_enter = {
+                    let sq = self.ring.submission();
+                    !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
+                };
+                if !needs_enter {
+                    return Ok(true);
+                }
+                self.ring.submit()
+            }
+            Some(d) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match err.raw_os_error() {
+                Some(libc::ETIME) => Ok(true),
+                Some(libc::EINTR) => Ok(false),
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    self.spill_cq();
+                    Ok(true)
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
+    fn recycle_buffers(&mut self) {
+        let base = self.pool.base();
+        let size = self.pool.size();
+        let mut any = false;
+        for bid in self.pool.take_lent() {
+            // `bid < count`: ids only come from the kernel's buffer selection.
+            self.buf_ring
+                .push(bid, base.wrapping_add(bid as usize * size), size);
+            any = true;
+        }
+        if any {
+            self.buf_ring.publish();
+        }
+    }
+
+    fn rearm_fired(&mut self) {
+        let mut keys = std::mem::take(&mut self.rearm);
+        for &key in &keys {
+            if let Err(err) = self.arm(key) {
+                // Reported as the op's final event; the poll itself goes on.
+                self.fail(key, errno_of(&err));
+            }
+        }
+        keys.clear();
+        self.rearm = keys;
+    }
+
+    /// Drops queued events of a cancelled op, giving back what they held.
+    fn purge_ready(&mut self, key: u64, closes_fds: bool) {
+        let pool = &mut self.pool;
+        self.ready.retain(|(k, event)| {
+            if *k != key {
+                return true;
+            }
+            if event.flags & flags::BUFFER != 0 {
+                pool.lend(event.aux as u16);
+            } else if closes_fds && event.result >= 0 {
+                // SAFETY: an accepted fd the caller never saw; the reactor owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(event.result) });
+            }
+            false
+        });
+    }
+}
+
+impl Backend for Uring {
+    fn kind(&self) -> BackendKind {
+        BackendKind::IoUring
+    }
+
+    fn buffers(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
+        if self.fork_generation != fork_generation() {
+            return Err(forked_child_error());
+        }
+        self.recycle_buffers();
+        self.rearm_fired();
+        let room = events.len();
+        self.reap(room);
+        let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
+        let mut wait = if self.ready.is_empty() && room > 0 {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        loop {
+            let uninterrupted = self.enter(wait)?;
+            self.reap(room);
+            if !uninterrupted || !self.ready.is_empty() || wait == Some(Duration::ZERO) {
+                break;
+            }
+            // Only completions without news arrived (cancel acknowledgements, a watch whose
+            // readiness did not match): keep waiting for the rest of the timeout.
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                wait = Some(deadline - now);
+            } else if timeout.is_some() {
+                break;
+            }
+        }
+        let mut n = 0;
+        while n < room {
+            let Some((_, event)) = self.ready.pop_front() else {
+                break;
+            };
+            if event.flags & flags::BUFFER != 0 {
+                self.pool.lend(event.aux as u16);
+            }
+            events[n] = event;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Watch { interest })
+    }
+
+    fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Recv)
+    }
+
+    unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        token: u64,
+    ) -> io::Result<u64> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if buf.is_null() && len > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "send from a null buffer",
+            ));
+        }
+        let op = Op {
+            token,
+            fd,
+            kind: Kind::Send { buf, len, sent: 0 },
+            armed: false,
+            cancelled: false,
+        };
+        let key = self.ops.insert(op);
+        self.fds.add_op(fd, key);
+        self.live += 1;
+        let sends = &mut self.fds.entry(fd).sends;
+        sends.push_back(key);
+        if sends.len() == 1 {
+            if let Err(err) = self.arm(key) {
+                self.discard(key);
+                return Err(err);
+            }
+        }
+        Ok(key)
+    }
+
+    fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::Accept)
+    }
+
+    fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64> {
+        let mut buf = self.spare_addrs.pop().unwrap_or_else(|| {
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            Box::new(SockAddrBuf {
+                storage: unsafe { std::mem::zeroed() },
+                len: 0,
+            })
+        });
+        let len = addr.len() as usize;
+        // SAFETY: `addr.as_ptr()` points at `addr.len()` valid bytes, which fit in a
+        // sockaddr_storage; the regions are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                addr.as_ptr() as *const u8,
+                &mut buf.storage as *mut _ as *mut u8,
+                len.min(std::mem::size_of::<libc::sockaddr_storage>()),
+            );
+        }
+        buf.len = len as libc::socklen_t;
+        self.start(fd, token, Kind::Connect { addr: buf })
+    }
+
+    fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {
+        let raw = fd.as_raw_fd();
+        let mut keys = std::mem::take(&mut self.scratch);
+        self.fds.ops_on(raw, &mut keys);
+        for &key in &keys {
+            self.cancel(key);
+        }
+        keys.clear();
+        self.scratch = keys;
+        // The kernel closes the fd from here on; a request still holding the file keeps only the
+        // file, not the fd number.
+        let raw = fd.into_raw_fd();
+        self.start(raw, token, Kind::Close).inspect_err(|_| {
+            // SAFETY: the close request never reached the kernel, so the fd is still ours.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        })
+    }
+
+    fn signal(&mut self, signalfd: SignalFd, token: u64) -> io::Result<u64> {
+        let fd = signalfd.as_raw_fd();
+        self.start(fd, token, Kind::Signal { signalfd })
+    }
+
+    fn cancel(&mut self, key: u64) -> bool {
+        let Some(op) = self.ops.get_mut(key) else {
+            return false;
+        };
+        if op.cancelled || matches!(op.kind, Kind::Wake) {
+            return false;
+        }
+        op.cancelled = true;
+        let armed = op.armed;
+        let closes_fds = matches!(op.kind, Kind::Accept);
+        let queued_send = matches!(op.kind, Kind::Send { .. }) && !armed;
+        let token = op.token;
+        self.live -= 1;
+        self.purge_ready(key, closes_fds);
+        if armed {
+            let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
+            // If even this cannot be queued the ring is broken; the op's completion (whenever it
+            // comes) is swallowed because the op is marked cancelled.
+            let _ = self.push(&cancel);
+        } else {
+            if queued_send {
+                // Never reached the kernel: its one final event is due now.
+                self.emit(0, token, -libc::ECANCELED, 0, 0);
+            }
+            self.discard(key);
+        }
+        true
+    }
+
+    fn cancel_token(&mut self, token: u64) -> usize {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.ops.keys_where(&mut keys, |op| {
+            op.token == token && !op.cancelled && op.counted()
+        });
+        let mut count = 0;
+        for &key in &keys {
+            count += usize::from(self.cancel(key));
+        }
+        keys.clear();
+        self.scratch = keys;
+        count
+    }
+
+    fn pending(&self) -> usize {
+        self.live
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        let same_process = self.fork_generation == fork_generation();
+        if same_process {
+            // Cancel everything the kernel holds (this also closes accepted fds the caller never
+            // received), then wait until the kernel has let go of op storage, the buffer pool and
+            // caller send buffers.
+            let mut keys = std::mem::take(&mut self.scratch);
+            keys.clear();
+            self.ops.keys_where(&mut keys, |_| true);
+            for &key in &keys {
+                if !self.cancel(key) {
+                    // The internal wake read.
+                    if let Some(op) = self.ops.get_mut(key) {
+                        op.cancelled = true;
+                        if op.armed {
+                            let cancel =
+                                opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
+                            let _ = self.push(&cancel);
+                        }
+                    }
+                }
+            }
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while self.armed > 0 && Instant::now() < give_up {
+                if self.enter(Some(Duration::from_millis(10))).is_err() {
+                    break;
+                }
+                self.reap(usize::MAX);
+                self.ready.clear();
+            }
+        }
+        let drained = !same_process || self.armed == 0;
+        // SAFETY: each field is dropped exactly once, here, and never used afterwards. The ring
+        // goes first so the kernel stops using the buffer memory before it is unmapped; if the
+        // kernel still held requests (it did not let go within 5 s), the memory they may touch is
+        // leaked instead of freed.
+        unsafe {
+            ManuallyDrop::drop(&mut self.ring);
+            if drained {
+                ManuallyDrop::drop(&mut self.buf_ring);
+                ManuallyDrop::drop(&mut self.pool);
+            }
+        }
+    }
+}

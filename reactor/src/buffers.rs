@@ -1,0 +1,129 @@
+//! The receive-buffer pool: `count` buffers of `size` bytes in one anonymous mapping whose address
+//! never changes (bindings map it once), plus the list of buffers lent to the caller by the last
+//! `poll`. How a free buffer reaches the kernel again is the backend's business (io_uring: the
+//! provided-buffer ring; epoll: a free list).
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+
+use crate::sys::from_nix;
+
+/// An anonymous, page-aligned, zero-filled mapping, unmapped on drop.
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; which thread unmaps it does not matter.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    pub(crate) fn new(len: usize) -> io::Result<Mapping> {
+        let len = NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"))?;
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+            )
+        }
+        .map_err(from_nix)?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len: len.get(),
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` is exactly the mapping created in `new`, and whoever owns this
+        // value has made sure the kernel no longer uses it (backends drain first).
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+pub(crate) struct BufferPool {
+    region: Mapping,
+    size: usize,
+    count: usize,
+    /// Buffers handed to the caller by the last `poll`; recycled at the start of the next one.
+    /// Capacity `count` is reserved up front, so pushing never allocates.
+    lent: Vec<u16>,
+}
+
+impl BufferPool {
+    /// Validates the option values and maps the region.
+    pub(crate) fn new(size: u32, count: u32) -> io::Result<BufferPool> {
+        if size == 0 || size > (1 << 30) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer_size must be between 1 byte and 1 GiB",
+            ));
+        }
+        if count == 0 || count > 32768 || !count.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer_count must be a power of two between 1 and 32768",
+            ));
+        }
+        let total = (size as usize).checked_mul(count as usize).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "buffer region too large")
+        })?;
+        Ok(BufferPool {
+            region: Mapping::new(total)?,
+            size: size as usize,
+            count: count as usize,
+            lent: Vec::with_capacity(count as usize),
+        })
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.region.as_ptr()
+    }
+
+    /// Start of buffer `id`. `id < count` is the caller's invariant.
+    pub(crate) fn buffer_ptr(&self, id: u16) -> *mut u8 {
+        debug_assert!((id as usize) < self.count);
+        // SAFETY: `id < count`, so the offset stays inside the mapping.
+        unsafe { self.region.as_ptr().add(id as usize * self.size) }
+    }
+
+    /// The first `len` bytes of buffer `id`, or `None` for an out-of-range id or length.
+    pub(crate) fn data(&self, id: u64, len: i32) -> Option<&[u8]> {
+        if id >= self.count as u64 || len < 0 || len as usize > self.size {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); a lent buffer is not written by the kernel nor by the
+        // reactor until the next `poll` (which needs `&mut` of the reactor, ending this borrow).
+        Some(unsafe { std::slice::from_raw_parts(self.buffer_ptr(id as u16), len as usize) })
+    }
+
+    /// Records that buffer `id` was handed to the caller by this `poll`.
+    pub(crate) fn lend(&mut self, id: u16) {
+        self.lent.push(id);
+    }
+
+    /// Takes the buffers lent by the previous `poll`, to give them back to the kernel or free list.
+    pub(crate) fn take_lent(&mut self) -> std::vec::Drain<'_, u16> {
+        self.lent.drain(..)
+    }
+}

@@ -1,0 +1,177 @@
+//! The op table (a slab whose keys carry a generation) and the per-fd index of ops.
+//!
+//! A key is `generation << 32 | slot`. Generations start at 1 and skip 0 when they wrap, so a key
+//! is never 0 and any key with a zero generation (the backends use a few as tags, e.g. for cancel
+//! requests whose completions are ignored) never names an op. A removed op bumps its slot's
+//! generation, so an old [`crate::OpId`] (or an io_uring completion carrying an old key) is simply
+//! not found.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+struct Slot<T> {
+    generation: u32,
+    value: Option<T>,
+}
+
+/// A generational slab. Slots are reused (LIFO) so a steady state allocates nothing.
+pub(crate) struct OpTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+const fn split(key: u64) -> (usize, u32) {
+    ((key & 0xffff_ffff) as usize, (key >> 32) as u32)
+}
+
+impl<T> OpTable<T> {
+    pub(crate) fn new() -> Self {
+        OpTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Stores `value` and returns its key.
+    pub(crate) fn insert(&mut self, value: T) -> u64 {
+        self.len += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.value = Some(value);
+            (u64::from(slot.generation) << 32) | u64::from(index)
+        } else {
+            let index = u32::try_from(self.slots.len()).expect("more than 2^32 live ops");
+            self.slots.push(Slot {
+                generation: 1,
+                value: Some(value),
+            });
+            (1u64 << 32) | u64::from(index)
+        }
+    }
+
+    pub(crate) fn get(&self, key: u64) -> Option<&T> {
+        let (index, generation) = split(key);
+        match self.slots.get(index) {
+            Some(slot) if slot.generation == generation => slot.value.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, key: u64) -> Option<&mut T> {
+        let (index, generation) = split(key);
+        match self.slots.get_mut(index) {
+            Some(slot) if slot.generation == generation => slot.value.as_mut(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: u64) -> Option<T> {
+        let (index, generation) = split(key);
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let value = slot.value.take()?;
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        self.free.push(index as u32);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Number of stored ops.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends the keys of every stored op for which `pred` holds to `out`.
+    pub(crate) fn keys_where(&self, out: &mut Vec<u64>, mut pred: impl FnMut(&T) -> bool) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(value) = &slot.value {
+                if pred(value) {
+                    out.push((u64::from(slot.generation) << 32) | index as u64);
+                }
+            }
+        }
+    }
+}
+
+/// What the reactor tracks per caller fd: the ops on it (for `close` and, on epoll, for combining
+/// interests), the FIFO of sends (only the head is ever in flight, so bytes of two sends on one
+/// stream never interleave), and the epoll registration mask (unused by io_uring).
+#[derive(Default)]
+pub(crate) struct FdEntry {
+    pub(crate) ops: Vec<u64>,
+    pub(crate) sends: VecDeque<u64>,
+    pub(crate) registered: u32,
+}
+
+/// Fd-indexed table of [`FdEntry`]. Fd numbers are small and dense, so a vector beats a hash map,
+/// and entries keep their capacity when an fd number is reused: no allocation in steady state.
+#[derive(Default)]
+pub(crate) struct FdTable {
+    entries: Vec<FdEntry>,
+}
+
+impl FdTable {
+    pub(crate) fn entry(&mut self, fd: RawFd) -> &mut FdEntry {
+        let index = fd as usize;
+        if index >= self.entries.len() {
+            self.entries.resize_with(index + 1, FdEntry::default);
+        }
+        &mut self.entries[index]
+    }
+
+    pub(crate) fn get(&self, fd: RawFd) -> Option<&FdEntry> {
+        self.entries.get(fd as usize)
+    }
+
+    pub(crate) fn get_mut(&mut self, fd: RawFd) -> Option<&mut FdEntry> {
+        self.entries.get_mut(fd as usize)
+    }
+
+    pub(crate) fn add_op(&mut self, fd: RawFd, key: u64) {
+        self.entry(fd).ops.push(key);
+    }
+
+    pub(crate) fn remove_op(&mut self, fd: RawFd, key: u64) {
+        if let Some(entry) = self.get_mut(fd) {
+            if let Some(pos) = entry.ops.iter().position(|&k| k == key) {
+                entry.ops.swap_remove(pos);
+            }
+            if let Some(pos) = entry.sends.iter().position(|&k| k == key) {
+                entry.sends.remove(pos);
+            }
+        }
+    }
+
+    /// Copies the keys of the ops on `fd` into `out` (cleared first).
+    pub(crate) fn ops_on(&self, fd: RawFd, out: &mut Vec<u64>) {
+        out.clear();
+        if let Some(entry) = self.get(fd) {
+            out.extend_from_slice(&entry.ops);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_keys_are_not_found() {
+        let mut table = OpTable::new();
+        let a = table.insert("a");
+        assert_eq!(table.get(a), Some(&"a"));
+        assert_eq!(table.remove(a), Some("a"));
+        let b = table.insert("b");
+        assert_ne!(a, b, "a reused slot gets a new generation");
+        assert_eq!(table.get(a), None);
+        assert_eq!(table.remove(a), None);
+        assert_eq!(table.get(b), Some(&"b"));
+        assert_eq!(table.len(), 1);
+        assert_ne!(a >> 32, 0);
+    }
+}

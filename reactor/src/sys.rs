@@ -1,0 +1,74 @@
+//! The one place where raw system-call results become [`io::Error`]s, plus the few process-wide
+//! facts the reactor needs (the monotonic clock, fork detection).
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// Maps a raw result to `io::Result`: a negative value is `-errno` (io_uring completion results,
+/// and libc calls after [`errno_result`] folded `-1`/`errno` into that form); anything else is the
+/// success value.
+///
+/// Every syscall failure in the crate goes through here, so there is exactly one place that turns
+/// errno into `io::Error`.
+pub(crate) fn neg_errno<T: Into<i64> + Copy>(ret: T) -> io::Result<T> {
+    let value: i64 = ret.into();
+    if value < 0 {
+        if value == -1 {
+            // -1 from a libc wrapper: the real code is in errno, and must be read before anything
+            // else can overwrite it.
+            Err(io::Error::last_os_error())
+        } else {
+            Err(io::Error::from_raw_os_error((-value) as i32))
+        }
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The `-errno` form of an error, as event results carry it (`-EIO` when the error has no code).
+pub(crate) fn errno_of(err: &io::Error) -> i32 {
+    -err.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Converts a `nix` error into the crate's error type.
+pub(crate) fn from_nix(err: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(err as i32)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub(crate) fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC cannot fail on Linux; vDSO makes this a plain memory read.
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Bumped in every child right after `fork()`; a reactor remembers the value it was created under
+/// and refuses to touch its kernel objects (the parent's ring, epoll set) when it differs.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static FORK_HOOK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The current fork generation. Installs the `pthread_atfork` hook on first use.
+pub(crate) fn fork_generation() -> u64 {
+    FORK_HOOK.call_once(|| {
+        // SAFETY: registering a plain `extern "C"` function that only touches an atomic, which is
+        // async-signal-safe and therefore fine in a child after fork.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        // pthread_atfork only fails with ENOMEM; fork detection is then unavailable, which only
+        // weakens a diagnostic, so it is not worth failing reactor creation over.
+        let _ = rc;
+    });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// The error a reactor reports when used in a forked child.
+pub(crate) fn forked_child_error() -> io::Error {
+    io::Error::other(
+        "ringloop: this reactor was created before fork(); a forked child must create its own reactor",
+    )
+}
