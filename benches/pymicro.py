@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Python event-loop micro-benchmarks: stdlib asyncio vs uvloop vs ringloop, in one run.
+
+    .venv/bin/python benches/pymicro.py [--quick] [--json PATH]
+
+Each benchmark runs on every loop that can be created here (a missing one is reported, not
+fatal), best of three; results are ops/s with ratios against asyncio and uvloop:
+
+- call_soon:             callbacks scheduled from the loop with call_soon, run to the last;
+- call_soon_threadsafe:  a thread schedules callbacks with call_soon_threadsafe as fast as it can;
+- timer_cancel:          call_later(10 s) + cancel, then one iteration reaps the cancelled handles;
+- sleep0:                `await asyncio.sleep(0)` iterations in one task;
+- create_task_gather:    batches of 100 trivial tasks created and gathered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "python-binding" / "src"
+if SRC.is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+LOOPS = ("asyncio", "uvloop", "ringloop-io_uring", "ringloop-epoll")
+
+
+def make_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    import ringloop
+
+    return ringloop.Loop(backend=name.split("-", 1)[1])
+
+
+def bench_call_soon(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    done = loop.create_future()
+    count = 0
+
+    def cb() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set_result(None)
+
+    def start() -> None:
+        for _ in range(n):
+            loop.call_soon(cb)
+
+    t0 = time.perf_counter()
+    loop.call_soon(start)
+    loop.run_until_complete(done)
+    return time.perf_counter() - t0
+
+
+def bench_call_soon_threadsafe(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    done = loop.create_future()
+    count = 0
+
+    def cb() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set_result(None)
+
+    def producer() -> None:
+        for _ in range(n):
+            loop.call_soon_threadsafe(cb)
+
+    thread = threading.Thread(target=producer)
+    t0 = time.perf_counter()
+    thread.start()
+    loop.run_until_complete(done)
+    elapsed = time.perf_counter() - t0
+    thread.join()
+    return elapsed
+
+
+def bench_timer_cancel(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    def cb() -> None:
+        raise AssertionError("a cancelled timer fired")
+
+    async def body() -> None:
+        for _ in range(n):
+            loop.call_later(10.0, cb).cancel()
+        await asyncio.sleep(0)  # one iteration, which drops the cancelled handles
+
+    t0 = time.perf_counter()
+    loop.run_until_complete(body())
+    return time.perf_counter() - t0
+
+
+def bench_sleep0(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    async def body() -> None:
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    t0 = time.perf_counter()
+    loop.run_until_complete(body())
+    return time.perf_counter() - t0
+
+
+def bench_gather(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    async def leaf(i: int) -> int:
+        return i
+
+    async def body() -> None:
+        for _ in range(n // 100):
+            results = await asyncio.gather(*[loop.create_task(leaf(i)) for i in range(100)])
+            assert results[-1] == 99
+
+    t0 = time.perf_counter()
+    loop.run_until_complete(body())
+    return time.perf_counter() - t0
+
+
+BENCHES: list[tuple[str, Callable[[asyncio.AbstractEventLoop, int], float], int]] = [
+    ("call_soon", bench_call_soon, 500_000),
+    ("call_soon_threadsafe", bench_call_soon_threadsafe, 200_000),
+    ("timer_cancel", bench_timer_cancel, 300_000),
+    ("sleep0", bench_sleep0, 200_000),
+    ("create_task_gather", bench_gather, 100_000),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1/50 of the work, one repetition (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--loops", default=",".join(LOOPS), help="comma-separated subset of " + ",".join(LOOPS))
+    args = parser.parse_args()
+    loops = [name for name in args.loops.split(",") if name]
+    unknown = [name for name in loops if name not in LOOPS]
+    if unknown:
+        parser.error(f"unknown loop(s): {', '.join(unknown)}")
+    scale, repeats = (50, 1) if args.quick else (1, 3)
+
+    available: dict[str, str] = {}
+    for name in loops:
+        try:
+            make_loop(name).close()
+            available[name] = "ok"
+        except Exception as exc:  # ImportError, OSError, or the library's own error: report, go on
+            available[name] = f"missing: {type(exc).__name__}: {exc}"
+
+    results: dict[str, dict[str, float]] = {}
+    failures = 0
+    for bench_name, fn, n in BENCHES:
+        n = max(n // scale, 100)
+        results[bench_name] = {}
+        for name in loops:
+            if available[name] != "ok":
+                continue
+            best = float("inf")
+            try:
+                for _ in range(repeats):
+                    loop = make_loop(name)
+                    try:
+                        best = min(best, fn(loop, n))
+                    finally:
+                        loop.close()
+            except Exception as exc:
+                print(f"{bench_name} on {name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            results[bench_name][name] = n / best
+
+    width = max(len(n) for n in loops)
+    print(f"Python {sys.version.split()[0]}; ops/s, best of {repeats}" + (" (quick)" if args.quick else ""))
+    for name, status in available.items():
+        if status != "ok":
+            print(f"  {name}: {status[:160]}")
+    for bench_name, per_loop in results.items():
+        print(f"{bench_name}:")
+        base_asyncio = per_loop.get("asyncio")
+        base_uvloop = per_loop.get("uvloop")
+        for name in loops:
+            if name not in per_loop:
+                continue
+            ops = per_loop[name]
+            ratios = []
+            if base_asyncio:
+                ratios.append(f"{ops / base_asyncio:5.2f}x asyncio")
+            if base_uvloop:
+                ratios.append(f"{ops / base_uvloop:5.2f}x uvloop")
+            print(f"  {name:<{width}} {ops:>12,.0f} ops/s  {'  '.join(ratios)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"quick": args.quick, "loops": available, "ops_per_s": results}, indent=1))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("RINGLOOP_BACKEND", None)
+    sys.exit(main())
