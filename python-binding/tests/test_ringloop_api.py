@@ -1,0 +1,164 @@
+"""ringloop's own API: backends, new_event_loop, run, install/EventLoopPolicy, by Python version."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ringloop_or_skip
+
+
+@pytest.fixture
+def ringloop():
+    return ringloop_or_skip()
+
+
+def run_python(code, **env):
+    """Runs ``code`` in a fresh interpreter (policies are process-global) and returns stdout."""
+    environment = dict(os.environ)
+    environment.pop("RINGLOOP_BACKEND", None)
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, env=environment, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_loop_reports_its_backend(loop_factory):
+    if not loop_factory.is_ringloop:
+        pytest.skip("ringloop-only behaviour")
+    loop = loop_factory()
+    try:
+        assert loop.backend == loop_factory.backend
+        assert loop_factory.backend in repr(loop)
+    finally:
+        loop.close()
+
+
+def test_loop_is_an_abstract_event_loop(ringloop):
+    loop = ringloop.new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+        assert isinstance(loop, ringloop.Loop)
+        assert loop.backend in ("io_uring", "epoll")
+    finally:
+        loop.close()
+
+
+def test_unknown_backend_is_a_clear_error(ringloop):
+    with pytest.raises((ValueError, OSError)):
+        ringloop.Loop(backend="kqueue")
+
+
+def test_ringloop_backend_environment_variable_selects_the_default(ringloop):
+    code = "import ringloop; loop = ringloop.new_event_loop(); print(loop.backend); loop.close()"
+    assert run_python(code, RINGLOOP_BACKEND="epoll") == "epoll"
+    assert run_python(code, RINGLOOP_BACKEND="io_uring") == "io_uring"
+    # An explicit backend argument wins over the environment.
+    explicit = "import ringloop; loop = ringloop.Loop(backend='io_uring'); print(loop.backend); loop.close()"
+    assert run_python(explicit, RINGLOOP_BACKEND="epoll") == "io_uring"
+
+
+def test_run_uses_a_ringloop_loop_and_closes_it(ringloop):
+    seen = {}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen["loop"] = loop
+        await asyncio.sleep(0.001)
+        return "result"
+
+    assert ringloop.run(main()) == "result"
+    assert isinstance(seen["loop"], ringloop.Loop)
+    assert seen["loop"].is_closed()
+
+
+def test_run_propagates_exceptions_and_debug(ringloop):
+    async def main():
+        assert asyncio.get_running_loop().get_debug()
+        raise LookupError("from main")
+
+    with pytest.raises(LookupError):
+        ringloop.run(main(), debug=True)
+
+
+def test_run_refuses_a_running_loop(ringloop):
+    async def outer():
+        coro = asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            ringloop.run(coro)
+        coro.close()
+
+    ringloop.run(outer())
+
+
+def test_install_and_event_loop_policy(ringloop):
+    code = """
+        import asyncio, sys, warnings
+        import ringloop
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ringloop.install()
+        deprecated = any(issubclass(w.category, DeprecationWarning) for w in caught)
+        print("deprecation-warning" if deprecated else "no-warning")
+        loop = asyncio.new_event_loop()
+        print(type(loop).__name__, isinstance(loop, ringloop.Loop))
+        loop.close()
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+        print(asyncio.run(main()))
+        asyncio.set_event_loop_policy(ringloop.EventLoopPolicy())
+        print(isinstance(asyncio.get_event_loop_policy(), asyncio.AbstractEventLoopPolicy))
+    """
+    lines = run_python(code).splitlines()
+    # uvloop's convention: install() is deprecated from Python 3.12 in favour of run().
+    assert lines[0] == ("deprecation-warning" if sys.version_info >= (3, 12) else "no-warning")
+    assert lines[1] == "Loop True"
+    assert lines[2] == "Loop"
+    assert lines[3] == "True"
+
+
+def test_event_loop_policy_gives_new_loops_per_call(ringloop):
+    policy = ringloop.EventLoopPolicy()
+    first, second = policy.new_event_loop(), policy.new_event_loop()
+    try:
+        assert first is not second
+        assert isinstance(first, ringloop.Loop) and isinstance(second, ringloop.Loop)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_loops_are_independent_and_can_be_created_many_times(ringloop):
+    from support import open_fds
+
+    before = open_fds()
+    for i in range(50):
+        loop = ringloop.Loop(backend=("io_uring", "epoll")[i % 2])
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+    assert open_fds() == before
+
+
+def test_a_loop_refuses_to_run_in_a_forked_child(ringloop):
+    code = """
+        import asyncio, os, ringloop
+        loop = ringloop.new_event_loop()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                loop.run_until_complete(asyncio.sleep(0))
+                os._exit(0)
+            except RuntimeError:
+                os._exit(42)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+    """
+    assert run_python(code) == "42"
