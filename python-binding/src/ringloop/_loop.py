@@ -13,9 +13,12 @@ on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
-from asyncio import constants, sslproto, unix_events
+from asyncio import base_events, constants, events, sslproto, unix_events
+from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
+from asyncio.log import logger
 from typing import Any, Callable, Dict, Optional
 
 from ._lib import WAKE_TOKEN, Reactor
@@ -23,6 +26,11 @@ from ._selector import RingSelector
 from ._transport import RingStreamTransport
 
 __all__ = ["Loop"]
+
+# BaseEventLoop's tuning of its timer heap and longest wait, kept identical.
+_MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 
 
 class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
@@ -108,6 +116,96 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+
+    # -- one iteration ------------------------------------------------------------------------
+
+    def _run_once(self) -> None:
+        # asyncio's iteration (BaseEventLoop._run_once), with the completion events of the poll
+        # dispatched where the selector loop runs its I/O callbacks: after the callbacks that
+        # were already ready, before the expired timers, and anything they schedule runs on the
+        # next iteration, exactly as for a reader callback of the stdlib loop.
+        scheduled = self._scheduled
+        if (
+            len(scheduled) > _MIN_SCHEDULED_TIMER_HANDLES
+            and self._timer_cancelled_count / len(scheduled) > _MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        ):
+            live = []
+            for timer in scheduled:
+                if timer._cancelled:
+                    timer._scheduled = False
+                else:
+                    live.append(timer)
+            heapq.heapify(live)
+            self._scheduled = scheduled = live
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+
+        ready = self._ready
+        if ready or self._stopping:
+            timeout: Optional[float] = 0
+        elif scheduled:
+            timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
+        else:
+            timeout = None
+
+        selector = self._selector
+        already_ready = len(ready)
+        event_list = selector.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+        event_list = None
+
+        end_time = self.time() + self._clock_resolution
+        while scheduled and scheduled[0]._when < end_time:
+            timer = heapq.heappop(scheduled)
+            timer._scheduled = False
+            ready.append(timer)
+        timer = None
+
+        ntodo = len(ready)
+        if self._debug:
+            self._run_debug(already_ready, ntodo)
+            return
+        popleft = ready.popleft
+        for _ in range(already_ready):
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+        selector.dispatch_completions()
+        for _ in range(ntodo - already_ready):
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None  # breaks a reference cycle when a callback raised
+
+    def _run_debug(self, already_ready: int, ntodo: int) -> None:
+        # The same order as _run_once, timing callbacks for asyncio's slow-callback warning.
+        ready = self._ready
+        for _ in range(already_ready):
+            self._run_timed(ready.popleft())
+        t0 = self.time()
+        self._selector.dispatch_completions()
+        dt = self.time() - t0
+        if dt >= self.slow_callback_duration:
+            logger.warning("Executing I/O completion callbacks took %.3f seconds", dt)
+        for _ in range(ntodo - already_ready):
+            self._run_timed(ready.popleft())
+
+    def _run_timed(self, handle: events.Handle) -> None:
+        if handle._cancelled:
+            return
+        try:
+            self._current_handle = handle
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+        finally:
+            self._current_handle = None
 
     # -- wakeups ----------------------------------------------------------------------------
 

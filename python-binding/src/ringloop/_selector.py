@@ -3,8 +3,9 @@
 asyncio's selector machinery (add_reader/add_writer, sock_* fallbacks, UDP, pipes, subprocess,
 signals through the self-pipe) runs unchanged on top of it: every registered direction is one
 persistent level-triggered ``rl_op_watch``. ``select()`` is the loop's single ``rl_poll`` per
-iteration; besides readiness it dispatches completion events (stream receives, sends, the wake)
-to the handlers registered by token, so one foreign call serves both models.
+iteration; besides readiness it collects completion events (stream receives, sends, the wake),
+which the loop then dispatches to the handlers registered by token: one foreign call serves both
+models.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class RingSelector(selectors.BaseSelector):
         self._watches: Dict[int, List[Optional[Tuple[int, int]]]] = {}
         self._iter_unpack = EVENT_STRUCT.iter_unpack
         self._events = reactor.events
+        self._completions: List[Tuple[int, int, int, int]] = []
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------------
@@ -165,6 +167,8 @@ class RingSelector(selectors.BaseSelector):
     # -- the one foreign call per iteration ---------------------------------------------------
 
     def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
+        """The iteration's one ``rl_poll``: returns readiness as ``(key, mask)`` pairs and queues
+        completion events for :meth:`dispatch_completions`."""
         if timeout is None:
             timeout_ns = -1
         elif timeout <= 0:
@@ -176,23 +180,42 @@ class RingSelector(selectors.BaseSelector):
         ready: List[Tuple[selectors.SelectorKey, int]] = []
         if not n:
             return ready
+        completions = self._completions
         handlers = self._handlers
         fd_to_key = self._fd_to_key
-        for token, result, flags, aux in self._iter_unpack(self._events[: n * EVENT_SIZE]):
-            handler = handlers.get(token)
+        for event in self._iter_unpack(self._events[: n * EVENT_SIZE]):
+            handler = handlers.get(event[0])
             if handler is None:
-                # A watch or op removed earlier in this batch (or a stale event): asyncio's
-                # remove_reader()/remove_writer() take effect at once.
-                continue
+                continue  # a watch or op removed since (asyncio's removals take effect at once)
             if type(handler) is int:
                 key = fd_to_key.get(handler >> 1)
                 if key is not None:
                     ready.append((key, EVENT_WRITE if handler & 1 else EVENT_READ))
-                continue
-            try:
-                handler(result, flags, aux)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._on_error(exc, handler)
+            else:
+                completions.append(event)
         return ready
+
+    def dispatch_completions(self) -> None:
+        """Runs the handlers of the completion events the last :meth:`select` returned.
+
+        The handler is looked up again at dispatch time: one removed by an earlier handler of the
+        same batch (a transport closed meanwhile) no longer receives events. Received buffers stay
+        valid until the next ``select``.
+        """
+        completions = self._completions
+        if not completions:
+            return
+        handlers = self._handlers
+        try:
+            for token, result, flags, aux in completions:
+                handler = handlers.get(token)
+                if handler is None:
+                    continue
+                try:
+                    handler(result, flags, aux)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._on_error(exc, handler)
+        finally:
+            completions.clear()

@@ -222,10 +222,10 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._start_reading()
         elif result == 0:
             self._read_eof = True
-            if self._paused:
-                self._held.append(b"")
-                return
-            self._on_eof()
+            # eof_received() runs on the next iteration, as with the selector loop (which sees
+            # EOF on the recv() after the one that returned the last data): protocols may rely
+            # on a turn of the loop between their last data_received() and EOF.
+            self._loop.call_soon(self._deliver_eof)
         else:
             if result == -_ECANCELED:
                 return
@@ -233,6 +233,14 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._fatal_error(
                 OSError(-result, os.strerror(-result)), "Fatal read error on socket transport"
             )
+
+    def _deliver_eof(self) -> None:
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append(b"")
+            return
+        self._on_eof()
 
     def _deliver_data(self, view: Any) -> None:
         try:
