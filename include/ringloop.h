@@ -90,7 +90,7 @@
 /**
  * The token of the event `rl_wake` produces in raw mode.
  */
-#define RL_WAKE_TOKEN UINT64_MAX
+#define RL_WAKE_TOKEN 18446744073709551615ull
 
 /**
  * Tokens at or above this value belong to the library; raw operations given one fail `-EINVAL`.
@@ -134,12 +134,97 @@
 #define RL_RUN_NOWAIT 2
 
 /**
+ * `rl_future_state`: not completed yet.
+ */
+#define RL_FUTURE_PENDING 0
+
+/**
+ * `rl_future_state`: completed with `rl_future_set_result` or `rl_future_set_error`.
+ */
+#define RL_FUTURE_DONE 1
+
+/**
+ * `rl_future_state`: cancelled (`rl_future_cancel`, its loop was freed while it had done
+ * callbacks, or its thread-pool job was dropped before it started).
+ */
+#define RL_FUTURE_CANCELLED 2
+
+/**
+ * A future: pending, then done (a `uint64_t` value or a negative error code) or cancelled.
+ * Opaque; created by `rl_future_new` or `rl_run_in_thread`, released by `rl_future_release`.
+ *
+ * Like `rl_loop`, the pointer value is a registry handle: NULL, released or foreign values give
+ * `RL_EHANDLE`.
+ */
+typedef struct rl_future rl_future;
+
+/**
  * An event loop. Opaque: created by `rl_loop_new`, destroyed by `rl_loop_free`.
  *
  * The pointer value is a registry handle, never dereferenced by the library: a null, freed or
  * foreign value is detected and rejected with `RL_EHANDLE`.
  */
 typedef struct rl_loop rl_loop;
+
+/**
+ * What a callback is told. Valid only during the callback.
+ *
+ * | registered with | `result` | `fd` | `bytes`/`nbytes` |
+ * |---|---|---|---|
+ * | `rl_call_soon*`, `rl_call_later`, `rl_call_at` | 0 | -1 | NULL/0 |
+ * | `rl_add_reader`/`rl_add_writer` | ready bits (`RL_READABLE`/`RL_WRITABLE`) | the fd | NULL/0 |
+ * | `rl_recv` | byte count, 0 = end of stream, or `-errno` | the socket | the bytes |
+ * | `rl_accept` | the new fd (the callback owns it) or `-errno` | the listening socket | NULL/0 |
+ * | `rl_send` | total bytes sent or `-errno` | the socket | NULL/0 |
+ * | `rl_connect`, `rl_close` | 0 or `-errno` | the socket | NULL/0 |
+ * | `rl_signal_start` | the signal number | -1 | NULL/0 |
+ * | `rl_future_add_done_callback` | 0 (done; `value` = the result), the future's error code, or `-ECANCELED` | -1 | NULL/0 |
+ *
+ * When a loop is freed with a callback still registered (a pending timer or call, a watch, a
+ * live op, a signal handler), that callback is called one last time with `result ==
+ * -ECANCELED`, so the caller can release `data`. Callbacks removed with `rl_timer_cancel`,
+ * `rl_cancel`, `rl_remove_reader`/`rl_remove_writer` or `rl_signal_stop` are not called again.
+ */
+typedef struct rl_outcome {
+    /**
+     * See the table above.
+     */
+    int32_t result;
+    /**
+     * The fd the operation is about, or -1.
+     */
+    int32_t fd;
+    /**
+     * Received bytes (`rl_recv` only), else NULL. Owned by the loop; valid during the callback.
+     */
+    const uint8_t *bytes;
+    /**
+     * Number of bytes at `bytes`.
+     */
+    size_t nbytes;
+    /**
+     * `RL_EV_MORE` when the registration stays active and will be called again.
+     */
+    uint32_t flags;
+    /**
+     * The result value of a future (done callbacks), else 0.
+     */
+    uint64_t value;
+} rl_outcome;
+
+/**
+ * A callback: called on the loop thread with the loop, what happened, and the `data` it was
+ * registered with. It may call any loop-thread function on `loop` except `rl_run`, `rl_poll`
+ * and `rl_loop_free` (those return `RL_ESTATE`), and must not unwind (no C++ exceptions, no
+ * `longjmp` out of it).
+ */
+typedef void (*rl_callback)(struct rl_loop *loop, const struct rl_outcome *outcome, void *data);
+
+/**
+ * Work for `rl_run_in_thread`, run on a pool thread: returns 0 and stores the future's result in
+ * `*value`, or returns a negative error code that becomes the future's error.
+ */
+typedef int (*rl_work_fn)(void *data, uint64_t *value);
 
 /**
  * Loop options. Initialise with `rl_options_init`, then change fields.
@@ -218,6 +303,338 @@ uint32_t rl_version(void);
  * and must not be freed. Thread-safe.
  */
 const char *rl_strerror(int code);
+
+/**
+ * Runs the loop's callbacks.
+ *
+ * `mode`: `RL_RUN_DEFAULT` runs until `rl_stop` or until nothing keeps the loop alive (pending
+ * callbacks and timers, watches, live operations, signal handlers, pending futures with done
+ * callbacks, thread-pool jobs); `RL_RUN_ONCE` waits until at least one callback ran, then
+ * returns; `RL_RUN_NOWAIT` runs one iteration without waiting. Raw-mode events that arrive
+ * meanwhile are kept for the next `rl_poll`.
+ *
+ * Returns 1 when something still keeps the loop alive, 0 when nothing does, `-EINVAL` for an
+ * unknown mode, `RL_ESTATE` when called from a callback of this loop (or while another thread
+ * uses it), `RL_EHANDLE`, or `-errno` from the kernel (the loop stays usable).
+ *
+ * Loop thread only.
+ */
+int rl_run(struct rl_loop *loop, int mode);
+
+/**
+ * Asks `rl_run` to return after its current iteration (a loop that is not running returns after
+ * the first iteration of its next `rl_run`). Returns 0 or `RL_EHANDLE`.
+ *
+ * **Thread-safe**; wakes the loop if it is waiting.
+ */
+int rl_stop(struct rl_loop *loop);
+
+/**
+ * Calls `cb(loop, outcome, data)` in the loop's next iteration; calls run in the order they were
+ * made (`outcome->result` is 0).
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`), `RL_EHANDLE`, `RL_ESTATE` (loop closed or used by another
+ * thread). Loop thread only; use `rl_call_soon_threadsafe` from other threads.
+ */
+int rl_call_soon(struct rl_loop *loop, rl_callback cb, void *data);
+
+/**
+ * `rl_call_soon` from any thread: queues the call and wakes the loop. Calls from one thread run
+ * in the order they were made. `data` must be usable on the loop thread.
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`), `RL_EHANDLE` (the loop was freed), or `RL_ESTATE` (the loop
+ * is being freed: `cb` will not be called). If the loop is freed after the call was queued but
+ * before it ran, `cb` is called during `rl_loop_free` with `-ECANCELED`.
+ *
+ * **Thread-safe**.
+ */
+int rl_call_soon_threadsafe(struct rl_loop *loop, rl_callback cb, void *data);
+
+/**
+ * Calls `cb` once, `delay_ns` nanoseconds after the loop's time (cached at the start of each
+ * iteration, as `rl_now` reads it then). Timers run in deadline order, ties in the order they
+ * were scheduled.
+ *
+ * Stores the timer id in `*timer_out` (when not NULL) for `rl_timer_cancel`. Returns 0,
+ * `-EINVAL` (NULL `cb`), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ *
+ * # Safety
+ * `timer_out` is NULL or writable.
+ */
+int rl_call_later(struct rl_loop *loop,
+                  uint64_t delay_ns,
+                  rl_callback cb,
+                  void *data,
+                  uint64_t *timer_out);
+
+/**
+ * Calls `cb` once the loop's time reaches `deadline_ns` (on the `rl_now` clock). See
+ * `rl_call_later`.
+ *
+ * # Safety
+ * `timer_out` is NULL or writable.
+ */
+int rl_call_at(struct rl_loop *loop,
+               uint64_t deadline_ns,
+               rl_callback cb,
+               void *data,
+               uint64_t *timer_out);
+
+/**
+ * Cancels a timer from `rl_call_later`, `rl_call_at` or `rl_op_timer`.
+ *
+ * Returns 1 when the timer was pending (its callback will not be called, its event not
+ * delivered), 0 when it already fired or was cancelled (harmless: ids carry a generation and
+ * never name another timer), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_timer_cancel(struct rl_loop *loop, uint64_t timer);
+
+/**
+ * Calls `cb` whenever `fd` is readable: persistent and level-triggered (once per iteration while
+ * readable; hang-up and error count as readable), as asyncio's `add_reader`. `outcome->result`
+ * is the ready mask. Adding a reader to an fd that has one replaces the callback (the old one is
+ * not called again). The fd stays the caller's; remove the reader before closing it yourself.
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno` (e.g. `-EPERM`
+ * for a regular file under epoll). Loop thread only.
+ */
+int rl_add_reader(struct rl_loop *loop, int fd, rl_callback cb, void *data);
+
+/**
+ * Removes the reader of `fd`: returns 1 if there was one (its callback is not called again, even
+ * for readiness already collected in this iteration), 0 if not, `RL_EHANDLE`, `RL_ESTATE`.
+ * Loop thread only.
+ */
+int rl_remove_reader(struct rl_loop *loop, int fd);
+
+/**
+ * Calls `cb` whenever `fd` is writable (error counts as writable). See `rl_add_reader`.
+ */
+int rl_add_writer(struct rl_loop *loop, int fd, rl_callback cb, void *data);
+
+/**
+ * Removes the writer of `fd`. See `rl_remove_reader`.
+ */
+int rl_remove_writer(struct rl_loop *loop, int fd);
+
+/**
+ * Accepts connections on the listening socket `fd` (multishot): `cb` is called once per
+ * connection with `outcome->result` = the new socket (non-blocking, close-on-exec; the callback
+ * owns it and must close it) and `RL_EV_MORE`, and a last time without `RL_EV_MORE` with
+ * `-errno` if accepting stops.
+ *
+ * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
+ * `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_accept(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
+
+/**
+ * Receives from the stream socket `fd` (multishot) into loop-owned buffers: `cb` gets each
+ * chunk in `outcome->bytes`/`nbytes` (valid only during the call; copy what you keep) with
+ * `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at end of stream or `-errno`.
+ * When the loop's buffers run out, receiving pauses until they are recycled: no data is lost.
+ *
+ * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
+ * `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_recv(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
+
+/**
+ * Sends `len` bytes at `buf` on the stream socket `fd`; `cb` is called once with the total bytes
+ * sent (the loop finishes short writes itself) or `-errno`. The caller keeps `buf` valid and
+ * unchanged until then — also after `rl_cancel` or `rl_close` on the fd, which still deliver that
+ * one final call (`-ECANCELED` or a count).
+ *
+ * Stores the op id in `*op_out` (when not NULL). Returns 0, `-EINVAL` (NULL `cb`, or NULL `buf`
+ * with nonzero `len`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread only.
+ *
+ * # Safety
+ * `buf..buf+len` stays readable and unmodified until `cb` is called; `op_out` is NULL or
+ * writable.
+ */
+int rl_send(struct rl_loop *loop,
+            int fd,
+            const void *buf,
+            size_t len,
+            rl_callback cb,
+            void *data,
+            uint64_t *op_out);
+
+/**
+ * Connects the non-blocking socket `fd` to `sockaddr` (`addrlen` bytes, copied before return);
+ * `cb` gets 0 or `-errno` (e.g. `-ECONNREFUSED`).
+ *
+ * Stores the op id in `*op_out` (when not NULL). Returns 0, `-EINVAL` (NULL `cb`, NULL or
+ * malformed address), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread only.
+ *
+ * # Safety
+ * `sockaddr` points to `addrlen` readable bytes; `op_out` is NULL or writable.
+ */
+int rl_connect(struct rl_loop *loop,
+               int fd,
+               const void *sockaddr,
+               uint32_t addrlen,
+               rl_callback cb,
+               void *data,
+               uint64_t *op_out);
+
+/**
+ * Closes `fd` through the loop: the loop's operations and watches on it end first (their
+ * callbacks are not called again, except pending sends, which get their final result), then the
+ * fd is closed and `cb` gets 0 or `-errno`.
+ *
+ * Ownership of `fd` passes to the loop unless the call returns `RL_EHANDLE`, `RL_ESTATE`,
+ * `-EINVAL` or `-EBADF`: from then on the caller must not use or close it, even if the call
+ * returns another error (the fd is closed then too). Stores the op id in `*op_out` (when not
+ * NULL). Loop thread only.
+ *
+ * # Safety
+ * `fd` is an open fd the caller owns and gives away; `op_out` is NULL or writable.
+ */
+int rl_close(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
+
+/**
+ * Cancels an operation started with `rl_accept`, `rl_recv`, `rl_send`, `rl_connect` or
+ * `rl_close`. Takes effect at once (its callback is not called again), except for a send, whose
+ * callback still gets its final result once the kernel no longer reads the buffer.
+ *
+ * Returns 1 if the op was live, 0 if it already ended or was cancelled (harmless), `RL_EHANDLE`,
+ * `RL_ESTATE`. Loop thread only. (Raw-mode ops are cancelled with `rl_op_cancel`.)
+ */
+int rl_cancel(struct rl_loop *loop, uint64_t op);
+
+/**
+ * Calls `cb` with `outcome->result` = `signo` each time the signal arrives, through a signalfd:
+ * the signal is blocked in the calling thread while handled. Block it in every other thread of
+ * the process too (threads created afterwards inherit the mask; the loop's own pool threads
+ * block all signals), or the kernel may deliver it elsewhere. Starting again for the same
+ * signal replaces the callback.
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`, bad signal number, SIGKILL/SIGSTOP), `RL_EHANDLE`,
+ * `RL_ESTATE`, `-errno`. Loop thread only.
+ */
+int rl_signal_start(struct rl_loop *loop, int signo, rl_callback cb, void *data);
+
+/**
+ * Stops handling `signo` and unblocks it: returns 1 if it was handled, 0 if not, `RL_EHANDLE`,
+ * `RL_ESTATE`. Loop thread only.
+ */
+int rl_signal_stop(struct rl_loop *loop, int signo);
+
+/**
+ * Sets the most worker threads `rl_run_in_thread` may use (1 to 1024; default 4). Threads
+ * start on demand; threads already running stay until the loop is freed.
+ *
+ * Returns 0, `-EINVAL`, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_set_pool_size(struct rl_loop *loop, uint32_t workers);
+
+/**
+ * Runs `work(data, &value)` on one of the loop's pool threads (blocking work: file I/O, DNS,
+ * computation) and stores in `*future_out` a new future that completes with `value` when `work`
+ * returns 0, or with `work`'s negative return value as its error. Cancelling the future before
+ * the job starts skips the job. A job keeps `RL_RUN_DEFAULT` running until it has finished; the
+ * pool threads block every signal.
+ *
+ * The caller owns the future handle and releases it with `rl_future_release` (the job completes
+ * the future whether or not the handle was released). `data` must be usable from another
+ * thread until `work` returned; `work` may also never be called (the future was cancelled
+ * first, or the loop was freed), so it must not be the only owner of what it frees.
+ *
+ * Returns 0, `-EINVAL` (NULL `work` or `future_out`), `RL_EHANDLE`, `RL_ESTATE`, `-errno`
+ * (thread creation failed). Loop thread only.
+ *
+ * # Safety
+ * `future_out` is writable.
+ */
+int rl_run_in_thread(struct rl_loop *loop,
+                     rl_work_fn work,
+                     void *data,
+                     struct rl_future **future_out);
+
+/**
+ * Creates a pending future bound to `loop` (its done callbacks run on that loop) and stores its
+ * handle in `*future_out`. The caller owns the handle and releases it with `rl_future_release`.
+ *
+ * Returns 0, `-EINVAL` (NULL `future_out`), `RL_EHANDLE`, `-ENOMEM`. **Thread-safe**.
+ *
+ * # Safety
+ * `future_out` is NULL or writable.
+ */
+int rl_future_new(struct rl_loop *loop, struct rl_future **future_out);
+
+/**
+ * Completes the future with `value`. Returns 1 if this call completed it, 0 if it was already
+ * complete (done or cancelled; nothing changes), `RL_EHANDLE`. Done callbacks run on the loop
+ * thread in the loop's next iteration (the loop is woken).
+ *
+ * **Thread-safe**.
+ */
+int rl_future_set_result(struct rl_future *future, uint64_t value);
+
+/**
+ * Completes the future with the error `code`, which must be negative (a `-errno` or one of the
+ * caller's own codes). Returns 1 if this call completed it, 0 if it was already complete,
+ * `-EINVAL` for `code >= 0`, `RL_EHANDLE`.
+ *
+ * **Thread-safe**.
+ */
+int rl_future_set_error(struct rl_future *future, int code);
+
+/**
+ * Cancels the future. Returns 1 if it was pending (done callbacks then run with `-ECANCELED`), 0
+ * if it was already complete, `RL_EHANDLE`. A future from `rl_run_in_thread` cancelled before
+ * its job started skips the job.
+ *
+ * **Thread-safe**.
+ */
+int rl_future_cancel(struct rl_future *future);
+
+/**
+ * `RL_FUTURE_PENDING`, `RL_FUTURE_DONE` or `RL_FUTURE_CANCELLED`; `RL_EHANDLE` for a bad handle.
+ *
+ * **Thread-safe**.
+ */
+int rl_future_state(const struct rl_future *future);
+
+/**
+ * The outcome of a complete future: returns 0 and stores the value in `*value` (when not NULL)
+ * if it was completed with a value; returns its (negative) error code if it was completed with
+ * an error; `-ECANCELED` if it was cancelled; `RL_ESTATE` while pending; `RL_EHANDLE`.
+ *
+ * **Thread-safe**.
+ *
+ * # Safety
+ * `value` is NULL or writable.
+ */
+int rl_future_result(const struct rl_future *future, uint64_t *value);
+
+/**
+ * Calls `cb(loop, outcome, data)` on the future's loop thread once the future is complete (in
+ * the next iteration if it already is). `outcome->result` is 0 with `outcome->value` = the value,
+ * the future's error code, or `-ECANCELED`. Callbacks of one future run in the order added. While
+ * the future is pending with callbacks it keeps `RL_RUN_DEFAULT` running.
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`), `RL_EHANDLE` (bad future, or its loop was freed),
+ * `RL_ESTATE`. Loop thread only (the future's loop).
+ */
+int rl_future_add_done_callback(struct rl_future *future, rl_callback cb, void *data);
+
+/**
+ * Releases the caller's handle. The future itself lives on as long as the loop or a pool job
+ * needs it (a running job still completes it, registered done callbacks still run); only the
+ * handle becomes stale. Returns 0, or `RL_EHANDLE` (so a double release is an error, not a
+ * crash).
+ *
+ * **Thread-safe**.
+ */
+int rl_future_release(struct rl_future *future);
 
 /**
  * Fills `*opts` with the defaults, `size` included.

@@ -14,10 +14,13 @@ const MAX_ERRNO: c_int = 4095;
 
 /// Maps an `io::Error` from the reactor to the C convention.
 ///
-/// OS errors keep their errno. Errors the reactor builds itself carry a kind instead; each kind
+/// The loop's state errors (re-entering `run`, using a closed loop) are `RL_ESTATE`. OS errors keep their errno. Errors the reactor builds itself carry a kind instead; each kind
 /// maps to the errno that names the same condition, so C callers only ever see `-errno` or one of
 /// the library's codes.
 pub(crate) fn from_io(err: &io::Error) -> c_int {
+    if ringloop::callback::StateError::is(err) {
+        return RL_ESTATE;
+    }
     if let Some(errno) = err.raw_os_error() {
         if errno > 0 && errno <= MAX_ERRNO {
             return -errno;

@@ -2,11 +2,12 @@
 //! exclusive use of a loop.
 
 use std::cell::UnsafeCell;
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ringloop::{BackendChoice, BackendKind, Options, Reactor, Waker};
+use ringloop::callback::{EventLoop, LoopHandle};
+use ringloop::{BackendChoice, BackendKind, Options, Reactor};
 
 use crate::error;
 use crate::guard::{guard, guard_or};
@@ -96,8 +97,7 @@ impl rl_options {
     }
 
     fn to_options(self) -> Result<Options, c_int> {
-        let mut o = Options::default();
-        o.backend = match self.backend {
+        let backend = match self.backend {
             RL_BACKEND_AUTO => BackendChoice::Auto,
             RL_BACKEND_IO_URING => BackendChoice::IoUring,
             RL_BACKEND_EPOLL => BackendChoice::Epoll,
@@ -106,52 +106,51 @@ impl rl_options {
         if self.flags & !RL_OPT_IGNORE_ENV != 0 {
             return Err(-libc::EINVAL);
         }
-        o.honor_env = self.flags & RL_OPT_IGNORE_ENV == 0;
-        if self.buffer_size != 0 {
-            o.buffer_size = self.buffer_size;
-        }
-        if self.buffer_count != 0 {
-            o.buffer_count = self.buffer_count;
-        }
-        if self.ring_entries != 0 {
-            o.ring_entries = self.ring_entries;
-        }
-        o.wake_token = RL_WAKE_TOKEN;
-        Ok(o)
-    }
-}
-
-/// What a loop owns that only its current user thread may touch.
-pub(crate) struct LoopState {
-    pub(crate) reactor: Reactor,
-}
-
-impl LoopState {
-    pub(crate) fn reactor_mut(&mut self) -> &mut Reactor {
-        &mut self.reactor
+        let defaults = Options::default();
+        let or_default = |value: u32, default: u32| if value == 0 { default } else { value };
+        Ok(Options {
+            backend,
+            honor_env: self.flags & RL_OPT_IGNORE_ENV == 0,
+            buffer_size: or_default(self.buffer_size, defaults.buffer_size),
+            buffer_count: or_default(self.buffer_count, defaults.buffer_count),
+            ring_entries: or_default(self.ring_entries, defaults.ring_entries),
+            wake_token: RL_WAKE_TOKEN,
+        })
     }
 }
 
 /// A registered loop.
 ///
-/// Thread-safe parts (the waker) are used directly; the rest sits behind [`LoopEntry::enter`],
-/// which admits one thread at a time and lets that thread re-enter (callbacks calling back into
-/// the library).
+/// The thread-safe parts (`remote`, `backend`) are used directly from any thread; the event loop
+/// itself sits behind [`LoopEntry::enter`], which admits one thread at a time and lets that thread
+/// re-enter (C callbacks calling back into the library).
+///
+/// Re-entrant calls and `&mut` exclusivity: while the loop dispatches a callback it has lent
+/// `&mut EventLoop` to the callback trampoline, which publishes it in `current` for the duration
+/// of the C call. A nested library call then uses that pointer (derived from the lent reference)
+/// instead of creating a second `&mut` to the loop, so there is only ever one live path to it.
 pub(crate) struct LoopEntry {
     /// Id of the thread currently inside a loop-thread function, 0 when none.
     owner: AtomicU64,
     /// Nesting depth of the owner's calls. Only the owner touches it.
     depth: UnsafeCell<u32>,
+    /// The loop lent to the C callback running right now, or null. Only the owner touches it.
+    current: UnsafeCell<*mut EventLoop>,
     /// `None` once `rl_loop_free` has run (other threads may still hold the entry briefly).
-    state: UnsafeCell<Option<LoopState>>,
-    pub(crate) waker: Waker,
+    state: UnsafeCell<Option<EventLoop>>,
+    /// This loop's `rl_loop *` value, handed to its callbacks.
+    pub(crate) handle: AtomicU64,
+    pub(crate) remote: LoopHandle,
     pub(crate) backend: BackendKind,
 }
 
-// SAFETY: `depth` and `state` are only accessed by the thread that holds `owner` (see `enter`);
-// everything else is `Sync` on its own.
+// SAFETY: `depth`, `current` and `state` are only accessed by the thread that holds `owner` (see
+// `enter`), so sharing the entry between threads never shares them. Everything else is `Sync`.
 unsafe impl Sync for LoopEntry {}
-// SAFETY: `LoopState` is `Send` (the reactor is `Send`), and the entry adds only atomics.
+// SAFETY: the event loop is `!Send` only because it can store Rust closures (and an opaque context
+// word); the C ABI registers nothing but `RawCallback`s, which are `Send`, and stores the entry's
+// own address as context. Moving the entry between threads therefore moves only `Send` data,
+// and `enter` keeps two threads from ever using the loop at once.
 unsafe impl Send for LoopEntry {}
 
 static LOOPS: Registry<LoopEntry> = Registry::new(Kind::Loop);
@@ -185,6 +184,21 @@ impl LoopEntry {
         }
         Ok(Entered { entry: self })
     }
+
+    /// Publishes the loop lent to a C callback for nested calls; returns the previous value.
+    ///
+    /// # Safety
+    /// Called on the loop's owner thread (callbacks run there, inside `rl_run`/`rl_poll`/
+    /// `rl_loop_free`, which hold the entry).
+    pub(crate) unsafe fn swap_current(&self, lent: *mut EventLoop) -> *mut EventLoop {
+        // SAFETY: the caller is the owner thread.
+        unsafe { std::ptr::replace(self.current.get(), lent) }
+    }
+
+    /// The `rl_loop *` C callbacks of this loop receive.
+    pub(crate) fn c_handle(&self) -> *mut rl_loop {
+        self.handle.load(Ordering::Relaxed) as usize as *mut rl_loop
+    }
 }
 
 impl Drop for Entered {
@@ -208,19 +222,27 @@ impl Entered {
         unsafe { *self.entry.depth.get() }
     }
 
-    /// The loop's state, or `RL_EHANDLE` when the loop has been freed meanwhile.
+    /// The event loop, or `RL_EHANDLE` when it has been freed meanwhile.
+    ///
+    /// Inside a callback this is the loop lent to that callback; otherwise the loop itself.
     ///
     /// # Safety
-    /// The returned reference must not outlive `self`, and no other reference obtained from this
-    /// entry may be live while it is used: callers never hold it across a call that can run user
-    /// callbacks (which may re-enter and call `state` again).
-    pub(crate) unsafe fn state(&self) -> Result<&mut LoopState, c_int> {
-        // SAFETY: this thread owns the entry; exclusivity across nesting is the caller's promise.
-        unsafe { (*self.entry.state.get()).as_mut().ok_or(RL_EHANDLE) }
-    }
-
-    pub(crate) fn entry(&self) -> &Arc<LoopEntry> {
-        &self.entry
+    /// The returned reference must be dropped before this thread calls into the library again
+    /// or returns to a caller that holds another reference from this entry; every use is a
+    /// single call into the event loop (which may run callbacks: those re-enter through
+    /// `current`, set by the trampoline from the reference the loop lends them).
+    #[allow(clippy::mut_from_ref)] // exclusivity comes from `owner` and the nesting protocol
+    pub(crate) unsafe fn event_loop(&self) -> Result<&mut EventLoop, c_int> {
+        // SAFETY: this thread owns the entry, so `current` and `state` are ours to read.
+        unsafe {
+            let lent = *self.entry.current.get();
+            if !lent.is_null() {
+                // SAFETY: set by the trampoline from the `&mut EventLoop` the loop lent to the
+                // running callback; it stays valid until the trampoline resets it.
+                return Ok(&mut *lent);
+            }
+            (*self.entry.state.get()).as_mut().ok_or(RL_EHANDLE)
+        }
     }
 }
 
@@ -234,19 +256,20 @@ pub(crate) fn enter(handle: *const rl_loop) -> Result<Entered, c_int> {
     lookup(handle)?.enter()
 }
 
-/// Runs `body` with exclusive use of the loop's state, mapping every failure to a code.
-pub(crate) fn with_state(
+/// Runs `body` with exclusive use of the event loop, mapping every failure to a code and
+/// catching panics.
+pub(crate) fn with_loop(
     handle: *const rl_loop,
-    body: impl FnOnce(&mut LoopState) -> c_int,
+    body: impl FnOnce(&mut EventLoop) -> c_int,
 ) -> c_int {
     guard(|| {
         let entered = match enter(handle) {
             Ok(e) => e,
             Err(code) => return code,
         };
-        // SAFETY: `body` gets the only live reference; it does not run user callbacks.
-        match unsafe { entered.state() } {
-            Ok(state) => body(state),
+        // SAFETY: the reference lives for this one call into the loop (see `event_loop`).
+        match unsafe { entered.event_loop() } {
+            Ok(lp) => body(lp),
             Err(code) => code,
         }
     })
@@ -307,19 +330,30 @@ pub unsafe extern "C" fn rl_loop_new(opts: *const rl_options, out: *mut *mut rl_
             Ok(o) => o,
             Err(code) => return code,
         };
-        let reactor = match Reactor::new(&options) {
-            Ok(r) => r,
+        let event_loop = match EventLoop::new(&options) {
+            Ok(lp) => lp,
             Err(e) => return error::from_io(&e),
         };
         let entry = Arc::new(LoopEntry {
             owner: AtomicU64::new(0),
             depth: UnsafeCell::new(0),
-            waker: reactor.waker(),
-            backend: reactor.backend(),
-            state: UnsafeCell::new(Some(LoopState { reactor })),
+            current: UnsafeCell::new(std::ptr::null_mut()),
+            handle: AtomicU64::new(0),
+            remote: event_loop.handle(),
+            backend: event_loop.backend(),
+            state: UnsafeCell::new(Some(event_loop)),
         });
+        // SAFETY: the entry is not shared yet: this is the only access to its loop. The context
+        // is the entry's address, valid as long as the loop, which lives inside the entry.
+        unsafe {
+            if let Some(lp) = (*entry.state.get()).as_mut() {
+                lp.set_context(Arc::as_ptr(&entry) as *mut c_void);
+            }
+        }
+        let registered = entry.clone();
         match LOOPS.insert(entry) {
             Ok(handle) => {
+                registered.handle.store(handle, Ordering::Relaxed);
                 // SAFETY: `out` is non-null and writable (the caller's promise).
                 unsafe { out.write(handle as usize as *mut rl_loop) };
                 0
@@ -349,12 +383,23 @@ pub extern "C" fn rl_loop_free(r#loop: *mut rl_loop) -> c_int {
         if entered.depth() > 1 {
             return RL_ESTATE;
         }
+        // Shut down while the loop is still registered: the shutdown calls C callbacks with
+        // -ECANCELED, and those may call back into the library with this handle.
+        // SAFETY: one call into the loop (see `event_loop`).
+        let shutdown = match unsafe { entered.event_loop() } {
+            Ok(lp) => lp.shutdown(),
+            Err(code) => return code,
+        };
+        if let Err(e) = shutdown {
+            return error::from_io(&e);
+        }
         let Some(entry) = LOOPS.remove(r#loop as usize as u64) else {
             return RL_EHANDLE;
         };
-        // SAFETY: this thread owns the entry at depth 1: no other reference to the state exists.
-        let state = unsafe { (*entry.state.get()).take() };
-        drop(state);
+        // SAFETY: this thread owns the entry at depth 1, so no reference to the loop is live;
+        // other threads only reach the thread-safe fields.
+        let event_loop = unsafe { (*entry.state.get()).take() };
+        drop(event_loop);
         drop(entered);
         0
     })

@@ -60,7 +60,7 @@ pub const RL_EV_MORE: u32 = 1;
 pub const RL_EV_BUFFER: u32 = 2;
 
 /// The token of the event `rl_wake` produces in raw mode.
-pub const RL_WAKE_TOKEN: u64 = u64::MAX;
+pub const RL_WAKE_TOKEN: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 /// Tokens at or above this value belong to the library; raw operations given one fail `-EINVAL`.
 pub const RL_TOKEN_RESERVED: u64 = 0x8000_0000_0000_0000;
 
@@ -75,6 +75,8 @@ const _: () = {
     assert!(RL_READABLE == ringloop::Interest::READABLE.bits());
     assert!(RL_WRITABLE == ringloop::Interest::WRITABLE.bits());
     assert!(RL_TOKEN_RESERVED == 1 << 63);
+    assert!(RL_TOKEN_RESERVED == ringloop::callback::TOKEN_RESERVED);
+    assert!(RL_WAKE_TOKEN == u64::MAX);
 };
 
 /// `rl_options.backend`: io_uring when the kernel supports what ringloop needs, else epoll;

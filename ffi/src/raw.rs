@@ -5,12 +5,13 @@ use std::ffi::{c_int, c_void};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use ringloop::{Event, Interest, OpId, TimerId};
+use ringloop::callback::EventLoop;
+use ringloop::{Event, Interest, OpId};
 
 use crate::error;
 use crate::guard::guard;
-use crate::handle::{lookup, rl_loop, with_state, write_out, LoopState};
-use crate::{RL_TOKEN_RESERVED, RL_WAKE_TOKEN};
+use crate::handle::{lookup, rl_loop, with_loop, write_out};
+use crate::RL_TOKEN_RESERVED;
 
 /// One completion event, identical in layout to the reactor's event record (24 bytes).
 #[repr(C)]
@@ -60,9 +61,9 @@ fn submit(
     r#loop: *mut rl_loop,
     token: u64,
     op_out: *mut u64,
-    body: impl FnOnce(&mut LoopState, u64) -> Result<OpId, c_int>,
+    body: impl FnOnce(&mut EventLoop, u64) -> Result<OpId, c_int>,
 ) -> c_int {
-    with_state(r#loop, |state| {
+    with_loop(r#loop, |state| {
         let token = match check_token(token) {
             Ok(t) => t,
             Err(code) => return code,
@@ -123,7 +124,10 @@ pub unsafe extern "C" fn rl_poll(
             // every bit pattern is a valid record.
             unsafe { std::slice::from_raw_parts_mut(events.cast::<Event>(), capacity) }
         };
-        crate::callback::poll_raw(r#loop, timeout_from_ns(timeout_ns), out)
+        let timeout = timeout_from_ns(timeout_ns);
+        with_loop(r#loop, |lp| {
+            error::code(lp.poll_raw(timeout, out).map(|n| n as i64))
+        })
     })
 }
 
@@ -385,15 +389,19 @@ pub unsafe extern "C" fn rl_op_timer(
     token: u64,
     timer_out: *mut u64,
 ) -> c_int {
-    with_state(r#loop, |state| {
+    with_loop(r#loop, |state| {
         let token = match check_token(token) {
             Ok(t) => t,
             Err(code) => return code,
         };
-        let timer: TimerId = state.reactor_mut().add_timer(deadline_ns, token);
-        // SAFETY: the caller's promise.
-        unsafe { write_out(timer_out, crate::callback::raw_timer_id(timer)) };
-        0
+        match state.reactor_mut().add_timer(deadline_ns, token) {
+            Ok(timer) => {
+                // SAFETY: the caller's promise.
+                unsafe { write_out(timer_out, crate::callback::raw_timer_id(timer)) };
+                0
+            }
+            Err(e) => error::from_io(&e),
+        }
     })
 }
 
@@ -407,7 +415,7 @@ pub unsafe extern "C" fn rl_op_timer(
 /// Loop thread only.
 #[no_mangle]
 pub extern "C" fn rl_op_cancel(r#loop: *mut rl_loop, op: u64) -> c_int {
-    with_state(r#loop, |state| {
+    with_loop(r#loop, |state| {
         match state.reactor_mut().cancel(OpId::from_raw(op)) {
             Ok(()) => 0,
             Err(e) => error::from_io(&e),
@@ -420,7 +428,7 @@ pub extern "C" fn rl_op_cancel(r#loop: *mut rl_loop, op: u64) -> c_int {
 /// reserved token, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
 #[no_mangle]
 pub extern "C" fn rl_op_cancel_token(r#loop: *mut rl_loop, token: u64) -> c_int {
-    with_state(r#loop, |state| match check_token(token) {
+    with_loop(r#loop, |state| match check_token(token) {
         Ok(token) => error::code(Ok::<i64, std::io::Error>(
             state.reactor_mut().cancel_token(token) as i64,
         )),
@@ -444,8 +452,8 @@ pub unsafe extern "C" fn rl_buffers(
     buffer_size: *mut u32,
     buffer_count: *mut u32,
 ) -> c_int {
-    with_state(r#loop, |state| {
-        let (region, size, count) = state.reactor_mut().buffer_region();
+    with_loop(r#loop, |state| {
+        let (region, size, count) = state.buffer_region();
         // SAFETY: the caller's promise.
         unsafe {
             write_out(base, region);
@@ -465,14 +473,13 @@ pub unsafe extern "C" fn rl_buffers(
 pub extern "C" fn rl_wake(r#loop: *mut rl_loop) -> c_int {
     guard(|| match lookup(r#loop) {
         Ok(entry) => {
-            entry.waker.wake();
+            entry.remote.wake();
             0
         }
         Err(code) => code,
     })
 }
 
-/// Keeps the compiler honest about the one timeout convention both modes use.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +489,5 @@ mod tests {
         assert_eq!(timeout_from_ns(-1), None);
         assert_eq!(timeout_from_ns(0), Some(Duration::ZERO));
         assert_eq!(timeout_from_ns(1500), Some(Duration::from_nanos(1500)));
-        let _ = RL_WAKE_TOKEN;
     }
 }

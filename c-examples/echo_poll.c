@@ -1,0 +1,247 @@
+/* A TCP echo server in raw token mode: the program submits operations with its own tokens and
+ * dispatches the events rl_poll() returns (what language bindings do).
+ *
+ *   echo_poll PORT      (0 picks a free port; prints "listening on PORT" when ready)
+ *
+ * Runs until SIGINT or SIGTERM, then closes every connection through the loop, frees the loop
+ * and exits 0. Received data lives in loop-owned buffers only until the next rl_poll(), so it is
+ * copied into a per-connection output queue; while a send is in flight, newer data waits in the
+ * queue. A connection whose queue grows past HIGH_WATER stops receiving until it drains. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <signal.h>
+
+#include "example.h"
+
+#define MAX_CONNS 4096
+#define HIGH_WATER (1u << 20)
+
+/* Token layout: kind in the low 8 bits, connection slot and generation above. */
+enum kind { K_ACCEPT = 1, K_SIGNAL, K_RECV, K_SEND, K_CLOSE };
+
+struct buf {
+    unsigned char *data;
+    size_t len, cap;
+};
+
+struct conn {
+    unsigned gen;
+    int fd;             /* -1 when the slot is free */
+    int receiving;      /* a multishot recv is armed */
+    int closing;        /* rl_op_close submitted */
+    int close_done;     /* its event arrived */
+    int eof;            /* the peer finished sending: close once everything is echoed */
+    uint64_t recv_op;
+    struct buf queue;   /* received, not yet handed to a send */
+    struct buf sending; /* owned by the in-flight send (len > 0) */
+};
+
+static struct conn conns[MAX_CONNS];
+static const uint8_t *buffer_base;
+static uint32_t buffer_size;
+
+static uint64_t token_of(int slot, enum kind kind)
+{
+    return ((uint64_t)conns[slot].gen << 32) | ((uint64_t)slot << 8) | (uint64_t)kind;
+}
+
+static struct conn *conn_of(uint64_t token)
+{
+    unsigned slot = (unsigned)(token >> 8) & 0xffffffu;
+    if (slot >= MAX_CONNS || conns[slot].fd < 0 || conns[slot].gen != (unsigned)(token >> 32))
+        return NULL;
+    return &conns[slot];
+}
+
+static void append(struct buf *b, const uint8_t *data, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len)
+            cap *= 2;
+        b->data = realloc(b->data, cap);
+        if (b->data == NULL) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
+
+static void release(struct conn *c)
+{
+    free(c->queue.data);
+    free(c->sending.data);
+    memset(&c->queue, 0, sizeof c->queue);
+    memset(&c->sending, 0, sizeof c->sending);
+    c->fd = -1;
+    c->gen++;
+}
+
+static int slot_index(struct conn *c)
+{
+    return (int)(c - conns);
+}
+
+static void start_close(rl_loop *loop, struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->receiving = 0;
+    CHECK_RL(rl_op_close(loop, c->fd, token_of(slot_index(c), K_CLOSE), NULL));
+}
+
+/* A connection slot is freed once its close completed and no send still reads its memory. */
+static void maybe_release(struct conn *c)
+{
+    if (c->close_done && c->sending.len == 0)
+        release(c);
+}
+
+static void flush(rl_loop *loop, struct conn *c)
+{
+    struct buf swap;
+    if (c->sending.len > 0 || c->queue.len == 0 || c->closing)
+        return;
+    swap = c->sending;
+    c->sending = c->queue;
+    c->queue = swap;
+    c->queue.len = 0;
+    CHECK_RL(rl_op_send(loop, c->fd, c->sending.data, c->sending.len, token_of(slot_index(c), K_SEND),
+                        NULL));
+}
+
+static void start_recv(rl_loop *loop, struct conn *c)
+{
+    CHECK_RL(rl_op_recv(loop, c->fd, token_of(slot_index(c), K_RECV), &c->recv_op));
+    c->receiving = 1;
+}
+
+static void on_accept(rl_loop *loop, const rl_event *ev)
+{
+    int slot;
+    if (ev->result < 0) {
+        fprintf(stderr, "accept: %s\n", rl_strerror(ev->result));
+        return;
+    }
+    for (slot = 0; slot < MAX_CONNS && conns[slot].fd >= 0; slot++)
+        ;
+    if (slot == MAX_CONNS) {
+        close(ev->result); /* full: refuse the connection */
+        return;
+    }
+    conns[slot].fd = ev->result;
+    conns[slot].closing = conns[slot].close_done = conns[slot].eof = 0;
+    start_recv(loop, &conns[slot]);
+}
+
+static void on_recv(rl_loop *loop, struct conn *c, const rl_event *ev)
+{
+    if (ev->result > 0) {
+        append(&c->queue, buffer_base + ev->aux * buffer_size, (size_t)ev->result);
+        flush(loop, c);
+        if (c->queue.len > HIGH_WATER && c->receiving) {
+            /* Backpressure: stop reading until the peer takes what it has been sent. */
+            CHECK_RL(rl_op_cancel(loop, c->recv_op));
+            c->receiving = 0;
+        }
+    }
+    if (!(ev->flags & RL_EV_MORE) && c->receiving) {
+        c->receiving = 0;
+        if (ev->result == 0 && (c->sending.len > 0 || c->queue.len > 0))
+            c->eof = 1; /* echo what is queued, then close (on_send) */
+        else
+            start_close(loop, c);
+    }
+}
+
+static void on_send(rl_loop *loop, struct conn *c, const rl_event *ev)
+{
+    c->sending.len = 0;
+    if (ev->result < 0) {
+        start_close(loop, c);
+        maybe_release(c);
+        return;
+    }
+    if (c->closing) {
+        maybe_release(c);
+        return;
+    }
+    flush(loop, c);
+    if (c->eof) {
+        if (c->sending.len == 0)
+            start_close(loop, c);
+    } else if (!c->receiving && c->queue.len < HIGH_WATER / 2) {
+        start_recv(loop, c);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    rl_loop *loop;
+    rl_event events[256];
+    int port = parse_port(argc, argv), listen_fd, i, stopping = 0, open_conns;
+
+    signal(SIGPIPE, SIG_IGN);
+    for (i = 0; i < MAX_CONNS; i++)
+        conns[i].fd = -1;
+    CHECK_RL(rl_loop_new(NULL, &loop));
+    CHECK_RL(rl_buffers(loop, &buffer_base, &buffer_size, NULL));
+    CHECK_RL(rl_op_signal(loop, SIGINT, K_SIGNAL, NULL));
+    CHECK_RL(rl_op_signal(loop, SIGTERM, K_SIGNAL, NULL));
+    listen_fd = listen_tcp(port);
+    CHECK_RL(rl_op_accept(loop, listen_fd, K_ACCEPT, NULL));
+
+    for (;;) {
+        int n = rl_poll(loop, -1, events, sizeof events / sizeof events[0]);
+        CHECK_RL(n);
+        for (i = 0; i < n; i++) {
+            const rl_event *ev = &events[i];
+            struct conn *c;
+            switch ((enum kind)(ev->token & 0xff)) {
+            case K_ACCEPT:
+                if (!stopping)
+                    on_accept(loop, ev);
+                else if (ev->result >= 0)
+                    close(ev->result);
+                break;
+            case K_SIGNAL:
+                if (!stopping) {
+                    int slot;
+                    stopping = 1;
+                    CHECK_RL(rl_op_cancel_token(loop, K_ACCEPT));
+                    for (slot = 0; slot < MAX_CONNS; slot++)
+                        if (conns[slot].fd >= 0)
+                            start_close(loop, &conns[slot]);
+                }
+                break;
+            case K_RECV:
+                if ((c = conn_of(ev->token)) != NULL && !c->closing)
+                    on_recv(loop, c, ev);
+                break;
+            case K_SEND:
+                if ((c = conn_of(ev->token)) != NULL)
+                    on_send(loop, c, ev);
+                break;
+            case K_CLOSE:
+                if ((c = conn_of(ev->token)) != NULL) {
+                    c->close_done = 1;
+                    maybe_release(c);
+                }
+                break;
+            }
+        }
+        if (stopping) {
+            for (open_conns = 0, i = 0; i < MAX_CONNS; i++)
+                open_conns += conns[i].fd >= 0;
+            if (open_conns == 0)
+                break;
+        }
+    }
+    CHECK_RL(rl_loop_free(loop));
+    close(listen_fd);
+    return 0;
+}
