@@ -99,29 +99,45 @@ impl Reactor {
         if self.fork_generation != fork_generation() {
             return Err(forked_child_error());
         }
-        let mut wait = timeout;
-        if let Some(deadline) = self.timers.next_deadline() {
-            let now = monotonic_ns();
-            let until_timer = Duration::from_nanos(deadline.saturating_sub(now));
-            wait = Some(wait.map_or(until_timer, |t| t.min(until_timer)));
-        }
-        let mut n = self.backend.poll(wait, events)?;
-        if n < events.len() && self.timers.len() > 0 {
-            let now = monotonic_ns();
-            while n < events.len() {
-                let Some(token) = self.timers.pop_expired(now) else {
-                    break;
-                };
-                events[n] = Event {
-                    token,
-                    result: 0,
-                    flags: 0,
-                    aux: 0,
-                };
-                n += 1;
+        // Expired timers go first: they are finite, while level-triggered readiness can fill any
+        // events array on every call and would otherwise starve them.
+        let mut n = self.expired_timers(events);
+        let wait = if n > 0 {
+            Some(Duration::ZERO)
+        } else {
+            match self.timers.next_deadline() {
+                Some(deadline) => {
+                    let until_timer = Duration::from_nanos(deadline.saturating_sub(monotonic_ns()));
+                    Some(timeout.map_or(until_timer, |t| t.min(until_timer)))
+                }
+                None => timeout,
             }
-        }
+        };
+        n += self.backend.poll(wait, &mut events[n..])?;
+        n += self.expired_timers(&mut events[n..]);
         Ok(n)
+    }
+
+    /// Moves expired timers into `events`; returns how many.
+    fn expired_timers(&mut self, events: &mut [Event]) -> usize {
+        if self.timers.len() == 0 || events.is_empty() {
+            return 0;
+        }
+        let now = monotonic_ns();
+        let mut n = 0;
+        while n < events.len() {
+            let Some(token) = self.timers.pop_expired(now) else {
+                break;
+            };
+            events[n] = Event {
+                token,
+                result: 0,
+                flags: 0,
+                aux: 0,
+            };
+            n += 1;
+        }
+        n
     }
 
     /// A thread-safe waker for this reactor.

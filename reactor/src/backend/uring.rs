@@ -152,6 +152,10 @@ pub(crate) struct Uring {
     fds: FdTable,
     /// Ops to arm again at the start of the next `poll` (fired watches, ended multishots).
     rearm: Vec<u64>,
+    /// Recvs held back because the pool ran dry; armed again as soon as the ring has buffers.
+    starved: Vec<u64>,
+    /// Buffers currently in the provided-buffer ring (not taken by the kernel).
+    in_ring: usize,
     /// CQEs moved out of the CQ to make room while submitting; handled before the CQ.
     backlog: VecDeque<(u64, i32, u32)>,
     /// Events produced but not yet handed out, with the key of their op.
@@ -258,6 +262,8 @@ impl Uring {
             ops: OpTable::new(),
             fds: FdTable::default(),
             rearm: Vec::new(),
+            starved: Vec::new(),
+            in_ring: count,
             backlog: VecDeque::new(),
             ready: VecDeque::with_capacity(1024),
             scratch: Vec::new(),
@@ -461,6 +467,9 @@ impl Uring {
             return; // a tag, not an op (see CANCEL_TAG)
         }
         let buffer = cqueue::buffer_select(cqe_flags);
+        if buffer.is_some() {
+            self.in_ring -= 1;
+        }
         let more = cqueue::more(cqe_flags);
         let Some(op) = self.ops.get_mut(key) else {
             // An op stays in the table while armed, so this cannot happen; still, never lose a
@@ -562,10 +571,10 @@ impl Uring {
                         self.rearm.push(key);
                     }
                 } else if res == -libc::ENOBUFS {
-                    // Pool dry: hold the recv back until the next poll recycles buffers. The
+                    // Pool dry: hold the recv back until buffers are back in the ring. The
                     // bytes stay in the socket.
                     if !more {
-                        self.rearm.push(key);
+                        self.starved.push(key);
                     }
                 } else {
                     if let Some(bid) = buffer {
@@ -701,6 +710,7 @@ impl Uring {
             // `bid < count`: ids only come from the kernel's buffer selection.
             self.buf_ring
                 .push(bid, base.wrapping_add(bid as usize * size), size);
+            self.in_ring += 1;
             any = true;
         }
         if any {
@@ -718,6 +728,22 @@ impl Uring {
         }
         keys.clear();
         self.rearm = keys;
+        self.rearm_starved();
+    }
+
+    /// Re-arms recvs that ran the pool dry, once the ring holds buffers again.
+    fn rearm_starved(&mut self) {
+        if self.in_ring == 0 || self.starved.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.starved);
+        for &key in &keys {
+            if let Err(err) = self.arm(key) {
+                self.fail(key, errno_of(&err));
+            }
+        }
+        keys.clear();
+        self.starved = keys;
     }
 
     /// Drops queued events of a cancelled op, giving back what they held.
@@ -762,6 +788,9 @@ impl Backend for Uring {
             Some(Duration::ZERO)
         };
         loop {
+            // A recv that ran dry during this poll may go again if buffers came back meanwhile
+            // (completions it left queued were delivered and recycled by an earlier poll).
+            self.rearm_starved();
             let uninterrupted = self.enter(wait)?;
             self.reap(room);
             if !uninterrupted || !self.ready.is_empty() || wait == Some(Duration::ZERO) {

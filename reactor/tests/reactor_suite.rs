@@ -1,0 +1,1207 @@
+//! The reactor test suite, written once and instantiated per backend (`mod uring`, `mod epoll`).
+//! io_uring tests skip (saying why) only when the kernel cannot run the io_uring backend. A few
+//! tests at the end use the default backend, so `RINGLOOP_BACKEND=epoll cargo test` exercises the
+//! environment override.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use ringloop::{
+    flags, BackendChoice, BackendKind, Event, Interest, OpId, Options, Reactor, TimerId,
+};
+
+const WAKE: u64 = u64::MAX;
+/// No test may hang: every wait is bounded by this.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A reactor on `choice`, or `None` (with the reason printed) when io_uring is unavailable here.
+fn make(choice: BackendChoice, opts: Options) -> Option<Reactor> {
+    let opts = Options {
+        backend: choice,
+        ..opts
+    };
+    match Reactor::new(&opts) {
+        Ok(reactor) => {
+            let expected = match choice {
+                BackendChoice::IoUring => Some(BackendKind::IoUring),
+                BackendChoice::Epoll => Some(BackendKind::Epoll),
+                BackendChoice::Auto => None,
+            };
+            if let Some(kind) = expected {
+                assert_eq!(reactor.backend(), kind);
+            }
+            Some(reactor)
+        }
+        Err(err)
+            if choice == BackendChoice::IoUring
+                && err.kind() == std::io::ErrorKind::Unsupported =>
+        {
+            eprintln!("SKIPPED: io_uring backend unavailable on this kernel: {err}");
+            None
+        }
+        Err(err) => panic!("Reactor::new({choice:?}) failed: {err}"),
+    }
+}
+
+/// Polls until `handle` returns true for some event batch; panics after [`LIMIT`].
+fn poll_until(
+    reactor: &mut Reactor,
+    events: &mut [Event],
+    mut handle: impl FnMut(&mut Reactor, &[Event]) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < LIMIT,
+            "test did not finish within {LIMIT:?}"
+        );
+        let n = reactor
+            .poll(Some(Duration::from_millis(200)), events)
+            .expect("poll failed");
+        let batch = events[..n].to_vec();
+        if handle(reactor, &batch) {
+            return;
+        }
+    }
+}
+
+/// Polls for `dur` and returns every event seen.
+fn poll_for(reactor: &mut Reactor, dur: Duration) -> Vec<Event> {
+    let mut events = [Event::default(); 64];
+    let mut all = Vec::new();
+    let end = Instant::now() + dur;
+    while Instant::now() < end {
+        let n = reactor
+            .poll(
+                Some(end.saturating_duration_since(Instant::now())),
+                &mut events,
+            )
+            .unwrap();
+        all.extend_from_slice(&events[..n]);
+    }
+    all
+}
+
+fn listener() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    listener
+}
+
+fn nonblocking_tcp_socket() -> OwnedFd {
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+fn sockaddr(addr: SocketAddr) -> SockaddrStorage {
+    SockaddrStorage::from(addr)
+}
+
+/// A connected loopback pair: (reactor side, non-blocking; peer side, blocking).
+fn tcp_pair() -> (OwnedFd, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    (OwnedFd::from(ours), peer)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn fd_flags(fd: RawFd) -> (i32, i32) {
+    // SAFETY: fcntl queries on an fd the test owns.
+    unsafe {
+        (
+            libc::fcntl(fd, libc::F_GETFL),
+            libc::fcntl(fd, libc::F_GETFD),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo: >= 200 concurrent connections, 1 byte .. 1 MiB, byte-exact.
+
+const LISTEN: u64 = 1 << 40;
+const S_RECV: u64 = 2 << 40;
+const S_SEND: u64 = 3 << 40;
+const S_CLOSE: u64 = 4 << 40;
+const C_CONNECT: u64 = 5 << 40;
+const C_SEND: u64 = 6 << 40;
+const C_RECV: u64 = 7 << 40;
+const C_CLOSE: u64 = 8 << 40;
+const ROLE: u64 = 0xff << 40;
+const INDEX: u64 = (1 << 40) - 1;
+
+struct ServerConn {
+    fd: Option<OwnedFd>,
+    /// Echo chunks in flight, oldest first (sends on one fd complete in order).
+    sending: VecDeque<Vec<u8>>,
+    eof: bool,
+}
+
+struct ClientConn {
+    fd: Option<OwnedFd>,
+    data: Vec<u8>,
+    received: Vec<u8>,
+    sent: bool,
+    closed: bool,
+}
+
+fn echo_many(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    const CONNS: usize = 200;
+    const SIZES: [usize; 10] = [1, 7, 100, 1500, 4096, 16384, 16385, 65536, 200_000, 1 << 20];
+    let listener = listener();
+    let addr = sockaddr(listener.local_addr().unwrap());
+    reactor.accept_multi(listener.as_raw_fd(), LISTEN).unwrap();
+    let mut clients: Vec<ClientConn> = (0..CONNS)
+        .map(|i| ClientConn {
+            fd: Some(nonblocking_tcp_socket()),
+            data: random_bytes(SIZES[i % SIZES.len()], i as u64),
+            received: Vec::new(),
+            sent: false,
+            closed: false,
+        })
+        .collect();
+    for (i, client) in clients.iter().enumerate() {
+        reactor
+            .connect(
+                client.fd.as_ref().unwrap().as_raw_fd(),
+                &addr,
+                C_CONNECT | i as u64,
+            )
+            .unwrap();
+    }
+    let mut servers: Vec<ServerConn> = Vec::new();
+    let mut server_closed = 0;
+    let mut events = vec![Event::default(); 64];
+    poll_until(&mut reactor, &mut events, |reactor, batch| {
+        for ev in batch {
+            let index = (ev.token & INDEX) as usize;
+            match ev.token & ROLE {
+                LISTEN => {
+                    assert!(ev.result >= 0, "accept failed: {}", ev.result);
+                    // SAFETY: a fresh fd from accept, owned by the test.
+                    let fd = unsafe { OwnedFd::from_raw_fd(ev.result) };
+                    let id = servers.len() as u64;
+                    reactor.recv_multi(fd.as_raw_fd(), S_RECV | id).unwrap();
+                    servers.push(ServerConn {
+                        fd: Some(fd),
+                        sending: VecDeque::new(),
+                        eof: false,
+                    });
+                }
+                S_RECV => {
+                    let conn = &mut servers[index];
+                    if ev.result == 0 {
+                        assert_eq!(ev.flags & flags::MORE, 0);
+                        conn.eof = true;
+                    } else {
+                        assert!(ev.result > 0, "server recv failed: {}", ev.result);
+                        assert_ne!(ev.flags & flags::MORE, 0);
+                        let chunk = reactor.event_data(ev).unwrap().to_vec();
+                        assert_eq!(chunk.len(), ev.result as usize);
+                        conn.sending.push_back(chunk);
+                        let chunk = conn.sending.back().unwrap();
+                        let fd = conn.fd.as_ref().unwrap().as_raw_fd();
+                        // SAFETY: the chunk's heap storage stays in `sending` until its event.
+                        unsafe {
+                            reactor.send(fd, chunk.as_ptr(), chunk.len(), S_SEND | index as u64)
+                        }
+                        .unwrap();
+                    }
+                }
+                S_SEND => {
+                    let conn = &mut servers[index];
+                    let chunk = conn.sending.pop_front().expect("send event without a send");
+                    assert_eq!(ev.result, chunk.len() as i32, "short or failed echo send");
+                }
+                S_CLOSE => {
+                    assert_eq!(ev.result, 0);
+                    server_closed += 1;
+                }
+                C_CONNECT => {
+                    assert_eq!(ev.result, 0, "connect failed");
+                    let client = &mut clients[index];
+                    let fd = client.fd.as_ref().unwrap().as_raw_fd();
+                    reactor.recv_multi(fd, C_RECV | index as u64).unwrap();
+                    // SAFETY: `data` is never touched until the connection is done.
+                    unsafe {
+                        reactor.send(
+                            fd,
+                            client.data.as_ptr(),
+                            client.data.len(),
+                            C_SEND | index as u64,
+                        )
+                    }
+                    .unwrap();
+                }
+                C_SEND => {
+                    let client = &mut clients[index];
+                    assert_eq!(
+                        ev.result,
+                        client.data.len() as i32,
+                        "client send incomplete"
+                    );
+                    client.sent = true;
+                }
+                C_RECV => {
+                    let client = &mut clients[index];
+                    assert!(ev.result > 0, "client recv ended early: {}", ev.result);
+                    client
+                        .received
+                        .extend_from_slice(reactor.event_data(ev).unwrap());
+                    assert!(
+                        client.received.len() <= client.data.len(),
+                        "echo longer than request"
+                    );
+                    if client.received.len() == client.data.len() {
+                        assert!(
+                            client.received == client.data,
+                            "echo differs from request on connection {index}"
+                        );
+                        reactor
+                            .close(client.fd.take().unwrap(), C_CLOSE | index as u64)
+                            .unwrap();
+                    }
+                }
+                C_CLOSE => {
+                    assert_eq!(ev.result, 0);
+                    clients[index].closed = true;
+                }
+                _ => panic!("unexpected event {ev:?}"),
+            }
+        }
+        for (id, conn) in servers.iter_mut().enumerate() {
+            if conn.eof && conn.sending.is_empty() {
+                if let Some(fd) = conn.fd.take() {
+                    reactor.close(fd, S_CLOSE | id as u64).unwrap();
+                }
+            }
+        }
+        server_closed == CONNS && clients.iter().all(|c| c.closed && c.sent)
+    });
+    assert_eq!(servers.len(), CONNS);
+    // Only the listener's accept is left.
+    assert_eq!(reactor.pending(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn timers_fire_in_order(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let start = Reactor::now_ns();
+    let mut deadlines = HashMap::new();
+    let mut ids: Vec<(u64, TimerId)> = Vec::new();
+    for token in 0..200u64 {
+        // 1..60 ms, scrambled, with repeats.
+        let deadline = start + 1_000_000 + (token * 7_919 % 59) * 1_000_000;
+        deadlines.insert(token, deadline);
+        ids.push((token, reactor.add_timer(deadline, token)));
+    }
+    let mut cancelled = HashSet::new();
+    for &(token, id) in ids.iter().filter(|(t, _)| t % 3 == 0) {
+        assert!(reactor.cancel_timer(id));
+        assert!(
+            !reactor.cancel_timer(id),
+            "cancelling twice is harmless and reports false"
+        );
+        cancelled.insert(token);
+    }
+    assert_eq!(reactor.pending(), 200 - cancelled.len());
+    let mut fired = Vec::new();
+    let mut events = [Event::default(); 7];
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        let now = Reactor::now_ns();
+        for ev in batch {
+            assert_eq!(ev.result, 0);
+            assert!(
+                deadlines[&ev.token] <= now,
+                "timer fired before its deadline"
+            );
+            assert!(!cancelled.contains(&ev.token), "cancelled timer fired");
+            fired.push(ev.token);
+        }
+        fired.len() == 200 - cancelled.len()
+    });
+    for pair in fired.windows(2) {
+        assert!(
+            deadlines[&pair[0]] <= deadlines[&pair[1]],
+            "timers out of deadline order"
+        );
+    }
+    assert_eq!(
+        fired.iter().collect::<HashSet<_>>().len(),
+        fired.len(),
+        "a timer fired twice"
+    );
+    for (_, id) in ids {
+        assert!(
+            !reactor.cancel_timer(id),
+            "fired/cancelled timer ids are stale"
+        );
+    }
+    assert!(poll_for(&mut reactor, Duration::from_millis(20)).is_empty());
+    assert_eq!(reactor.pending(), 0);
+}
+
+fn timer_bounds_poll_timeout(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let deadline = Reactor::now_ns() + 30_000_000;
+    reactor.add_timer(deadline, 9);
+    let mut events = [Event::default(); 4];
+    // Waits "forever", but the timer bounds the wait.
+    let n = reactor.poll(None, &mut events).unwrap();
+    let n = if n == 0 {
+        reactor.poll(None, &mut events).unwrap()
+    } else {
+        n
+    };
+    assert_eq!(n, 1);
+    assert_eq!(events[0].token, 9);
+    assert!(Reactor::now_ns() >= deadline);
+    // Nothing pending, zero timeout: returns at once with nothing.
+    assert_eq!(reactor.poll(Some(Duration::ZERO), &mut events).unwrap(), 0);
+}
+
+fn wakes_from_threads(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    const THREADS: u64 = 8;
+    const WAKES: u64 = 100_000;
+    let counter = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let waker = reactor.waker();
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                for _ in 0..WAKES {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    waker.wake();
+                }
+            })
+        })
+        .collect();
+    let mut wake_events = 0u64;
+    let mut events = [Event::default(); 8];
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < LIMIT);
+        // A lost wake would leave this waiting for the whole second with increments unseen.
+        let n = reactor
+            .poll(Some(Duration::from_secs(10)), &mut events)
+            .unwrap();
+        assert!(
+            n > 0 || counter.load(Ordering::Relaxed) == THREADS * WAKES,
+            "a wake was lost"
+        );
+        assert!(
+            n <= 1,
+            "wakes between two polls must coalesce into one event"
+        );
+        for ev in &events[..n] {
+            assert_eq!(
+                *ev,
+                Event {
+                    token: WAKE,
+                    result: 0,
+                    flags: 0,
+                    aux: 0
+                }
+            );
+            wake_events += 1;
+        }
+        if counter.load(Ordering::Relaxed) == THREADS * WAKES
+            && threads.iter().all(|t| t.is_finished())
+        {
+            break;
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(wake_events >= 1 && wake_events <= THREADS * WAKES);
+    // Drain whatever the last wakes left: at most one event, then silence.
+    let rest = poll_for(&mut reactor, Duration::from_millis(20));
+    assert!(rest.len() <= 1);
+    assert!(poll_for(&mut reactor, Duration::from_millis(20)).is_empty());
+    // A later wake still works.
+    reactor.waker().wake();
+    reactor.waker().wake();
+    let seen = poll_for(&mut reactor, Duration::from_millis(30));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].token, WAKE);
+}
+
+fn custom_wake_token(choice: BackendChoice) {
+    let Some(mut reactor) = make(
+        choice,
+        Options {
+            wake_token: 77,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let waker = reactor.waker();
+    std::thread::spawn(move || waker.wake()).join().unwrap();
+    let mut events = [Event::default(); 4];
+    let n = reactor
+        .poll(Some(Duration::from_secs(5)), &mut events)
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(events[0].token, 77);
+}
+
+fn signal_delivered(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let op = reactor.add_signal(libc::SIGUSR1, 5).unwrap();
+    for round in 0..3 {
+        // raise() targets this thread, which the reactor blocked the signal in.
+        // SAFETY: plain libc call; the signal is blocked here, so no handler runs.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+        let mut events = [Event::default(); 4];
+        poll_until(&mut reactor, &mut events, |_, batch| {
+            for ev in batch {
+                assert_eq!(ev.token, 5);
+                assert_eq!(ev.result, libc::SIGUSR1, "round {round}");
+                assert_ne!(ev.flags & flags::MORE, 0);
+            }
+            !batch.is_empty()
+        });
+    }
+    reactor.cancel(op).unwrap();
+    assert_eq!(reactor.pending(), 0);
+    assert!(reactor.cancel(op).is_err());
+    assert!(reactor.add_signal(0, 1).is_err());
+    assert!(reactor.add_signal(libc::SIGKILL, 1).is_err());
+}
+
+fn accept_storm(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    const CLIENTS: usize = 400;
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
+    reactor.accept_multi(listener.as_raw_fd(), 1).unwrap();
+    let connector = std::thread::spawn(move || {
+        (0..CLIENTS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut accepted = Vec::new();
+    let mut events = [Event::default(); 32];
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        for ev in batch {
+            assert_eq!(ev.token, 1);
+            assert!(ev.result >= 0, "accept failed: {}", ev.result);
+            assert_ne!(ev.flags & flags::MORE, 0);
+            let (status, fd_flags) = fd_flags(ev.result);
+            assert_ne!(
+                status & libc::O_NONBLOCK,
+                0,
+                "accepted fd must be non-blocking"
+            );
+            assert_ne!(
+                fd_flags & libc::FD_CLOEXEC,
+                0,
+                "accepted fd must be close-on-exec"
+            );
+            // SAFETY: fresh fd from accept.
+            accepted.push(unsafe { OwnedFd::from_raw_fd(ev.result) });
+        }
+        accepted.len() == CLIENTS
+    });
+    let clients = connector.join().unwrap();
+    assert_eq!(clients.len(), CLIENTS);
+    assert_eq!(reactor.cancel_token(1), 1);
+    // A connection made after the cancel is not accepted by the reactor.
+    let _late = TcpStream::connect(addr).unwrap();
+    assert!(poll_for(&mut reactor, Duration::from_millis(50)).is_empty());
+}
+
+fn peer_reset_mid_stream(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (ours, mut peer) = tcp_pair();
+    reactor.recv_multi(ours.as_raw_fd(), 3).unwrap();
+    peer.write_all(b"first").unwrap();
+    let mut got = Vec::new();
+    let mut events = [Event::default(); 8];
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            assert!(ev.result > 0);
+            got.extend_from_slice(r.event_data(ev).unwrap());
+        }
+        got.len() == 5
+    });
+    assert_eq!(got, b"first");
+    // SO_LINGER 0 + close sends RST.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid option value of the right size on a socket the test owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            peer.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(peer);
+    let mut final_result = None;
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        for ev in batch {
+            assert_eq!(ev.token, 3);
+            assert!(final_result.is_none(), "event after the final one");
+            if ev.flags & flags::MORE == 0 {
+                final_result = Some(ev.result);
+            }
+        }
+        final_result.is_some()
+    });
+    assert_eq!(final_result, Some(-libc::ECONNRESET));
+    assert_eq!(reactor.pending(), 0);
+    // The loop is fine afterwards.
+    reactor.add_timer(Reactor::now_ns(), 4);
+    let n = reactor
+        .poll(Some(Duration::from_secs(1)), &mut events)
+        .unwrap();
+    assert_eq!((n, events[0].token), (1, 4));
+}
+
+fn watched_fd_closed_by_caller(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (a, b) = UnixStream::pair().unwrap();
+    let old_fd = a.as_raw_fd();
+    let op = reactor.watch(old_fd, Interest::READABLE, 1).unwrap();
+    drop(a);
+    drop(b);
+    reactor.cancel(op).unwrap();
+    // Reuse the fd number with a new, readable socket watched under another token.
+    let mut reused = None;
+    let mut keep = Vec::new();
+    for _ in 0..16 {
+        let (c, d) = UnixStream::pair().unwrap();
+        if c.as_raw_fd() == old_fd || d.as_raw_fd() == old_fd {
+            reused = Some((c, d));
+            break;
+        }
+        keep.push((c, d));
+    }
+    let (c, mut d) = reused.expect("fd number not reused");
+    let (watched, writer) = if c.as_raw_fd() == old_fd {
+        (c, &mut d)
+    } else {
+        (d, &mut c.try_clone().unwrap())
+    };
+    writer.write_all(b"x").unwrap();
+    reactor
+        .watch(watched.as_raw_fd(), Interest::READABLE, 2)
+        .unwrap();
+    let seen = poll_for(&mut reactor, Duration::from_millis(50));
+    assert!(!seen.is_empty(), "the new watch must report readiness");
+    assert!(
+        seen.iter().all(|ev| ev.token == 2),
+        "event for a removed watch: {seen:?}"
+    );
+    // Closing a watched fd without removing the watch does not crash the loop either.
+    let (e, f) = UnixStream::pair().unwrap();
+    reactor.watch(e.as_raw_fd(), Interest::BOTH, 3).unwrap();
+    drop(e);
+    drop(f);
+    let _ = poll_for(&mut reactor, Duration::from_millis(20));
+    // The watch either still exists (epoll dropped the closed fd from its set) or already ended
+    // with an error event (io_uring re-armed it on a closed fd number): both are fine.
+    assert!(reactor.cancel_token(3) <= 1);
+    let _ = poll_for(&mut reactor, Duration::from_millis(20));
+}
+
+fn reader_and_writer_watches(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let _reader = reactor.watch(a.as_raw_fd(), Interest::READABLE, 1).unwrap();
+    let writer = reactor.watch(a.as_raw_fd(), Interest::WRITABLE, 2).unwrap();
+    let mut events = [Event::default(); 8];
+    // Writable, not readable; level-triggered: reported on every poll, once per poll.
+    for _ in 0..3 {
+        let n = reactor
+            .poll(Some(Duration::from_secs(1)), &mut events)
+            .unwrap();
+        assert_eq!(n, 1, "{:?}", &events[..n]);
+        assert_eq!(
+            (events[0].token, events[0].result),
+            (2, Interest::WRITABLE.bits() as i32)
+        );
+        assert_ne!(events[0].flags & flags::MORE, 0);
+    }
+    b.write_all(b"ping").unwrap();
+    for _ in 0..3 {
+        let n = reactor
+            .poll(Some(Duration::from_secs(1)), &mut events)
+            .unwrap();
+        let mut tokens: Vec<_> = events[..n].iter().map(|e| (e.token, e.result)).collect();
+        tokens.sort();
+        assert_eq!(
+            tokens,
+            vec![(1, 1), (2, 2)],
+            "both watches, once each, while the data is unread"
+        );
+    }
+    reactor.cancel(writer).unwrap();
+    for _ in 0..2 {
+        let n = reactor
+            .poll(Some(Duration::from_secs(1)), &mut events)
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(events[0].token, 1);
+    }
+    let mut buf = [0u8; 4];
+    (&a).read_exact(&mut buf).unwrap();
+    assert!(
+        poll_for(&mut reactor, Duration::from_millis(30)).is_empty(),
+        "drained fd must go quiet"
+    );
+    // Hang-up is reported to readers.
+    drop(b);
+    let n = reactor
+        .poll(Some(Duration::from_secs(1)), &mut events)
+        .unwrap();
+    assert_eq!((n, events[0].token, events[0].result), (1, 1, 1));
+}
+
+fn pool_exhaustion_loses_nothing(choice: BackendChoice, events_len: usize) {
+    // Four 512-byte buffers against a multi-megabyte stream: the pool runs dry constantly.
+    let opts = Options {
+        buffer_size: 512,
+        buffer_count: 4,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
+        return;
+    };
+    assert_eq!(reactor.buffer_region().1, 512);
+    assert_eq!(reactor.buffer_region().2, 4);
+    let (ours, mut peer) = tcp_pair();
+    let data = random_bytes(3 << 20, 42);
+    let expected = data.clone();
+    let writer = std::thread::spawn(move || {
+        peer.write_all(&data).unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        peer
+    });
+    reactor.recv_multi(ours.as_raw_fd(), 8).unwrap();
+    let mut received = Vec::with_capacity(expected.len());
+    let mut events = vec![Event::default(); events_len];
+    let (base, size, count) = reactor.buffer_region();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        let mut done = false;
+        for ev in batch {
+            assert_eq!(ev.token, 8);
+            assert!(
+                ev.result >= 0,
+                "recv failed: {} (ENOBUFS must never reach the caller)",
+                ev.result
+            );
+            if ev.result == 0 {
+                assert_eq!(ev.flags & flags::MORE, 0);
+                done = true;
+                continue;
+            }
+            assert_ne!(ev.flags & flags::BUFFER, 0);
+            assert!((ev.aux as usize) < count);
+            let data = r.event_data(ev).unwrap();
+            // The region is the same memory event_data returns.
+            assert_eq!(data.as_ptr(), base.wrapping_add(ev.aux as usize * size));
+            received.extend_from_slice(data);
+        }
+        done
+    });
+    writer.join().unwrap();
+    assert_eq!(received.len(), expected.len());
+    assert!(received == expected, "bytes differ");
+}
+
+/// Child-process half of the EMFILE test (run by [`emfile_on_accept`] with a low fd limit).
+fn emfile_child(choice: BackendChoice) {
+    if std::env::var_os("RINGLOOP_EMFILE_CHILD").is_none() {
+        return;
+    }
+    let mut reactor = make(choice, Options::default()).unwrap();
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
+    const CLIENTS: usize = 12;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    reactor.accept_multi(listener.as_raw_fd(), 1).unwrap();
+    // The lowest free fd number; allow it and one more, then accept must fail with EMFILE.
+    let probe = std::fs::File::open("/dev/null").unwrap();
+    let next_fd = probe.as_raw_fd() as u64;
+    drop(probe);
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit calls with valid pointers.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: next_fd + 2,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let mut accepted = Vec::new();
+    let mut saw_emfile = false;
+    let mut events = [Event::default(); 16];
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        for ev in batch {
+            assert_eq!(ev.token, 1);
+            assert_ne!(
+                ev.flags & flags::MORE,
+                0,
+                "accept must stay armed after EMFILE"
+            );
+            if ev.result == -libc::EMFILE {
+                saw_emfile = true;
+            } else {
+                assert!(ev.result >= 0, "unexpected accept error {}", ev.result);
+                // SAFETY: fresh fd from accept.
+                accepted.push(unsafe { OwnedFd::from_raw_fd(ev.result) });
+            }
+        }
+        saw_emfile
+    });
+    // SAFETY: restoring the original limit.
+    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        for ev in batch {
+            if ev.result >= 0 {
+                // SAFETY: fresh fd from accept.
+                accepted.push(unsafe { OwnedFd::from_raw_fd(ev.result) });
+            }
+        }
+        accepted.len() == CLIENTS
+    });
+    drop(clients);
+    println!("EMFILE-CHILD-OK");
+}
+
+fn emfile_on_accept(choice: BackendChoice, module: &str) {
+    if make(choice, Options::default()).is_none() {
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            &format!("{module}::emfile_child"),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGLOOP_EMFILE_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("EMFILE-CHILD-OK"),
+        "child failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn stale_ids_are_harmless(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (a, _b) = UnixStream::pair().unwrap();
+    let op = reactor.watch(a.as_raw_fd(), Interest::READABLE, 1).unwrap();
+    reactor.cancel(op).unwrap();
+    assert_eq!(
+        reactor.cancel(op).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    // The slot is reused by a new op; the old id must not reach it.
+    let op2 = reactor.watch(a.as_raw_fd(), Interest::READABLE, 2).unwrap();
+    assert_ne!(op, op2);
+    assert!(reactor.cancel(op).is_err());
+    assert_eq!(reactor.pending(), 1);
+    assert!(reactor.cancel(OpId::from_raw(0)).is_err());
+    assert!(reactor.cancel(OpId::from_raw(u64::MAX)).is_err());
+    assert!(reactor.cancel(OpId::from_raw(0xdead_beef_1234)).is_err());
+    reactor.cancel(op2).unwrap();
+    let timer = reactor.add_timer(0, 3);
+    let mut events = [Event::default(); 4];
+    let n = reactor
+        .poll(Some(Duration::from_secs(1)), &mut events)
+        .unwrap();
+    assert_eq!((n, events[0].token), (1, 3));
+    assert!(!reactor.cancel_timer(timer));
+    assert!(!reactor.cancel_timer(TimerId::from_raw(u64::MAX)));
+    // A new timer reusing the slot is not cancelled through the stale id.
+    let timer2 = reactor.add_timer(Reactor::now_ns() + 1_000_000, 4);
+    assert!(!reactor.cancel_timer(timer));
+    assert!(reactor.cancel_timer(timer2));
+    // An op that completed has a stale id too.
+    let listener = listener();
+    let sock = nonblocking_tcp_socket();
+    let connect = reactor
+        .connect(
+            sock.as_raw_fd(),
+            &sockaddr(listener.local_addr().unwrap()),
+            5,
+        )
+        .unwrap();
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        batch.iter().any(|e| e.token == 5 && e.result == 0)
+    });
+    assert!(reactor.cancel(connect).is_err());
+    assert_eq!(reactor.cancel_token(12345), 0);
+    assert_eq!(reactor.pending(), 0);
+}
+
+fn small_events_array_loses_nothing(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let now = Reactor::now_ns();
+    for token in 0..50 {
+        reactor.add_timer(now, 100 + token);
+    }
+    let pairs: Vec<_> = (0..20).map(|_| UnixStream::pair().unwrap()).collect();
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        (&*b).write_all(b"z").unwrap();
+        reactor
+            .watch(a.as_raw_fd(), Interest::READABLE, i as u64)
+            .unwrap();
+    }
+    let (ours, mut peer) = tcp_pair();
+    reactor.recv_multi(ours.as_raw_fd(), 500).unwrap();
+    let payload = random_bytes(100_000, 7);
+    peer.write_all(&payload).unwrap();
+    reactor.waker().wake();
+    let mut timers = HashSet::new();
+    let mut watches = HashSet::new();
+    let mut wakes = 0;
+    let mut received = Vec::new();
+    let mut events = [Event::default(); 1];
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            match ev.token {
+                0..=19 => {
+                    watches.insert(ev.token);
+                }
+                100..=149 => assert!(timers.insert(ev.token), "timer delivered twice"),
+                500 => received.extend_from_slice(r.event_data(ev).unwrap()),
+                WAKE => wakes += 1,
+                other => panic!("unexpected token {other}"),
+            }
+        }
+        timers.len() == 50 && watches.len() == 20 && wakes == 1 && received.len() == payload.len()
+    });
+    assert!(received == payload);
+}
+
+fn cancel_send_gives_one_final_event(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (ours, peer) = tcp_pair();
+    // Far more than the socket buffers hold while the peer does not read.
+    let big = random_bytes(32 << 20, 3);
+    let small = b"queued behind".to_vec();
+    // SAFETY: both buffers outlive the final events (checked below).
+    let first = unsafe { reactor.send(ours.as_raw_fd(), big.as_ptr(), big.len(), 1) }.unwrap();
+    let second = unsafe { reactor.send(ours.as_raw_fd(), small.as_ptr(), small.len(), 2) }.unwrap();
+    let _ = poll_for(&mut reactor, Duration::from_millis(30));
+    reactor.cancel(first).unwrap();
+    reactor.cancel(second).unwrap();
+    assert!(reactor.cancel(first).is_err());
+    let mut results: HashMap<u64, Vec<i32>> = HashMap::new();
+    for ev in poll_for(&mut reactor, Duration::from_millis(100)) {
+        results.entry(ev.token).or_default().push(ev.result);
+    }
+    let first_results = &results[&1];
+    assert_eq!(
+        first_results.len(),
+        1,
+        "exactly one final event: {first_results:?}"
+    );
+    assert!(
+        first_results[0] == -libc::ECANCELED
+            || (first_results[0] > 0 && (first_results[0] as usize) < big.len()),
+        "{first_results:?}"
+    );
+    assert_eq!(
+        results[&2],
+        vec![-libc::ECANCELED],
+        "a queued send is cancelled without touching the socket"
+    );
+    assert_eq!(reactor.pending(), 0);
+    drop(peer);
+}
+
+fn connect_and_close(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    // Refused: bind a port, close it, connect to it.
+    let closed_addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let sock = nonblocking_tcp_socket();
+    reactor
+        .connect(sock.as_raw_fd(), &sockaddr(closed_addr), 1)
+        .unwrap();
+    let mut events = [Event::default(); 4];
+    let mut result = None;
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        result = batch.iter().find(|e| e.token == 1).map(|e| e.result);
+        result.is_some()
+    });
+    assert_eq!(result, Some(-libc::ECONNREFUSED));
+    // Close cancels the reactor's ops on the fd, then closes it: the peer sees EOF.
+    let (ours, mut peer) = tcp_pair();
+    reactor.recv_multi(ours.as_raw_fd(), 2).unwrap();
+    reactor
+        .watch(ours.as_raw_fd(), Interest::READABLE, 3)
+        .unwrap();
+    assert_eq!(reactor.pending(), 2);
+    reactor.close(ours, 4).unwrap();
+    let seen = poll_for(&mut reactor, Duration::from_millis(50));
+    assert_eq!(
+        seen,
+        vec![Event {
+            token: 4,
+            result: 0,
+            flags: 0,
+            aux: 0
+        }]
+    );
+    let mut buf = [0u8; 1];
+    assert_eq!(peer.read(&mut buf).unwrap(), 0, "the fd was really closed");
+    assert_eq!(reactor.pending(), 0);
+    // Bad fds are refused or reported, never a crash.
+    assert!(reactor.watch(-1, Interest::READABLE, 5).is_err());
+    assert!(reactor.recv_multi(-1, 5).is_err());
+}
+
+fn drop_with_ops_in_flight(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let listener = listener();
+    reactor.accept_multi(listener.as_raw_fd(), 1).unwrap();
+    let (ours, _peer) = tcp_pair();
+    reactor.recv_multi(ours.as_raw_fd(), 2).unwrap();
+    let big = random_bytes(16 << 20, 1);
+    // SAFETY: `big` outlives the reactor, which drains before it is gone.
+    unsafe { reactor.send(ours.as_raw_fd(), big.as_ptr(), big.len(), 3) }.unwrap();
+    reactor.add_timer(u64::MAX, 4);
+    let _ = poll_for(&mut reactor, Duration::from_millis(10));
+    drop(reactor);
+    drop(big);
+    // The fds are still the caller's and usable.
+    assert!(listener.local_addr().is_ok());
+}
+
+fn invalid_options_are_rejected(choice: BackendChoice) {
+    for opts in [
+        Options {
+            buffer_count: 3,
+            ..Options::default()
+        },
+        Options {
+            buffer_count: 0,
+            ..Options::default()
+        },
+        Options {
+            buffer_size: 0,
+            ..Options::default()
+        },
+        Options {
+            ring_entries: 1000,
+            ..Options::default()
+        },
+    ] {
+        let err = Reactor::new(&Options {
+            backend: choice,
+            ..opts
+        })
+        .err()
+        .expect("invalid options accepted");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
+}
+
+macro_rules! suite {
+    ($module:ident, $choice:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn echo_200_connections_1_byte_to_1_mib() {
+                echo_many($choice);
+            }
+            #[test]
+            fn timers_fire_in_deadline_order() {
+                timers_fire_in_order($choice);
+            }
+            #[test]
+            fn timers_bound_the_poll_timeout() {
+                timer_bounds_poll_timeout($choice);
+            }
+            #[test]
+            fn wakes_from_8_threads_are_never_lost() {
+                wakes_from_threads($choice);
+            }
+            #[test]
+            fn wake_token_option() {
+                custom_wake_token($choice);
+            }
+            #[test]
+            fn signal_is_delivered() {
+                signal_delivered($choice);
+            }
+            #[test]
+            fn accept_storm() {
+                super::accept_storm($choice);
+            }
+            #[test]
+            fn peer_reset_mid_stream() {
+                super::peer_reset_mid_stream($choice);
+            }
+            #[test]
+            fn watched_fd_closed_by_caller() {
+                super::watched_fd_closed_by_caller($choice);
+            }
+            #[test]
+            fn reader_and_writer_watches_on_one_fd() {
+                reader_and_writer_watches($choice);
+            }
+            #[test]
+            fn buffer_pool_exhaustion_loses_no_data() {
+                pool_exhaustion_loses_nothing($choice, 64);
+            }
+            #[test]
+            fn buffer_pool_exhaustion_with_one_event_per_poll() {
+                pool_exhaustion_loses_nothing($choice, 1);
+            }
+            #[test]
+            fn emfile_on_accept_is_reported_and_survived() {
+                emfile_on_accept($choice, stringify!($module));
+            }
+            #[test]
+            #[ignore = "run by emfile_on_accept_is_reported_and_survived in a child process"]
+            fn emfile_child() {
+                super::emfile_child($choice);
+            }
+            #[test]
+            fn stale_ids_are_harmless() {
+                super::stale_ids_are_harmless($choice);
+            }
+            #[test]
+            fn small_events_array_loses_nothing() {
+                super::small_events_array_loses_nothing($choice);
+            }
+            #[test]
+            fn cancelled_send_gives_exactly_one_final_event() {
+                cancel_send_gives_one_final_event($choice);
+            }
+            #[test]
+            fn connect_and_close() {
+                super::connect_and_close($choice);
+            }
+            #[test]
+            fn drop_with_ops_in_flight() {
+                super::drop_with_ops_in_flight($choice);
+            }
+            #[test]
+            fn invalid_options_are_rejected() {
+                super::invalid_options_are_rejected($choice);
+            }
+        }
+    };
+}
+
+suite!(uring, BackendChoice::IoUring);
+suite!(epoll, BackendChoice::Epoll);
+
+/// Tests on the default backend: they follow `RINGLOOP_BACKEND` when it is set.
+mod default_backend {
+    use super::*;
+
+    #[test]
+    fn respects_ringloop_backend_env() {
+        let reactor = Reactor::new(&Options::default()).unwrap();
+        match std::env::var("RINGLOOP_BACKEND").as_deref() {
+            Ok("epoll") => assert_eq!(reactor.backend(), BackendKind::Epoll),
+            Ok("io_uring") => assert_eq!(reactor.backend(), BackendKind::IoUring),
+            _ => {}
+        }
+        // Forced choices and honor_env=false ignore the variable.
+        let epoll = Reactor::new(&Options {
+            backend: BackendChoice::Epoll,
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(epoll.backend(), BackendKind::Epoll);
+    }
+
+    #[test]
+    fn echo() {
+        echo_many(BackendChoice::Auto);
+    }
+
+    #[test]
+    fn timers_and_wakes() {
+        timers_fire_in_order(BackendChoice::Auto);
+        custom_wake_token(BackendChoice::Auto);
+    }
+}
