@@ -42,6 +42,13 @@ fn header_read_back_by_bindgen_drives_the_library() {
     let libdir = library_dir();
     let work = libdir.join("abi-test");
     std::fs::create_dir_all(&work).expect("work dir");
+    // The library's SONAME is libringloop.so.0 (what an installed copy is found by); the build
+    // tree only has libringloop.so, so the scenario finds it through a link named by the SONAME.
+    let runtime = work.join("lib");
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
+    let soname_link = runtime.join("libringloop.so.0");
+    let _ = std::fs::remove_file(&soname_link);
+    std::os::unix::fs::symlink(libdir.join("libringloop.so"), &soname_link).expect("SONAME link");
     let bindings = work.join("ringloop_h.rs");
     generate_bindings(&header, &bindings);
 
@@ -54,7 +61,7 @@ fn header_read_back_by_bindgen_drives_the_library() {
         .arg("-L")
         .arg(&libdir)
         .args(["-l", "dylib=ringloop"])
-        .arg(format!("-Clink-arg=-Wl,-rpath,{}", libdir.display()))
+        .arg(format!("-Clink-arg=-Wl,-rpath,{}", runtime.display()))
         .env("RINGLOOP_H_RS", &bindings)
         .status()
         .expect("running rustc");

@@ -1,0 +1,231 @@
+/* A TCP echo server in callback mode: accept, multishot receive into the loop's buffers, send
+ * from the connection's own memory, close through the loop.
+ *
+ *   echo_server PORT    (0 picks a free port; prints "listening on PORT" when ready)
+ *
+ * Serves until SIGINT or SIGTERM (handled by the loop through rl_signal_start), then stops
+ * accepting, closes every connection through the loop, lets rl_run() return once nothing is left
+ * and frees the loop: exit status 0.
+ *
+ * Received bytes are valid only during the receive callback, so they are appended to the
+ * connection's output queue; while a send is in flight, newer data waits there. A connection whose
+ * queue grows past HIGH_WATER stops receiving until it drains (backpressure). After the peer's end
+ * of stream the server echoes what it still holds, then closes. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <signal.h>
+
+#include "example.h"
+
+#define HIGH_WATER (1u << 20)
+
+struct buf {
+    unsigned char *data;
+    size_t len, cap;
+};
+
+struct server;
+
+struct conn {
+    struct server *server;
+    struct conn *prev, *next;
+    int fd;
+    int receiving;      /* the multishot receive is armed */
+    int eof;            /* the peer finished sending: close once everything is echoed */
+    int closing;        /* rl_close submitted */
+    int close_done;     /* ... and its callback ran */
+    uint64_t recv_op;
+    struct buf queue;   /* received, not yet handed to a send */
+    struct buf sending; /* owned by the in-flight send while len > 0 */
+};
+
+struct server {
+    int listen_fd;
+    int stopping;
+    uint64_t accept_op;
+    struct conn *conns;
+    unsigned long accepted;
+};
+
+static void on_recv(rl_loop *loop, const rl_outcome *o, void *data);
+static void on_send(rl_loop *loop, const rl_outcome *o, void *data);
+static void on_close(rl_loop *loop, const rl_outcome *o, void *data);
+
+static void append(struct buf *b, const uint8_t *data, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        unsigned char *grown;
+        while (cap < b->len + len)
+            cap *= 2;
+        grown = realloc(b->data, cap);
+        if (grown == NULL) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
+
+/* A connection is freed once its close completed and no send still reads its memory. */
+static void maybe_free(struct conn *c)
+{
+    if (!c->close_done || c->sending.len > 0)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->server->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c->queue.data);
+    free(c->sending.data);
+    free(c);
+}
+
+static void start_close(rl_loop *loop, struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->receiving = 0;
+    /* Ends the receive and any pending send (which still gets its final callback). */
+    CHECK_RL(rl_close(loop, c->fd, on_close, c, NULL));
+}
+
+static void start_recv(rl_loop *loop, struct conn *c)
+{
+    CHECK_RL(rl_recv(loop, c->fd, on_recv, c, &c->recv_op));
+    c->receiving = 1;
+}
+
+/* Hands the queued bytes to a send, unless one is in flight. */
+static void flush(rl_loop *loop, struct conn *c)
+{
+    struct buf swap;
+    if (c->sending.len > 0 || c->queue.len == 0 || c->closing)
+        return;
+    swap = c->sending;
+    c->sending = c->queue;
+    c->queue = swap;
+    c->queue.len = 0;
+    CHECK_RL(rl_send(loop, c->fd, c->sending.data, c->sending.len, on_send, c, NULL));
+}
+
+static void on_recv(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct conn *c = data;
+    if (o->nbytes > 0) {
+        append(&c->queue, o->bytes, o->nbytes);
+        flush(loop, c);
+        if (c->queue.len > HIGH_WATER && c->receiving) {
+            /* The peer sends faster than it reads: stop receiving until the queue drains. */
+            CHECK_RL(rl_cancel(loop, c->recv_op));
+            c->receiving = 0;
+        }
+    }
+    if (!(o->flags & RL_EV_MORE) && c->receiving) {
+        c->receiving = 0;
+        if (o->result == 0 && (c->sending.len > 0 || c->queue.len > 0))
+            c->eof = 1; /* echo the rest first (on_send closes) */
+        else
+            start_close(loop, c);
+    }
+}
+
+static void on_send(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct conn *c = data;
+    c->sending.len = 0;
+    if (c->closing) {
+        maybe_free(c);
+        return;
+    }
+    if (o->result < 0) {
+        start_close(loop, c);
+        return;
+    }
+    flush(loop, c);
+    if (c->eof) {
+        if (c->sending.len == 0)
+            start_close(loop, c);
+    } else if (!c->receiving && c->queue.len < HIGH_WATER / 2) {
+        start_recv(loop, c);
+    }
+}
+
+static void on_close(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct conn *c = data;
+    (void)loop;
+    (void)o;
+    c->close_done = 1;
+    maybe_free(c);
+}
+
+static void on_accept(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct server *server = data;
+    struct conn *c;
+    if (o->result < 0) {
+        if (o->result != -ECANCELED)
+            fprintf(stderr, "accept: %s\n", rl_strerror(o->result));
+        return;
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        close(o->result);
+        return;
+    }
+    c->server = server;
+    c->fd = o->result;
+    c->next = server->conns;
+    if (c->next)
+        c->next->prev = c;
+    server->conns = c;
+    server->accepted++;
+    start_recv(loop, c);
+}
+
+static void on_stop_signal(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct server *server = data;
+    struct conn *c;
+    if (server->stopping || o->result < 0)
+        return;
+    server->stopping = 1;
+    fprintf(stderr, "echo_server: signal %d, closing %s connections\n", o->result,
+            server->conns ? "all" : "no");
+    CHECK_RL(rl_cancel(loop, server->accept_op));
+    CHECK_RL(rl_signal_stop(loop, SIGINT));
+    CHECK_RL(rl_signal_stop(loop, SIGTERM));
+    for (c = server->conns; c != NULL; c = c->next)
+        start_close(loop, c);
+    /* Nothing else is registered: rl_run() returns once the last close has completed. */
+}
+
+int main(int argc, char **argv)
+{
+    struct server server;
+    rl_loop *loop;
+    int port = parse_port(argc, argv);
+
+    signal(SIGPIPE, SIG_IGN);
+    memset(&server, 0, sizeof server);
+    CHECK_RL(rl_loop_new(NULL, &loop));
+    CHECK_RL(rl_signal_start(loop, SIGINT, on_stop_signal, &server));
+    CHECK_RL(rl_signal_start(loop, SIGTERM, on_stop_signal, &server));
+    server.listen_fd = listen_tcp(port);
+    CHECK_RL(rl_accept(loop, server.listen_fd, on_accept, &server, &server.accept_op));
+
+    CHECK_RL(rl_run(loop, RL_RUN_DEFAULT));
+
+    fprintf(stderr, "echo_server: served %lu connections on %s, clean exit\n", server.accepted,
+            rl_loop_backend(loop));
+    CHECK_RL(rl_loop_free(loop));
+    close(server.listen_fd);
+    return server.conns == NULL ? 0 : 1;
+}
