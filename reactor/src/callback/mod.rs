@@ -100,8 +100,9 @@ pub const TOKEN_RESERVED: u64 = 1 << 63;
 pub enum RunMode {
     /// Until [`EventLoop::stop`] or until nothing keeps the loop alive (see the module doc).
     Default,
-    /// Waits until at least one callback ran (or nothing keeps the loop alive, or a stop was
-    /// requested), runs everything ready in that iteration, and returns.
+    /// Waits until at least one callback ran or the loop was woken ([`LoopHandle::wake`]) — or
+    /// returns at once when nothing keeps the loop alive or a stop was requested — runs
+    /// everything ready in that iteration, and returns.
     Once,
     /// One iteration that does not wait.
     NoWait,
@@ -543,7 +544,9 @@ impl EventLoop {
             let event = self.batch[self.batch_pos];
             self.batch_pos += 1;
             if event.token == self.wake_token {
-                // Only means "look at the thread-safe queue", which every iteration does.
+                // Means "look at the thread-safe queue", which every iteration does; counted as
+                // progress so that `LoopHandle::wake` interrupts `run(RunMode::Once)`.
+                handled += 1;
                 continue;
             }
             if event.token & TOKEN_RESERVED != 0 {
