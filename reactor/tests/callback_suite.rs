@@ -1104,14 +1104,16 @@ fn raw_callbacks_echo(choice: BackendChoice) {
     }
     let Some(mut lp) = make(choice) else { return };
     let (a, b) = pair();
-    let mut state = State {
+    // Owned through a raw pointer for the whole test: the callbacks mutate it through `data`.
+    let state_ptr = Box::into_raw(Box::new(State {
         fd: a.as_raw_fd(),
         buf: Vec::with_capacity(4096),
         echoed: 0,
         sends: 0,
-    };
-    let data = &mut state as *mut State as *mut c_void;
-    // SAFETY: `state` outlives the loop's use of it (the recv is cancelled before the end).
+    }));
+    let data = state_ptr as *mut c_void;
+    // SAFETY: the state outlives the loop's use of it (the recv is cancelled and the last send
+    // completes before it is freed).
     let recv_cb = unsafe { RawCallback::new(on_recv, data, std::ptr::null_mut()) };
     let op = lp.recv_raw(a.as_raw_fd(), recv_cb).unwrap();
     let mut peer = std::os::unix::net::UnixStream::from(b);
@@ -1139,11 +1141,18 @@ fn raw_callbacks_echo(choice: BackendChoice) {
     let _peer = peer_thread.join().unwrap();
     lp.cancel_timer(dog);
     assert!(lp.cancel(op));
-    // SAFETY: reading our own state after the loop no longer references it for callbacks.
     let expected: usize = (0..200usize).map(|i| 1 + i * 13).sum();
-    while state.sends > 0 {
+    // The last send's completion may still be on its way.
+    loop {
+        // SAFETY: `state_ptr` is live; no callback runs during this read (only inside `run`).
+        if unsafe { (*state_ptr).sends } == 0 {
+            break;
+        }
         lp.run(RunMode::Once).unwrap();
     }
+    assert!(!lp.is_alive(), "no op references the state any more");
+    // SAFETY: created by Box::into_raw above; the loop holds no registration using it now.
+    let state = unsafe { Box::from_raw(state_ptr) };
     assert_eq!(state.echoed, expected);
 }
 
