@@ -21,7 +21,7 @@ PY_PACKAGES := pytest pytest-timeout uvloop setuptools-rust matplotlib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build deps deps-deb deps-venv test test-rust test-rust-checks test-c test-python test-bench \
-        bench install header check-header clean fuzz soak
+        bench install header check-header clean fuzz soak test-reliability
 
 ## Prerequisites ---------------------------------------------------------------------------------
 
@@ -64,6 +64,7 @@ test: deps
 	$(MAKE) test-c
 	$(MAKE) test-python
 	$(MAKE) test-bench
+	$(MAKE) test-reliability
 	@echo "make test: all suites passed"
 
 test-rust-checks:
@@ -86,6 +87,16 @@ test-python: build deps-venv
 
 test-bench: build deps-venv
 	$(MAKE) -C benches smoke VPY=$(VPY)
+
+# Short forms of the reliability work (fuzzing the C ABI, soak, faults, fallback, fork).
+test-reliability: build deps-venv
+	$(MAKE) -C reliability test VPY=$(VPY)
+
+# Long forms.
+fuzz: deps
+	$(MAKE) -C reliability fuzz
+soak: build deps-venv
+	$(MAKE) -C reliability soak VPY=$(VPY)
 
 ## Benchmarks ------------------------------------------------------------------------------------
 
