@@ -53,6 +53,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._pid = os.getpid()
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
         self._new_token: Callable[[], int] = itertools.count(1).__next__
+        # Stream transports receive with a multishot rl_op_recv only where cancelling it
+        # (pause_reading) loses no bytes. The io_uring backend currently drops the completions a
+        # cancelled receive produced before the kernel saw the cancel, so there transports read
+        # on a readiness watch instead (lossless: a watch consumes nothing).
+        self._multishot_recv = reactor.backend != "io_uring"
         selector = RingSelector(reactor, self._handlers, self._new_token, self._dispatch_error)
         try:
             super().__init__(selector)

@@ -21,7 +21,7 @@ from asyncio import constants, futures, protocols, transports, trsock
 from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
 from asyncio.base_events import Server
 
-from ._lib import EV_MORE
+from ._lib import EV_MORE, READABLE
 
 logger = logging.getLogger("asyncio")
 
@@ -46,6 +46,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    #: Bytes one recv() may return in readiness mode (the selector transport's value).
+    max_size = 256 * 1024
 
     # Read by __del__ even when __init__ failed early.
     _sock: Optional[socket.socket] = None
@@ -78,6 +81,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._handlers = loop._handlers
 
         # Receiving: one token for the connection's lifetime, re-armed after pause_reading().
+        # Multishot receive where cancelling it (pause_reading) loses no bytes; elsewhere a
+        # readiness watch plus recv() from Python (see Loop._multishot_recv).
+        self._multishot = loop._multishot_recv
         self._recv_token = loop._new_token()
         self._recv_op: Optional[int] = None
         self._read_eof = False  # the peer's EOF (or a read error) ended receiving for good
@@ -110,7 +116,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 server._attach()
         loop._transports[self._sock_fd] = self
 
-        self._handlers[self._recv_token] = self._on_recv
+        self._handlers[self._recv_token] = self._on_recv if self._multishot else self._on_readable
         self._handlers[self._send_token] = self._on_send
 
         _set_nodelay(sock)
@@ -193,7 +199,10 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused or self._read_eof or self._recv_op is not None:
             return
         try:
-            self._recv_op = self._reactor.recv(self._sock_fd, self._recv_token)
+            if self._multishot:
+                self._recv_op = self._reactor.recv(self._sock_fd, self._recv_token)
+            else:
+                self._recv_op = self._reactor.watch(self._sock_fd, READABLE, self._recv_token)
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on socket transport")
 
@@ -233,6 +242,60 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._fatal_error(
                 OSError(-result, os.strerror(-result)), "Fatal read error on socket transport"
             )
+
+    def _on_readable(self, result: int, flags: int, aux: int) -> None:
+        # Readiness mode: one recv() per readiness event, exactly as the selector transport.
+        if self._closing or self._paused or self._recv_op is None:
+            return
+        if self._deliver is self._deliver_buffered:
+            self._read_into_protocol_buffer()
+            return
+        try:
+            data = self._sock.recv(self.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if data:
+            self._deliver_data(data)
+        else:
+            self._read_eof = True
+            self._stop_reading()
+            self._on_eof()
+
+    def _read_into_protocol_buffer(self) -> None:
+        try:
+            buf = self._protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        try:
+            nbytes = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not nbytes:
+            self._read_eof = True
+            self._stop_reading()
+            self._on_eof()
+            return
+        try:
+            self._protocol.buffer_updated(nbytes)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
     def _deliver_eof(self) -> None:
         if self._closing:
