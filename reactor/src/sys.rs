@@ -31,6 +31,11 @@ pub(crate) fn errno_of(err: &io::Error) -> i32 {
     -err.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// The `-errno` form of a `nix` error, as event results carry it.
+pub(crate) fn neg_errno_of(err: nix::Error) -> i32 {
+    -(err as i32)
+}
+
 /// Converts a `nix` error into the crate's error type.
 pub(crate) fn from_nix(err: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(err as i32)

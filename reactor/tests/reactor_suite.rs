@@ -450,7 +450,7 @@ fn wakes_from_threads(choice: BackendChoice) {
     for t in threads {
         t.join().unwrap();
     }
-    assert!(wake_events >= 1 && wake_events <= THREADS * WAKES);
+    assert!((1..=THREADS * WAKES).contains(&wake_events));
     // Drain whatever the last wakes left: at most one event, then silence.
     let rest = poll_for(&mut reactor, Duration::from_millis(20));
     assert!(rest.len() <= 1);
@@ -1080,6 +1080,79 @@ fn invalid_options_are_rejected(choice: BackendChoice) {
     }
 }
 
+fn poll_in_forked_child_is_an_error(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (a, _b) = UnixStream::pair().unwrap();
+    reactor.watch(a.as_raw_fd(), Interest::WRITABLE, 1).unwrap();
+    // SAFETY: the child only polls (an atomic load and an error value; glibc keeps malloc usable
+    // after fork) and leaves with _exit, touching nothing the parent's threads hold.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let mut events = [Event::default(); 4];
+        let code = match reactor.poll(Some(Duration::ZERO), &mut events) {
+            Err(err) if err.to_string().contains("fork") => 0,
+            _ => 1,
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's poll must fail"
+    );
+    // The parent's reactor is untouched.
+    let mut events = [Event::default(); 4];
+    let n = reactor
+        .poll(Some(Duration::from_secs(1)), &mut events)
+        .unwrap();
+    assert_eq!((n, events[0].token), (1, 1));
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn signal_interrupt_is_not_an_error(choice: BackendChoice) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    // A handler without SA_RESTART, so the blocking wait really is interrupted.
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGURG, &action) }.unwrap();
+    // SAFETY: pthread_self is always safe.
+    let poller = unsafe { libc::pthread_self() } as u64;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let kicker = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(20));
+            // SAFETY: the poller thread outlives this thread (joined below).
+            unsafe { libc::pthread_kill(poller as libc::pthread_t, libc::SIGURG) };
+        }
+    });
+    let mut events = [Event::default(); 4];
+    for _ in 0..5 {
+        assert_eq!(
+            reactor
+                .poll(Some(Duration::from_millis(200)), &mut events)
+                .unwrap(),
+            0
+        );
+    }
+    stop.store(true, Ordering::Release);
+    kicker.join().unwrap();
+}
+
 macro_rules! suite {
     ($module:ident, $choice:expr) => {
         mod $module {
@@ -1163,6 +1236,14 @@ macro_rules! suite {
                 super::drop_with_ops_in_flight($choice);
             }
             #[test]
+            fn poll_in_forked_child_is_an_error() {
+                super::poll_in_forked_child_is_an_error($choice);
+            }
+            #[test]
+            fn signal_interrupt_is_not_an_error() {
+                super::signal_interrupt_is_not_an_error($choice);
+            }
+            #[test]
             fn invalid_options_are_rejected() {
                 super::invalid_options_are_rejected($choice);
             }
@@ -1176,6 +1257,14 @@ suite!(epoll, BackendChoice::Epoll);
 /// Tests on the default backend: they follow `RINGLOOP_BACKEND` when it is set.
 mod default_backend {
     use super::*;
+
+    #[test]
+    fn reactor_is_send_and_waker_is_send_sync() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Reactor>();
+        send_sync::<ringloop::Waker>();
+    }
 
     #[test]
     fn respects_ringloop_backend_env() {

@@ -27,7 +27,9 @@ use nix::sys::socket::{accept4, recv, send, MsgFlags, SockFlag, SockaddrStorage}
 use super::{accept_error_is_transient, ready_bits, Backend};
 use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable};
-use crate::sys::{errno_of, fork_generation, forked_child_error, from_nix, neg_errno};
+use crate::sys::{
+    errno_of, fork_generation, forked_child_error, from_nix, neg_errno, neg_errno_of,
+};
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
 
@@ -286,10 +288,11 @@ impl Epoll {
                     self.do_recv(key, fd, token)
                 }
                 Kind::Accept if revents & (IN | ERR_HUP) != 0 => self.do_accept(key, fd, token),
-                Kind::Send { .. } if revents & (OUT | ERR_HUP) != 0 => {
-                    if self.fds.get(fd).and_then(|e| e.sends.front()) == Some(&key) {
-                        self.do_send(key, fd);
-                    }
+                Kind::Send { .. }
+                    if revents & (OUT | ERR_HUP) != 0
+                        && self.fds.get(fd).and_then(|e| e.sends.front()) == Some(&key) =>
+                {
+                    self.do_send(key, fd);
                 }
                 Kind::Connect if revents & (OUT | ERR_HUP) != 0 => {
                     let mut error: libc::c_int = 0;
@@ -367,7 +370,7 @@ impl Epoll {
                 }
                 Err(errno) => {
                     self.free.push(bid);
-                    self.finish(key, -(errno as i32));
+                    self.finish(key, neg_errno_of(errno));
                     return;
                 }
             }
@@ -382,11 +385,11 @@ impl Epoll {
                 Err(Errno::EAGAIN) => return,
                 Err(errno) if accept_error_is_transient(errno as i32) => {
                     // Reported; level-triggered readiness brings the listener back next poll.
-                    self.emit(key, token, -(errno as i32), flags::MORE, 0);
+                    self.emit(key, token, neg_errno_of(errno), flags::MORE, 0);
                     return;
                 }
                 Err(errno) => {
-                    self.finish(key, -(errno as i32));
+                    self.finish(key, neg_errno_of(errno));
                     return;
                 }
             }
@@ -414,7 +417,7 @@ impl Epoll {
                 Ok(n) => *sent += n,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => break None,
-                Err(errno) => break Some(-(errno as i32)),
+                Err(errno) => break Some(neg_errno_of(errno)),
             }
         };
         if let Some(result) = result {
@@ -599,7 +602,7 @@ impl Backend for Epoll {
             Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
                 self.start(fd, token, Kind::Connect)
             }
-            Err(errno) => Ok(self.completed_now(token, -(errno as i32))),
+            Err(errno) => Ok(self.completed_now(token, neg_errno_of(errno))),
         }
     }
 
@@ -614,7 +617,7 @@ impl Backend for Epoll {
         self.scratch = keys;
         let result = match nix::unistd::close(fd.into_raw_fd()) {
             Ok(()) => 0,
-            Err(errno) => -(errno as i32),
+            Err(errno) => neg_errno_of(errno),
         };
         Ok(self.completed_now(token, result))
     }

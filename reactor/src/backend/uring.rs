@@ -161,6 +161,9 @@ pub(crate) struct Uring {
     /// Events produced but not yet handed out, with the key of their op.
     ready: VecDeque<(u64, Event)>,
     scratch: Vec<u64>,
+    /// Connect address boxes of finished connects, reused so connects stop allocating. The
+    /// boxes matter: an address must not move while the kernel reads it, and this vector grows.
+    #[allow(clippy::vec_box)]
     spare_addrs: Vec<Box<SockAddrBuf>>,
     wake: Arc<WakeShared>,
     wake_token: u64,
@@ -178,7 +181,10 @@ unsafe impl Send for Uring {}
 
 fn build_ring(opts: &Options) -> io::Result<IoUring> {
     let cq_entries = (opts.ring_entries * 4).clamp(4096, 65536);
+    // dontfork: a forked child never uses the parent's ring (poll refuses), so its mappings
+    // need not be copied into the child.
     let fast = IoUring::builder()
+        .dontfork()
         .setup_cqsize(cq_entries)
         .setup_submit_all()
         .setup_coop_taskrun()
@@ -188,6 +194,7 @@ fn build_ring(opts: &Options) -> io::Result<IoUring> {
         Ok(ring) => Ok(ring),
         // Older kernels reject flags they do not know with EINVAL; retry without them.
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .dontfork()
             .setup_cqsize(cq_entries)
             .build(opts.ring_entries),
         Err(err) => Err(err),
@@ -567,8 +574,9 @@ impl Uring {
                     };
                     self.emit(key, token, res, flags::MORE | flags::BUFFER, u64::from(bid));
                     if !more {
-                        // Ended early (e.g. CQ overflow) without an error: transparently re-armed.
-                        self.rearm.push(key);
+                        // Ended early (e.g. CQ overflow, pool just ran dry) without an error:
+                        // transparently re-armed as soon as the ring has buffers.
+                        self.starved.push(key);
                     }
                 } else if res == -libc::ENOBUFS {
                     // Pool dry: hold the recv back until buffers are back in the ring. The
