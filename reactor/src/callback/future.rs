@@ -9,6 +9,7 @@
 //! completion (and schedules the callback directly): never neither.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::remote::{Remote, RemoteItem};
@@ -40,6 +41,8 @@ pub(crate) struct Cell {
 pub(crate) struct Shared {
     cell: Mutex<Cell>,
     pub(crate) remote: Arc<Remote>,
+    /// The embedder's word (see `LoopFuture::tag`).
+    tag: AtomicU64,
 }
 
 /// A one-shot result cell bound to one loop: pending, then done (a `u64` value and an optional
@@ -68,6 +71,7 @@ impl LoopFuture {
             shared: Arc::new(Shared {
                 cell: Mutex::new(cell),
                 remote,
+                tag: AtomicU64::new(0),
             }),
         }
     }
@@ -134,6 +138,18 @@ impl LoopFuture {
             (FutureState::Done, Some(code)) => Some(Err(code)),
             _ => None,
         }
+    }
+
+    /// A word the embedder stores with the future (0 until set). The C ABI keeps the future's
+    /// `rl_future *` handle here, so a done-callback trampoline, which is handed the
+    /// `LoopFuture`, can pass the handle to the C callback. Thread-safe.
+    pub fn tag(&self) -> u64 {
+        self.shared.tag.load(Ordering::Acquire)
+    }
+
+    /// Sets the word [`LoopFuture::tag`] returns (shared by every clone). Thread-safe.
+    pub fn set_tag(&self, tag: u64) {
+        self.shared.tag.store(tag, Ordering::Release);
     }
 
     /// Whether `self` and `other` are the same future.

@@ -71,8 +71,6 @@ pub struct RawCallback {
 // moves two opaque words the loop never dereferences. Whether `func` may use `data`/`extra` on the
 // loop thread is the promise made to `RawCallback::new`.
 unsafe impl Send for RawCallback {}
-// SAFETY: as above; shared references give no access beyond copying the words.
-unsafe impl Sync for RawCallback {}
 
 impl RawCallback {
     /// Bundles a function with the two words it will be called with.

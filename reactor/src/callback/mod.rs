@@ -14,6 +14,23 @@
 //! [`EventLoop::poll_raw`] (refused with a [`StateError`]) or replace or drop the loop (which
 //! aborts the process: the loop cannot continue an iteration whose state was taken away).
 //!
+//! # For embedders (the C ABI)
+//!
+//! * A C callback `void cb(rl_loop *, ..., void *data)` is registered as a [`RawCallback`] whose
+//!   `func` is a per-kind Rust trampoline, `data` the C data and `extra` the C function pointer;
+//!   the trampoline gets the [`Outcome`] and the loop, and finds the C `rl_loop *` in
+//!   [`EventLoop::context`] (set once with [`EventLoop::set_context`]) and a future's handle in
+//!   [`LoopFuture::tag`]. Nothing is allocated per registration.
+//! * Calls a callback makes back into the loop (`rl_call_soon` from inside a callback) must go
+//!   through the `&mut EventLoop` the trampoline was given — the `run`/`poll_raw` caller's
+//!   exclusive borrow is still live — so the embedder should make that pointer available to
+//!   reentrant calls for the duration of the trampoline rather than look the loop up again.
+//! * A trampoline that calls foreign code which may unwind must catch the unwind itself.
+//! * `EventLoop` is not `Send` because it stores Rust closures that need not be; an embedder that
+//!   registers only raw callbacks and `Send` closures may assert `Send` on a wrapper.
+//! * Errors: [`StateError`] (wrong state) and `io::Error`s carrying a raw OS error (`EINVAL`,
+//!   `EBADF`, `ENOMEM`, and what the kernel returned).
+//!
 //! # Iterations and ordering
 //!
 //! One iteration: update the cached time, run due timers, wait for events (not at all when
@@ -867,12 +884,31 @@ impl EventLoop {
 
     // ----- ops -----
 
-    fn fd_entry(&mut self, fd: RawFd) -> &mut FdEntry {
-        let index = fd as usize;
+    /// Makes room for `fd` in the per-fd table. The table is indexed by fd number (as libuv's
+    /// watcher array), so it only grows for an fd that really is open: a forged huge number gets
+    /// `EBADF` instead of a huge allocation. The check is a syscall, made only when the table
+    /// grows.
+    fn reserve_fd(&mut self, fd: RawFd) -> io::Result<()> {
+        let index = usize::try_from(fd).map_err(|_| invalid(libc::EBADF))?;
         if index >= self.fds.len() {
+            // SAFETY: F_GETFD only queries the descriptor table.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(invalid(libc::EBADF));
+            }
             self.fds.resize(index + 1, EMPTY_FD);
         }
-        &mut self.fds[index]
+        Ok(())
+    }
+
+    /// The table entry of an fd that `reserve_fd` accepted.
+    fn fd_entry(&mut self, fd: RawFd) -> &mut FdEntry {
+        &mut self.fds[fd as usize]
+    }
+
+    fn fd_entry_if_known(&mut self, fd: RawFd) -> Option<&mut FdEntry> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|index| self.fds.get_mut(index))
     }
 
     /// Stores a new op slot, linked into its fd's list when `link`.
@@ -895,8 +931,11 @@ impl EventLoop {
             prev: NIL,
             next: NIL,
         };
+        if link {
+            self.reserve_fd(fd)?;
+        }
         let key = self.ops.insert(slot).ok_or_else(|| invalid(libc::ENOMEM))?;
-        if link && fd >= 0 {
+        if link {
             let head = self.fd_entry(fd).head;
             if head != NIL {
                 if let Some(old) = self.ops.get_index_mut(head) {
@@ -1002,8 +1041,8 @@ impl EventLoop {
     }
 
     fn set_watch(&mut self, fd: RawFd, kind: OpKind, handler: Handler) -> io::Result<()> {
-        Self::check_fd(fd)?;
         self.check_open()?;
+        self.reserve_fd(fd)?;
         let existing = {
             let entry = self.fd_entry(fd);
             if kind == OpKind::Reader {
@@ -1037,7 +1076,7 @@ impl EventLoop {
     }
 
     fn clear_watch(&mut self, fd: RawFd, kind: OpKind) -> bool {
-        let Some(entry) = self.fds.get_mut(fd.max(0) as usize).filter(|_| fd >= 0) else {
+        let Some(entry) = self.fd_entry_if_known(fd) else {
             return false;
         };
         let key = if kind == OpKind::Reader {
@@ -1289,7 +1328,7 @@ impl EventLoop {
     /// Ends the loop's ops on `fd` before it is closed: each is cancelled in the reactor; sends
     /// keep their slot (detached from the fd) until their final event, the others are dropped.
     pub(crate) fn forget_fd(&mut self, fd: RawFd) {
-        let Some(entry) = self.fds.get(fd.max(0) as usize).filter(|_| fd >= 0) else {
+        let Some(entry) = self.fd_entry_if_known(fd) else {
             return;
         };
         let mut index = entry.head;
@@ -1314,7 +1353,7 @@ impl EventLoop {
             }
             index = next;
         }
-        if let Some(entry) = self.fds.get_mut(fd as usize) {
+        if let Some(entry) = self.fd_entry_if_known(fd) {
             *entry = EMPTY_FD;
         }
     }
