@@ -58,6 +58,9 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # cancelled receive produced before the kernel saw the cancel, so there transports read
         # on a readiness watch instead (lossless: a watch consumes nothing).
         self._multishot_recv = reactor.backend != "io_uring"
+        # Readiness-mode transports recv() into this and copy out what arrived (one loop thread,
+        # and every read is copied before the next one starts).
+        self._recv_scratch = memoryview(bytearray(RingStreamTransport.max_size))
         selector = RingSelector(reactor, self._handlers, self._new_token, self._dispatch_error)
         try:
             super().__init__(selector)
@@ -91,6 +94,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
     def run_forever(self) -> None:
         self._check_process()
         super().run_forever()
+
+    def run_until_complete(self, future: Any) -> Any:
+        self._check_process()  # before a task is created for the coroutine
+        return super().run_until_complete(future)
 
     def close(self) -> None:
         if self.is_running():
@@ -213,6 +220,24 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._current_handle = None
 
     # -- wakeups ----------------------------------------------------------------------------
+
+    def call_soon_threadsafe(
+        self, callback: Callable[..., Any], *args: Any, context: Any = None
+    ) -> events.Handle:
+        """Like :meth:`call_soon`, from any thread; wakes the loop at most once per iteration."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+            handle = self._call_soon(callback, args, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+        else:
+            handle = events.Handle(callback, args, self, context)
+            self._ready.append(handle)
+        if not self._wake_pending:
+            self._write_to_self()
+        return handle
 
     def _write_to_self(self) -> None:
         # call_soon_threadsafe() from any thread: one rl_wake per loop iteration at most. The flag

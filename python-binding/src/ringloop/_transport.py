@@ -250,8 +250,11 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._deliver is self._deliver_buffered:
             self._read_into_protocol_buffer()
             return
+        # Into the loop's scratch buffer, then one exact-size copy: recv(max_size) would
+        # allocate (and, at this size, mmap and munmap) max_size bytes on every call.
+        scratch = self._loop._recv_scratch
         try:
-            data = self._sock.recv(self.max_size)
+            nbytes = self._sock.recv_into(scratch)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
@@ -259,8 +262,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
-        if data:
-            self._deliver_data(data)
+        if nbytes:
+            self._deliver_data(scratch[:nbytes])
         else:
             self._read_eof = True
             self._stop_reading()
