@@ -271,7 +271,7 @@ def draw_chart(summary: dict, cells: list):
     }
     ncols = len({s for s, _ in cells})
     nrows = len({c for _, c in cells})
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 0.28 * len(names) * nrows + 1.5), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 0.28 * len(names) * nrows + 1.5), squeeze=False)
     sizes = sorted({s for s, _ in cells})
     conns_list = sorted({c for _, c in cells})
     for (size, conns) in cells:
@@ -284,8 +284,8 @@ def draw_chart(summary: dict, cells: list):
             bar_colors.append(colors.get(r["loop"] if r else "", "#7f7f7f"))
         ax.barh(range(len(names)), values, color=bar_colors)
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=7)
-        ax.invert_yaxis()
+        ax.set_yticklabels(names if sizes.index(size) == 0 else [], fontsize=7)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # first server on top
         ax.set_title(f"{human_size(size)} x {conns} connections", fontsize=9)
         ax.set_xlabel("round trips / s", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)

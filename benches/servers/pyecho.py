@@ -164,6 +164,12 @@ def main() -> int:
     finally:
         if server is not None:
             server.close()
+        # Connection tasks (sock and streams modes) end with the loop, not abandoned mid-await.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         listener.close()
         loop.close()
     return 0
