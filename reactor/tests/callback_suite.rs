@@ -750,6 +750,32 @@ fn recv_reports_eof_and_cancel_stops_callbacks(choice: BackendChoice) {
         !lp.cancel(OpHandle::from_raw(12345)),
         "a forged handle is not found"
     );
+
+    // Closing an fd through the loop ends the loop's ops and watches on it first.
+    let (a, b) = pair();
+    let raw = a.as_raw_fd();
+    let calls = Rc::new(Cell::new(0));
+    let (c1, c2) = (calls.clone(), calls.clone());
+    lp.recv(raw, move |_, _| c1.set(c1.get() + 1)).unwrap();
+    lp.add_reader(raw, move |_| c2.set(c2.get() + 1)).unwrap();
+    write_fd(&b, b"unread");
+    std::thread::sleep(Duration::from_millis(5));
+    let closed = Rc::new(Cell::new(false));
+    let cl = closed.clone();
+    lp.close(a, move |_, r| {
+        r.expect("close failed");
+        cl.set(true);
+    })
+    .unwrap();
+    assert!(!lp.remove_reader(raw), "the close removed the reader");
+    let dog = watchdog(&mut lp, 30);
+    while !closed.get() {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    assert_eq!(calls.get(), 0, "no callback for ops on a closed fd");
+    assert!(!lp.is_alive());
+    drop(b);
 }
 
 // ---------------------------------------------------------------------------------------------
