@@ -278,6 +278,15 @@ struct DoneNode {
 
 const NO_NODE: usize = usize::MAX;
 
+/// Whether an iteration may wait for events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Block,
+    /// Only if no callback ran before the wait (`RunMode::Once`).
+    UnlessProgress,
+    Never,
+}
+
 /// Default capacity of the event batch one reactor poll fills.
 const BATCH: usize = 256;
 
@@ -494,10 +503,10 @@ impl EventLoop {
         loop {
             match mode {
                 RunMode::Default => {
-                    self.iterate(true)?;
+                    self.iterate(Wait::Block)?;
                 }
                 RunMode::Once => loop {
-                    let progress = self.iterate(true)?;
+                    let progress = self.iterate(Wait::UnlessProgress)?;
                     if progress > 0
                         || !self.is_alive()
                         || self.held_buffer
@@ -507,7 +516,7 @@ impl EventLoop {
                     }
                 },
                 RunMode::NoWait => {
-                    self.iterate(false)?;
+                    self.iterate(Wait::Never)?;
                 }
             }
             let stop = self.remote.stop.swap(false, Ordering::AcqRel);
@@ -518,12 +527,17 @@ impl EventLoop {
         Ok(self.is_alive())
     }
 
-    /// One iteration; returns how many callbacks ran (plus raw events held).
-    fn iterate(&mut self, block: bool) -> io::Result<usize> {
+    /// One iteration; returns how many callbacks ran (plus wake-ups and raw events held).
+    fn iterate(&mut self, wait: Wait) -> io::Result<usize> {
         let mut progress = self.dispatch_batch();
         self.update_time();
         progress += self.run_timers();
         self.drain_remote();
+        let block = match wait {
+            Wait::Block => true,
+            Wait::UnlessProgress => progress == 0,
+            Wait::Never => false,
+        };
         let timeout = self.wait_timeout(block);
         let n = self.reactor.poll(timeout, &mut self.batch)?;
         self.batch_len = n;
