@@ -68,11 +68,15 @@
 //! thread pool stops (jobs not started are dropped, their futures cancelled; running jobs are
 //! waited for), pending futures with done-callbacks are cancelled and those callbacks run, every
 //! op and watch is cancelled, sends are waited for until the kernel no longer reads their memory
-//! (their callbacks get their final result, usually `-ECANCELED`), and every other raw callback
+//! (their callbacks get their final result, usually `-ECANCELED`; a send the kernel still holds
+//! after 10 s is abandoned: its owned bytes are leaked rather than freed and its raw callback is
+//! not called, since freeing memory the kernel may read is worse), and every other raw callback
 //! that never got its event is called once with `result == -ECANCELED` so C callers can free
 //! their data; Rust closures that never got their event are dropped (which frees what they
 //! captured). Fds the caller owns are not closed, except fds accepted for a callback that no
-//! longer exists, which nobody else could close.
+//! longer exists, which nobody else could close. Raw-mode events not yet collected with
+//! `poll_raw` are discarded. Thread-pool jobs that never return make the close wait forever
+//! (threads cannot be killed); a job must not wait for the loop it belongs to.
 
 mod future;
 mod genslab;
