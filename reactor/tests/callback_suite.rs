@@ -1186,6 +1186,72 @@ fn raw_callbacks_echo(choice: BackendChoice) {
     assert_eq!(state.echoed, expected);
 }
 
+fn raw_forms_of_futures_pool_and_threadsafe_calls(choice: BackendChoice) {
+    let done_log = new_log();
+    let remote_log = new_log();
+    let Some(mut lp) = make(choice) else { return };
+    unsafe fn square(data: *mut c_void, extra: *mut c_void) -> Result<u64, i32> {
+        let (a, b) = (data as u64, extra as u64);
+        if b == 0 {
+            Err(-libc::EDOM)
+        } else {
+            Ok(a * b)
+        }
+    }
+    unsafe fn record_future(
+        _lp: &mut EventLoop,
+        outcome: &Outcome<'_>,
+        data: *mut c_void,
+        _: *mut c_void,
+    ) {
+        // SAFETY: `data` is the test's `Log`, alive for the whole test.
+        let log = unsafe { &*(data as *const Log) };
+        let future = outcome.future.expect("a done-callback is given its future");
+        log.calls.set(log.calls.get() + 1);
+        log.results.borrow_mut().push(match future.result() {
+            Some(Ok(v)) => v as i32,
+            Some(Err(e)) => e,
+            None => i32::MIN,
+        });
+        assert_eq!(future.tag(), 77);
+    }
+    // SAFETY: `square` only multiplies the two words as integers.
+    let work =
+        unsafe { ringloop::callback::RawWork::new(square, 6 as *mut c_void, 7 as *mut c_void) };
+    let ok = lp.run_in_thread_raw(work).unwrap();
+    // SAFETY: as above.
+    let work =
+        unsafe { ringloop::callback::RawWork::new(square, 6 as *mut c_void, std::ptr::null_mut()) };
+    let err = lp.run_in_thread_raw(work).unwrap();
+    for fut in [&ok, &err] {
+        fut.set_tag(77);
+        // SAFETY: `record_future` only reads the `Log` behind `data`, declared before the loop.
+        let cb = unsafe {
+            RawCallback::new(
+                record_future,
+                &done_log as *const Log as *mut c_void,
+                std::ptr::null_mut(),
+            )
+        };
+        lp.add_done_callback_raw(fut, cb).unwrap();
+    }
+    let handle = lp.handle();
+    let cb = log_callback(&remote_log);
+    std::thread::spawn(move || handle.call_soon_threadsafe_raw(cb).unwrap())
+        .join()
+        .unwrap();
+    let dog = watchdog(&mut lp, 30);
+    while done_log.calls.get() < 2 || remote_log.calls.get() < 1 {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    // The two jobs may finish in either order.
+    let mut results = done_log.results.borrow().clone();
+    results.sort();
+    assert_eq!(results, [-libc::EDOM, 42]);
+    assert_eq!(*remote_log.results.borrow(), [0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // closing with work in flight
 
@@ -1378,6 +1444,7 @@ suite!(
     poll_raw_returns_only_raw_events,
     raw_buffer_events_seen_by_run_wait_for_poll_raw,
     raw_callbacks_echo,
+    raw_forms_of_futures_pool_and_threadsafe_calls,
     dropping_a_loop_with_work_in_flight,
     shutdown_refuses_new_work,
 );
