@@ -520,6 +520,97 @@ fn remove_reader_takes_effect_within_the_batch(choice: BackendChoice) {
     drop((b1, b2));
 }
 
+fn writer_fires_when_a_full_socket_drains(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let (a, b) = pair();
+    // Fill `a`'s send buffer until the kernel refuses more.
+    let chunk = [0x5au8; 4096];
+    let mut filled = 0;
+    loop {
+        match nix::unistd::write(&a, &chunk) {
+            Ok(n) => filled += n,
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let fd = a.as_raw_fd();
+    let writable = Rc::new(Cell::new(0));
+    let w = writable.clone();
+    lp.add_writer(fd, move |lp| {
+        w.set(w.get() + 1);
+        lp.remove_writer(fd);
+    })
+    .unwrap();
+    for _ in 0..3 {
+        lp.run(RunMode::NoWait).unwrap();
+    }
+    assert_eq!(writable.get(), 0, "a full socket is not writable");
+    assert_eq!(drain_fd(b.as_raw_fd()), filled);
+    let dog = watchdog(&mut lp, 30);
+    while writable.get() == 0 {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    assert_eq!(writable.get(), 1);
+    assert!(!lp.is_alive());
+}
+
+fn many_timers_with_random_cancels_keep_deadline_order(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    const TIMERS: usize = 20_000;
+    let fired: Rc<RefCell<Vec<(u64, usize)>>> = Rc::new(RefCell::new(Vec::new()));
+    let base = lp.now();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut handles = Vec::with_capacity(TIMERS);
+    let mut deadlines = Vec::with_capacity(TIMERS);
+    for i in 0..TIMERS {
+        // Deadlines within 20 ms, many ties.
+        let deadline = base + (next() % 200) * 100_000;
+        let fired = fired.clone();
+        handles.push(
+            lp.call_at(deadline, move |_| fired.borrow_mut().push((deadline, i)))
+                .unwrap(),
+        );
+        deadlines.push(deadline);
+    }
+    let mut cancelled = vec![false; TIMERS];
+    for _ in 0..TIMERS * 3 / 4 {
+        let i = (next() % TIMERS as u64) as usize;
+        assert_eq!(lp.cancel_timer(handles[i]), !cancelled[i]);
+        cancelled[i] = true;
+    }
+    assert!(!lp.run(RunMode::Default).unwrap());
+    let fired = fired.borrow();
+    let mut expected: Vec<(u64, usize)> = (0..TIMERS)
+        .filter(|&i| !cancelled[i])
+        .map(|i| (deadlines[i], i))
+        .collect();
+    // Deadline order, ties in schedule order.
+    expected.sort();
+    assert_eq!(fired.len(), expected.len());
+    assert!(*fired == expected, "timers fired out of order");
+}
+
+fn raw_events_seen_by_run_are_kept_for_poll_raw(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    // A raw timer does not keep run() alive, but its event, if run() sees it, is kept.
+    let deadline = lp.now() + MS;
+    lp.reactor_mut().add_timer(deadline, 9).unwrap();
+    lp.call_later(5 * MS, |_| ()).unwrap();
+    assert!(!lp.run(RunMode::Default).unwrap());
+    let mut events = [Event::default(); 4];
+    let n = lp.poll_raw(Some(Duration::ZERO), &mut events).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!((events[0].token, events[0].result), (9, 0));
+    assert_eq!(lp.poll_raw(Some(Duration::ZERO), &mut events).unwrap(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // completion ops
 
@@ -1435,6 +1526,9 @@ suite!(
     panicking_callback_leaves_the_loop_consistent,
     reader_and_writer_callbacks,
     remove_reader_takes_effect_within_the_batch,
+    writer_fires_when_a_full_socket_drains,
+    many_timers_with_random_cancels_keep_deadline_order,
+    raw_events_seen_by_run_are_kept_for_poll_raw,
     accept_recv_send_echo,
     connect_to_a_closed_port_is_refused,
     recv_reports_eof_and_cancel_stops_callbacks,
