@@ -100,12 +100,19 @@ impl<T> OpTable<T> {
 
 /// What the reactor tracks per caller fd: the ops on it (for `close` and, on epoll, for combining
 /// interests), the FIFO of sends (only the head is ever in flight, so bytes of two sends on one
-/// stream never interleave), and the epoll registration mask (unused by io_uring).
+/// stream never interleave), the epoll registration mask (unused by io_uring), and the stash.
+///
+/// The stash keeps bytes a cancelled recv had already taken out of the socket (buffers queued
+/// for delivery, or completions that raced with the cancel): a stream must not lose them, so the
+/// next recv on the same open socket delivers them first. `stash_identity` (device and inode at
+/// stash time) tells the same socket from a new one that reused the fd number.
 #[derive(Default)]
 pub(crate) struct FdEntry {
     pub(crate) ops: Vec<u64>,
     pub(crate) sends: VecDeque<u64>,
     pub(crate) registered: u32,
+    stash: Vec<(u16, i32)>,
+    stash_identity: (u64, u64),
 }
 
 /// Fd-indexed table of [`FdEntry`]. Fd numbers are small and dense, so a vector beats a hash map,
@@ -145,6 +152,32 @@ impl FdTable {
                 entry.sends.remove(pos);
             }
         }
+    }
+
+    /// Keeps buffer `bid` holding `len` bytes of a cancelled recv on `fd` for the next recv on the
+    /// same socket. `false` when the fd cannot be identified (closed): the caller recycles it.
+    pub(crate) fn stash(&mut self, fd: RawFd, bid: u16, len: i32) -> bool {
+        let entry = self.entry(fd);
+        if entry.stash.is_empty() {
+            match crate::sys::file_identity(fd) {
+                Some(identity) => entry.stash_identity = identity,
+                None => return false,
+            }
+        }
+        entry.stash.push((bid, len));
+        true
+    }
+
+    /// Takes `fd`'s stash. The flag says whether `fd` is still the socket the bytes came from
+    /// (deliver them) or not (recycle them).
+    pub(crate) fn take_stash(&mut self, fd: RawFd) -> Option<(Vec<(u16, i32)>, bool)> {
+        let entry = self.get_mut(fd)?;
+        if entry.stash.is_empty() {
+            return None;
+        }
+        let stash = std::mem::take(&mut entry.stash);
+        let same = crate::sys::file_identity(fd) == Some(entry.stash_identity);
+        Some((stash, same))
     }
 
     /// Copies the keys of the ops on `fd` into `out` (cleared first).

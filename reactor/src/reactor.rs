@@ -15,6 +15,11 @@
 //!   later event is delivered for the op, EXCEPT ops that hold caller memory (send), which deliver
 //!   exactly one final event (bytes sent or `-ECANCELED`) once the kernel no longer touches that
 //!   memory.
+//! * Cancelling a recv loses no byte of the stream: bytes the reactor already took out of the
+//!   socket for it (queued events, completions racing with the cancel) are kept and delivered as
+//!   the first events of the next [`Reactor::recv_multi`] on the same open socket (a new socket
+//!   that reuses the fd number does not get them; [`Reactor::close`] discards them). So
+//!   cancel + re-arm is a lossless pause/resume.
 //! * Multishot ops (recv, accept, signals) set [`crate::flags::MORE`] on every event but their last.
 //!   A multishot recv ends with `result == 0` (EOF) or `-errno`. When the receive-buffer pool runs
 //!   dry the reactor holds the recv back and re-arms it after buffers are recycled: the caller never

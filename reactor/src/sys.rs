@@ -41,6 +41,17 @@ pub(crate) fn from_nix(err: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(err as i32)
 }
 
+/// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.
+pub(crate) fn file_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success; a bad fd only yields an error.
+    let rc = unsafe { libc::fstat(fd, stat.as_mut_ptr()) };
+    neg_errno(rc).ok()?;
+    // SAFETY: initialised by the successful call above.
+    let stat = unsafe { stat.assume_init() };
+    Some((stat.st_dev, stat.st_ino))
+}
+
 /// CLOCK_MONOTONIC in nanoseconds.
 pub(crate) fn monotonic_ns() -> u64 {
     // CLOCK_MONOTONIC cannot fail on Linux; vDSO makes this a plain memory read.

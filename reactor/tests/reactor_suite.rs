@@ -1080,6 +1080,96 @@ fn invalid_options_are_rejected(choice: BackendChoice) {
     }
 }
 
+/// Pausing reading (cancel the recv) and resuming (a new recv) loses no byte, even when the
+/// reactor had already taken bytes out of the socket for the cancelled op.
+fn cancel_and_rearm_recv_loses_nothing(choice: BackendChoice) {
+    let opts = Options {
+        buffer_size: 1024,
+        buffer_count: 64,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
+        return;
+    };
+    let (ours, mut peer) = tcp_pair();
+    let data = random_bytes(1 << 20, 11);
+    let expected = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in data.chunks(10_000) {
+            peer.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        peer
+    });
+    let mut received = Vec::new();
+    let mut events = [Event::default(); 1];
+    let mut token = 1u64;
+    let mut op = reactor.recv_multi(ours.as_raw_fd(), token).unwrap();
+    let start = Instant::now();
+    while received.len() < expected.len() {
+        assert!(start.elapsed() < LIMIT);
+        let n = reactor
+            .poll(Some(Duration::from_millis(100)), &mut events)
+            .unwrap();
+        for ev in &events[..n] {
+            assert_eq!(ev.token, token, "event for a cancelled recv");
+            assert!(ev.result > 0);
+            received.extend_from_slice(reactor.event_data(ev).unwrap());
+            // Pause and resume after every third chunk, often with bytes still queued.
+            if received.len() % 3 == 0 || ev.aux % 3 == 0 {
+                reactor.cancel(op).unwrap();
+                token += 1;
+                op = reactor.recv_multi(ours.as_raw_fd(), token).unwrap();
+            }
+        }
+    }
+    let _peer = writer.join().unwrap();
+    assert!(
+        received == expected,
+        "bytes lost or reordered across cancel/re-arm"
+    );
+    assert!(token > 10, "the test paused reading only {token} times");
+
+    // A paused socket closed behind the reactor's back: its bytes never reach a new socket that
+    // reuses the fd number.
+    let (a, mut a_peer) = tcp_pair();
+    let op = reactor.recv_multi(a.as_raw_fd(), 100).unwrap();
+    a_peer.write_all(&[0xee; 5000]).unwrap();
+    let mut got = 0;
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        got += batch.len();
+        got > 0
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    reactor.cancel(op).unwrap();
+    let old_fd = a.as_raw_fd();
+    let (fresh, mut b_peer) = tcp_pair();
+    drop(a);
+    // A new connection under the old fd number: dup2 makes the freed `old_fd` a second fd for
+    // `fresh`'s socket.
+    // SAFETY: `old_fd` is free (just closed) and the new OwnedFd is its only owner.
+    let b = unsafe { OwnedFd::from_raw_fd(libc::dup2(fresh.as_raw_fd(), old_fd)) };
+    assert_eq!(b.as_raw_fd(), old_fd);
+    drop(fresh);
+    reactor.recv_multi(b.as_raw_fd(), 101).unwrap();
+    b_peer.write_all(b"fresh").unwrap();
+    let mut bytes = Vec::new();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            assert_eq!(ev.token, 101);
+            let Some(data) = r.event_data(ev) else {
+                panic!("unexpected {ev:?}")
+            };
+            bytes.extend_from_slice(data);
+        }
+        bytes.len() >= 5
+    });
+    assert_eq!(
+        bytes, b"fresh",
+        "stale bytes of a closed socket leaked into a new one"
+    );
+}
+
 fn poll_in_forked_child_is_an_error(choice: BackendChoice) {
     let Some(mut reactor) = make(choice, Options::default()) else {
         return;
@@ -1234,6 +1324,10 @@ macro_rules! suite {
             #[test]
             fn drop_with_ops_in_flight() {
                 super::drop_with_ops_in_flight($choice);
+            }
+            #[test]
+            fn cancel_and_rearm_recv_loses_nothing() {
+                super::cancel_and_rearm_recv_loses_nothing($choice);
             }
             #[test]
             fn poll_in_forked_child_is_an_error() {

@@ -425,20 +425,44 @@ impl Epoll {
         }
     }
 
-    fn purge_ready(&mut self, key: u64, closes_fds: bool) {
-        let free = &mut self.free;
-        self.ready.retain(|(k, event)| {
-            if *k != key {
-                return true;
+    /// Drops queued events of a cancelled op, giving back what they held: received bytes go to
+    /// the fd's stash (a stream must not lose them), accepted fds nobody saw are closed.
+    fn purge_ready(&mut self, key: u64, fd: RawFd, is_recv: bool, is_accept: bool) {
+        let mut i = 0;
+        while i < self.ready.len() {
+            if self.ready[i].0 != key {
+                i += 1;
+                continue;
             }
+            let Some((_, event)) = self.ready.remove(i) else {
+                break;
+            };
             if event.flags & flags::BUFFER != 0 {
-                free.push(event.aux as u16);
-            } else if closes_fds && event.result >= 0 {
+                let bid = event.aux as u16;
+                if !(is_recv && self.fds.stash(fd, bid, event.result)) {
+                    self.free.push(bid);
+                }
+            } else if is_accept && event.result >= 0 {
                 // SAFETY: an accepted fd the caller never saw; the reactor owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(event.result) });
             }
-            false
-        });
+        }
+    }
+
+    /// Delivers the stash of `fd` (see `FdEntry`) as the first events of recv `key`, or recycles
+    /// it when `fd` is no longer the socket it came from (or `key` is `None`: the fd is closing).
+    fn unstash(&mut self, fd: RawFd, key: Option<u64>, token: u64) {
+        let Some((stash, same_socket)) = self.fds.take_stash(fd) else {
+            return;
+        };
+        for (bid, len) in stash {
+            match key {
+                Some(key) if same_socket => {
+                    self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid))
+                }
+                _ => self.free.push(bid),
+            }
+        }
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
@@ -553,7 +577,10 @@ impl Backend for Epoll {
     }
 
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
-        self.start(fd, token, Kind::Recv)
+        let key = self.start(fd, token, Kind::Recv)?;
+        // Bytes an earlier, cancelled recv on this socket took out of it come first.
+        self.unstash(fd, Some(key), token);
+        Ok(key)
     }
 
     unsafe fn send(
@@ -615,6 +642,7 @@ impl Backend for Epoll {
         }
         keys.clear();
         self.scratch = keys;
+        self.unstash(raw, None, token);
         let result = match nix::unistd::close(fd.into_raw_fd()) {
             Ok(()) => 0,
             Err(errno) => neg_errno_of(errno),
@@ -632,13 +660,17 @@ impl Backend for Epoll {
             return false;
         };
         let token = op.token;
-        let closes_fds = matches!(op.kind, Kind::Accept);
+        let (fd, is_recv, is_accept) = (
+            op.fd,
+            matches!(op.kind, Kind::Recv),
+            matches!(op.kind, Kind::Accept),
+        );
         let send_result = match op.kind {
             Kind::Send { sent, .. } if sent > 0 => Some(sent.min(i32::MAX as usize) as i32),
             Kind::Send { .. } => Some(-libc::ECANCELED),
             _ => None,
         };
-        self.purge_ready(key, closes_fds);
+        self.purge_ready(key, fd, is_recv, is_accept);
         if let Some(result) = send_result {
             // The one final event a send owes; the caller's memory is no longer read.
             self.emit(0, token, result, 0, 0);
@@ -673,7 +705,8 @@ impl Drop for Epoll {
         self.ops
             .keys_where(&mut keys, |op| matches!(op.kind, Kind::Accept));
         for &key in &keys {
-            self.purge_ready(key, true);
+            let fd = self.ops.get(key).map_or(-1, |op| op.fd);
+            self.purge_ready(key, fd, false, true);
         }
     }
 }

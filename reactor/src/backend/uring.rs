@@ -33,7 +33,7 @@ use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use super::{accept_error_is_transient, ready_bits, Backend};
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable};
-use crate::sys::{errno_of, fork_generation, forked_child_error};
+use crate::sys::{errno_of, file_identity, fork_generation, forked_child_error};
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
 
@@ -96,6 +96,9 @@ struct Op {
     armed: bool,
     /// Cancelled by the caller: later completions are swallowed.
     cancelled: bool,
+    /// For a recv cancelled while armed: the socket's identity at cancel time, so bytes that
+    /// race with the cancel are kept only while the fd still names that socket.
+    identity: Option<(u64, u64)>,
 }
 
 impl Op {
@@ -374,6 +377,7 @@ impl Uring {
             kind,
             armed: false,
             cancelled: false,
+            identity: None,
         };
         let (counted, indexed) = (op.counted(), op.indexed());
         let key = self.ops.insert(op);
@@ -497,9 +501,16 @@ impl Uring {
                 _ => None,
             };
             let accepted_fd = matches!(op.kind, Kind::Accept) && res >= 0;
-            let still_armed = op.armed;
+            let received = matches!(op.kind, Kind::Recv) && res > 0;
+            let (fd, still_armed, identity) = (op.fd, op.armed, op.identity);
             if let Some(bid) = buffer {
-                self.pool.lend(bid);
+                if received {
+                    // Bytes that raced with the cancel: already out of the socket, so they go
+                    // to the next recv on it (see `FdEntry`), in order.
+                    self.keep_received(fd, identity, bid, res);
+                } else {
+                    self.pool.lend(bid);
+                }
             }
             if accepted_fd {
                 // SAFETY: a connection accepted after the caller cancelled; nobody else knows
@@ -755,20 +766,67 @@ impl Uring {
     }
 
     /// Drops queued events of a cancelled op, giving back what they held.
-    fn purge_ready(&mut self, key: u64, closes_fds: bool) {
-        let pool = &mut self.pool;
-        self.ready.retain(|(k, event)| {
-            if *k != key {
-                return true;
+    /// Drops queued events of a cancelled op, giving back what they held: received bytes go to
+    /// the fd's stash (a stream must not lose them), accepted fds nobody saw are closed.
+    fn purge_ready(&mut self, key: u64, fd: RawFd, is_recv: bool, is_accept: bool) {
+        let mut i = 0;
+        while i < self.ready.len() {
+            if self.ready[i].0 != key {
+                i += 1;
+                continue;
             }
+            let Some((_, event)) = self.ready.remove(i) else {
+                break;
+            };
             if event.flags & flags::BUFFER != 0 {
-                pool.lend(event.aux as u16);
-            } else if closes_fds && event.result >= 0 {
+                let bid = event.aux as u16;
+                if !(is_recv && self.fds.stash(fd, bid, event.result)) {
+                    self.pool.lend(bid);
+                }
+            } else if is_accept && event.result >= 0 {
                 // SAFETY: an accepted fd the caller never saw; the reactor owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(event.result) });
             }
-            false
+        }
+    }
+
+    /// Hands bytes a cancelled recv received to the live recv on the same fd, if the caller
+    /// already started a new one (its events follow these in the CQ), or stashes them.
+    fn keep_received(&mut self, fd: RawFd, identity: Option<(u64, u64)>, bid: u16, len: i32) {
+        if identity.is_none() || file_identity(fd) != identity {
+            // The caller closed the socket: nobody can read these bytes any more.
+            self.pool.lend(bid);
+            return;
+        }
+        let live_recv = self.fds.get(fd).and_then(|entry| {
+            entry.ops.iter().copied().find(|&k| {
+                self.ops
+                    .get(k)
+                    .is_some_and(|op| matches!(op.kind, Kind::Recv) && !op.cancelled)
+            })
         });
+        if let Some(key) = live_recv {
+            let token = self.ops.get(key).map_or(0, |op| op.token);
+            self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid));
+        } else if !self.fds.stash(fd, bid, len) {
+            self.pool.lend(bid);
+        }
+    }
+
+    /// Delivers the stash of `fd` (see `FdEntry`) as the first events of recv `key`, or recycles
+    /// it when `fd` is no longer the socket it came from (or `key` is `None`: the fd is closing).
+    fn unstash(&mut self, fd: RawFd, key: Option<u64>, token: u64) {
+        let Some((stash, same_socket)) = self.fds.take_stash(fd) else {
+            return;
+        };
+        for (bid, len) in stash {
+            match key {
+                Some(key) if same_socket => {
+                    self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid))
+                }
+                _ => self.pool.lend(bid),
+            }
+        }
     }
 }
 
@@ -835,7 +893,10 @@ impl Backend for Uring {
     }
 
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
-        self.start(fd, token, Kind::Recv)
+        let key = self.start(fd, token, Kind::Recv)?;
+        // Bytes an earlier, cancelled recv on this socket took out of it come first.
+        self.unstash(fd, Some(key), token);
+        Ok(key)
     }
 
     unsafe fn send(
@@ -860,6 +921,7 @@ impl Backend for Uring {
             kind: Kind::Send { buf, len, sent: 0 },
             armed: false,
             cancelled: false,
+            identity: None,
         };
         let key = self.ops.insert(op);
         self.fds.add_op(fd, key);
@@ -910,6 +972,7 @@ impl Backend for Uring {
         }
         keys.clear();
         self.scratch = keys;
+        self.unstash(raw, None, token);
         // The kernel closes the fd from here on; a request still holding the file keeps only the
         // file, not the fd number.
         let raw = fd.into_raw_fd();
@@ -933,11 +996,18 @@ impl Backend for Uring {
         }
         op.cancelled = true;
         let armed = op.armed;
-        let closes_fds = matches!(op.kind, Kind::Accept);
+        if armed && matches!(op.kind, Kind::Recv) {
+            op.identity = file_identity(op.fd);
+        }
+        let (fd, is_recv, is_accept) = (
+            op.fd,
+            matches!(op.kind, Kind::Recv),
+            matches!(op.kind, Kind::Accept),
+        );
         let queued_send = matches!(op.kind, Kind::Send { .. }) && !armed;
         let token = op.token;
         self.live -= 1;
-        self.purge_ready(key, closes_fds);
+        self.purge_ready(key, fd, is_recv, is_accept);
         if armed {
             let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
             // If even this cannot be queued the ring is broken; the op's completion (whenever it
