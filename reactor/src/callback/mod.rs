@@ -1113,6 +1113,10 @@ impl EventLoop {
 
     /// Calls `f` whenever `fd` is readable (persistent, level-triggered: once per iteration while
     /// readable; error and hang-up count as readable). Adding again replaces the callback.
+    ///
+    /// As in asyncio, remove the watch before closing `fd` any other way than
+    /// [`EventLoop::close`]: the watch belongs to the open file, and a new file that reuses the fd
+    /// number would otherwise inherit a dead watch.
     pub fn add_reader(
         &mut self,
         fd: RawFd,

@@ -16,7 +16,8 @@ use super::handler::Handler;
 pub struct TimerHandle(u64);
 
 impl TimerHandle {
-    /// The handle as a plain integer, for the C ABI. Never `0`.
+    /// The handle as a plain integer, for the C ABI. Never `0`, and the top four bits are always
+    /// clear (the generation has 28 bits), so an embedder may tag handles with them.
     pub const fn into_raw(self) -> u64 {
         self.0
     }
