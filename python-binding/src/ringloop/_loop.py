@@ -61,7 +61,13 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # Readiness-mode transports recv() into this and copy out what arrived (one loop thread,
         # and every read is copied before the next one starts).
         self._recv_scratch = memoryview(bytearray(RingStreamTransport.max_size))
-        selector = RingSelector(reactor, self._handlers, self._new_token, self._dispatch_error)
+        selector = RingSelector(
+            reactor,
+            self._handlers,
+            self._new_token,
+            self._dispatch_error,
+            flush_cancels=not self._multishot_recv,
+        )
         try:
             super().__init__(selector)
         except BaseException:

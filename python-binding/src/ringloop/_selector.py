@@ -51,11 +51,18 @@ class RingSelector(selectors.BaseSelector):
         handlers: Dict[int, Any],
         new_token: Callable[[], int],
         on_error: Callable[[BaseException, Any], None],
+        flush_cancels: bool = False,
     ) -> None:
         self._reactor = reactor
         self._handlers = handlers
         self._new_token = new_token
         self._on_error = on_error
+        # io_uring keeps a cancelled poll (and its reference to the file) alive until the cancel
+        # reaches the kernel: without a flush, a socket closed right after remove_reader() stays
+        # open, and e.g. a closed listener answers connects with RST instead of refusing them.
+        # A flush also recycles the receive buffers of the last poll, so the loop enables this
+        # only where it uses no multishot receive.
+        self._flush_cancels = flush_cancels
         self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
         # fd -> [read (token, op) or None, write (token, op) or None]
         self._watches: Dict[int, List[Optional[Tuple[int, int]]]] = {}
@@ -109,6 +116,8 @@ class RingSelector(selectors.BaseSelector):
         read, write = self._watches.pop(fd)
         self._disarm(read)
         self._disarm(write)
+        if self._flush_cancels:
+            self._reactor.flush()
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -126,6 +135,8 @@ class RingSelector(selectors.BaseSelector):
             elif not wanted and slots[index] is not None:
                 armed, slots[index] = slots[index], None
                 self._disarm(armed)
+                if self._flush_cancels:
+                    self._reactor.flush()
         key = selectors.SelectorKey(key.fileobj, fd, events, data)
         self._fd_to_key[fd] = key
         return key

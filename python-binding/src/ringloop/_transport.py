@@ -105,6 +105,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._empty_waiter: Optional[futures.Future] = None
 
         self._protocol_connected = False
+        self._buffered = False
         self._deliver = self._deliver_data
         self.set_protocol(protocol)
 
@@ -148,10 +149,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
     # -- protocol --------------------------------------------------------------------------
 
     def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
-        if isinstance(protocol, protocols.BufferedProtocol):
-            self._deliver = self._deliver_buffered
-        else:
-            self._deliver = self._deliver_data
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._deliver = self._deliver_buffered if self._buffered else self._deliver_data
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -211,6 +210,10 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if op is not None:
             try:
                 self._reactor.cancel(op)
+                if not self._multishot:
+                    # Let the kernel drop the watch (and its file reference) now, so that a
+                    # close() right after really closes the socket (see RingSelector).
+                    self._reactor.flush()
             except RuntimeError:
                 pass  # the loop is gone: nothing left to cancel
 
@@ -247,7 +250,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         # Readiness mode: one recv() per readiness event, exactly as the selector transport.
         if self._closing or self._paused or self._recv_op is None:
             return
-        if self._deliver is self._deliver_buffered:
+        if self._buffered:
             self._read_into_protocol_buffer()
             return
         # Into the loop's scratch buffer, then one exact-size copy: recv(max_size) would
