@@ -1156,6 +1156,48 @@ fn poll_raw_returns_only_raw_events(choice: BackendChoice) {
     assert!(woke);
 }
 
+fn poll_raw_with_a_tiny_array_loses_nothing(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let pairs: Vec<(OwnedFd, OwnedFd)> = (0..6).map(|_| pair()).collect();
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        lp.reactor_mut()
+            .recv_multi(a.as_raw_fd(), 100 + i as u64)
+            .unwrap();
+        write_fd(b, format!("message {i}").as_bytes());
+    }
+    // Callback-mode work runs even through an empty array.
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    lp.call_soon(move |_| r.set(true)).unwrap();
+    assert_eq!(lp.poll_raw(Some(Duration::ZERO), &mut []).unwrap(), 0);
+    assert!(ran.get());
+    let mut got: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut one = [Event::default(); 1];
+    let start = Instant::now();
+    while got.len() < pairs.len() {
+        assert!(start.elapsed() < Duration::from_secs(30), "got {got:?}");
+        if lp
+            .poll_raw(Some(Duration::from_millis(50)), &mut one)
+            .unwrap()
+            == 1
+        {
+            let ev = one[0];
+            if ev.token == u64::MAX {
+                continue;
+            }
+            assert_ne!(ev.flags & flags::BUFFER, 0);
+            let data = lp
+                .event_data(&ev)
+                .expect("the buffer is still valid")
+                .to_vec();
+            got.entry(ev.token).or_default().extend_from_slice(&data);
+        }
+    }
+    for i in 0..pairs.len() {
+        assert_eq!(got[&(100 + i as u64)], format!("message {i}").as_bytes());
+    }
+}
+
 fn raw_buffer_events_seen_by_run_wait_for_poll_raw(choice: BackendChoice) {
     let Some(mut lp) = make(choice) else { return };
     let (a, b) = pair();
@@ -1536,6 +1578,7 @@ suite!(
     run_in_thread_results,
     signal_handler_runs_on_the_loop,
     poll_raw_returns_only_raw_events,
+    poll_raw_with_a_tiny_array_loses_nothing,
     raw_buffer_events_seen_by_run_wait_for_poll_raw,
     raw_callbacks_echo,
     raw_forms_of_futures_pool_and_threadsafe_calls,

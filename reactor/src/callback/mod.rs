@@ -738,7 +738,9 @@ impl EventLoop {
     /// the loop's own events to their callbacks and writes only raw-mode events (and wake events)
     /// to `events`; returns how many. The wait is shortened to the loop's next timer deadline, or
     /// skipped when callbacks are ready, so `Ok(0)` is possible before `timeout` elapsed. Buffers
-    /// named by the returned events stay valid until the next `poll_raw`.
+    /// named by the returned events stay valid until the next `poll_raw`. Raw events that do not
+    /// fit in `events` are kept, in order, and returned by the next call without waiting (so
+    /// their buffers stay valid too); an empty `events` still runs callback-mode work.
     ///
     /// Errors: a [`StateError`] from inside a callback or on a closed loop; the reactor's error.
     pub fn poll_raw(
@@ -783,21 +785,30 @@ impl EventLoop {
         } else {
             timeout
         };
-        let n = self.reactor.poll(wait, events)?;
-        self.update_time();
-        if n > self.batch.len() {
-            self.batch.resize(n, Event::default());
+        // Polled into the loop's own batch, not straight into `events`: the loop's events must be
+        // collected even when `events` is tiny (or empty), and raw events that do not fit are
+        // kept, in order, for the next call — which returns them without polling, so the buffers
+        // they name stay valid.
+        let capacity = self.batch.len().max(events.len());
+        if self.batch.len() < capacity {
+            self.batch.resize(capacity, Event::default());
         }
+        let n = self.reactor.poll(wait, &mut self.batch)?;
+        self.update_time();
         let mut kept = 0;
         let mut ours = 0;
         for i in 0..n {
-            let event = events[i];
+            let event = self.batch[i];
             if event.token != self.wake_token && event.token & TOKEN_RESERVED != 0 {
+                // Compacted in place: `ours <= i`, so nothing unread is overwritten.
                 self.batch[ours] = event;
                 ours += 1;
-            } else {
+            } else if kept < events.len() {
                 events[kept] = event;
                 kept += 1;
+            } else {
+                self.held_buffer |= event.flags & flags::BUFFER != 0;
+                self.held_raw.push_back(event);
             }
         }
         self.batch_len = ours;
@@ -809,10 +820,11 @@ impl EventLoop {
             self.run_ready();
         }));
         if let Err(panic) = dispatched {
-            // The caller never learns `kept`: keep those events for the next poll_raw.
-            for &event in &events[..kept] {
+            // The caller never learns `kept`: keep those events, ahead of any already held, for
+            // the next poll_raw.
+            for &event in events[..kept].iter().rev() {
                 self.held_buffer |= event.flags & flags::BUFFER != 0;
-                self.held_raw.push_back(event);
+                self.held_raw.push_front(event);
             }
             resume_unwind(panic);
         }
