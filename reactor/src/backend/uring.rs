@@ -7,7 +7,8 @@
 //!   with at most one event per `poll` (multishot poll is edge-like, so it is not used).
 //! * Multishot recv draws from one provided-buffer ring (group 0) over the pool's mapping. A recv
 //!   that the kernel ends without an error the caller should see (ENOBUFS, CQ overflow) is re-armed
-//!   at the next `poll`, after lent buffers went back to the ring.
+//!   as soon as the ring holds buffers again (lent buffers go back at the start of each `poll`).
+//!   Completions of a cancelled recv that carry bytes go to the fd's stash (see `ops.rs`).
 //! * Accept is multishot with `SOCK_NONBLOCK | SOCK_CLOEXEC`; per-connection and resource errors
 //!   (EMFILE...) are reported with `MORE` and the accept is re-armed at the next `poll`.
 //! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
