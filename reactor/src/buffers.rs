@@ -2,6 +2,10 @@
 //! never changes (bindings map it once), plus the list of buffers lent to the caller by the last
 //! `poll`. How a free buffer reaches the kernel again is the backend's business (io_uring: the
 //! provided-buffer ring; epoll: a free list).
+//!
+//! The pool is deliberately not `MADV_DONTFORK`: a forked child keeps a readable copy of bytes it
+//! was handed before the fork (the kernel only ever writes the parent's pages), instead of a hole
+//! that faults. The rings themselves are `dontfork` (see the io_uring backend).
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -30,7 +34,9 @@ impl Mapping {
                 None,
                 len,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+                // Not populated: a reactor that never receives much never pays for the whole
+                // pool, and the pages fault in once, on first use.
+                MapFlags::MAP_PRIVATE,
             )
         }
         .map_err(from_nix)?;
