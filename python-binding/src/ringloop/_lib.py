@@ -129,6 +129,10 @@ class Library:
             func.restype = restype
             func.argtypes = argtypes
             setattr(self, name, func)
+        # rl_poll with a zero timeout never blocks: that call may keep the GIL.
+        self.rl_poll_nowait = pydll.rl_poll
+        self.rl_poll_nowait.restype = _SIGNATURES["rl_poll"][0]
+        self.rl_poll_nowait.argtypes = _SIGNATURES["rl_poll"][1]
         self.version = self.rl_version()
 
     def strerror(self, code: int) -> str:
@@ -254,6 +258,7 @@ class Reactor:
         self._out_addr = ctypes.addressof(self._out)
 
         self._poll = lib.rl_poll
+        self._poll_nowait = lib.rl_poll_nowait
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
         self._send = lib.rl_op_send
@@ -292,7 +297,8 @@ class Reactor:
 
     def poll(self, timeout_ns: int) -> int:
         """Waits up to ``timeout_ns`` (``-1`` forever, ``0`` not at all); returns the event count."""
-        n = self._poll(self._handle, timeout_ns, self._event_addr, self.capacity)
+        poll = self._poll_nowait if timeout_ns == 0 else self._poll
+        n = poll(self._handle, timeout_ns, self._event_addr, self.capacity)
         if n < 0:
             if n == -4:  # EINTR: a signal arrived; the loop runs its handlers and polls again
                 return 0
@@ -303,7 +309,7 @@ class Reactor:
         """Hands queued submissions (cancellations above all) to the kernel now, without waiting
         and without taking events: they stay queued for the next :meth:`poll`. This also recycles
         the receive buffers of the previous poll, so call it only when none is still unread."""
-        rc = self._poll(self._handle, 0, None, 0)
+        rc = self._poll_nowait(self._handle, 0, None, 0)
         if rc < 0 and rc != -4:
             raise self._lib.error(rc)
 

@@ -177,9 +177,11 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        if self._held:
-            # Data that arrived after the pause goes first, on the loop's next turn (asyncio
-            # never calls back into the protocol from resume_reading() itself).
+        if self._held or self._multishot:
+            # On the loop's next turn: data that arrived after the pause goes first (asyncio
+            # never calls back into the protocol from resume_reading() itself), and the new
+            # multishot receive is armed only once every event of the cancelled one (same
+            # token) has been dispatched.
             self._loop.call_soon(self._start_reading)
         else:
             self._start_reading()
