@@ -13,6 +13,7 @@ directory, so a library already built by ``cargo build --release`` is reused.
 """
 
 import os
+import tomllib
 
 from setuptools import setup
 from setuptools_rust import Binding, RustExtension, build_rust
@@ -30,6 +31,21 @@ class build_rust_c_library(build_rust):
         return os.path.join(os.path.dirname(extension_module_path), library_name)
 
 
+def crate_type_args():
+    """``--crate-type`` for every crate type the manifest declares, in its order.
+
+    setuptools-rust builds with ``cargo rustc --lib --crate-type cdylib`` unless crate types are
+    given. Asking for exactly the manifest's crate types makes the build the same cargo unit as
+    ``cargo build --release``, so a library already built by the workspace build is reused
+    ("Fresh") instead of recompiled, and the two builds do not keep invalidating each other.
+    """
+    with open(os.path.join(HERE, FFI_MANIFEST), "rb") as manifest:
+        crate_types = tomllib.load(manifest).get("lib", {}).get("crate-type", ["cdylib"])
+    if "cdylib" not in crate_types:
+        raise SystemExit(f"ringloop: {FFI_MANIFEST} must build a cdylib (crate-type = {crate_types})")
+    return [arg for crate_type in crate_types for arg in ("--crate-type", crate_type)]
+
+
 def rust_extensions():
     if not os.path.exists(os.path.join(HERE, FFI_MANIFEST)):
         raise SystemExit(
@@ -43,6 +59,7 @@ def rust_extensions():
             "ringloop.libringloop",
             path=FFI_MANIFEST,
             binding=Binding.NoBinding,
+            args=crate_type_args(),
             # The library is the release build whatever the Python build's debug flag says;
             # SETUPTOOLS_RUST_CARGO_PROFILE still selects another cargo profile if set.
             debug=False,

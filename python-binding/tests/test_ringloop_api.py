@@ -162,3 +162,55 @@ def test_a_loop_refuses_to_run_in_a_forked_child(ringloop):
         loop.close()
     """
     assert run_python(code) == "42"
+
+
+def _other_interpreters():
+    """CPython interpreters other than this one, found on PATH or under pyenv (3.11 and newer)."""
+    import glob
+    import shutil
+
+    found = {}
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(11, 16)]
+    candidates += glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[1-5]*/bin/python3"))
+    for path in filter(None, candidates):
+        try:
+            version = subprocess.run(
+                [path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True, text=True, timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version and version != "%d.%d" % sys.version_info[:2]:
+            found.setdefault(version, path)
+    return sorted(found.items())
+
+
+@pytest.mark.parametrize("version,interpreter", _other_interpreters() or [pytest.param(None, None, marks=pytest.mark.skip(reason="no other CPython >= 3.11 installed"))])
+def test_install_run_and_policy_on_other_python_versions(ringloop, tmp_path, version, interpreter):
+    # The package is pure Python plus a C library loaded by ctypes: the same installed files serve
+    # every CPython version. Expose only the ringloop package to the other interpreter.
+    package_dir = os.path.dirname(ringloop.__file__)
+    os.symlink(package_dir, tmp_path / "ringloop")
+    code = textwrap.dedent("""
+        import asyncio, sys, warnings
+        import ringloop
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+        print(ringloop.run(main()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ringloop.install()
+            loop = asyncio.new_event_loop()
+        print(type(loop).__name__)
+        loop.close()
+        print(any(issubclass(w.category, DeprecationWarning) for w in caught))
+    """)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    environment["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run([interpreter, "-c", code], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run_loop, policy_loop, deprecated = result.stdout.split()
+    assert run_loop == "Loop" and policy_loop == "Loop"
+    major, minor = map(int, version.split("."))
+    # install() (and from 3.14 the policy API itself) is deprecated from 3.12, as uvloop's is.
+    assert deprecated == str((major, minor) >= (3, 12))

@@ -673,3 +673,34 @@ def test_no_fd_leak_after_many_servers_and_connections(loop_factory):
     finally:
         loop.close()
     assert open_fds() == before
+
+
+def test_unreferenced_open_transport_emits_a_resource_warning_and_closes_its_socket(loop):
+    import gc
+    import warnings
+
+    async def main():
+        server, address = await start_echo_server(loop)
+        transport, protocol = await loop.create_connection(asyncio.Protocol, *address)
+        # While reading, the loop itself references the transport; paused, nothing does.
+        transport.pause_reading()
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno()
+        inode = os.fstat(fd).st_ino
+        await asyncio.sleep(0.01)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del transport, protocol, sock
+            gc.collect()
+        server.close()
+        await server.wait_closed()
+        return fd, inode, caught
+
+    fd, inode, caught = run(loop, main())
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any("unclosed transport" in m for m in messages), messages
+    try:
+        still_open = os.fstat(fd).st_ino == inode
+    except OSError:
+        still_open = False
+    assert not still_open, "the socket of the collected transport was leaked"
