@@ -1170,6 +1170,69 @@ fn cancel_and_rearm_recv_loses_nothing(choice: BackendChoice) {
     );
 }
 
+/// Cancel and close take effect in the kernel before they return: no `poll` is needed for the
+/// socket to really close (io_uring requests hold a reference to their file until cancelled).
+fn cancel_and_close_act_without_poll(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let expect_eof = |peer: &mut TcpStream, what: &str| {
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            peer.read(&mut buf).unwrap(),
+            0,
+            "{what}: the socket is still open"
+        );
+    };
+    let (ours, mut peer) = tcp_pair();
+    let watch = reactor
+        .watch(ours.as_raw_fd(), Interest::READABLE, 1)
+        .unwrap();
+    let recv = reactor.recv_multi(ours.as_raw_fd(), 2).unwrap();
+    let _ = reactor
+        .poll(Some(Duration::ZERO), &mut [Event::default(); 4])
+        .unwrap();
+    reactor.cancel(watch).unwrap();
+    reactor.cancel(recv).unwrap();
+    drop(ours);
+    expect_eof(&mut peer, "cancel");
+
+    let (ours, mut peer) = tcp_pair();
+    reactor.recv_multi(ours.as_raw_fd(), 3).unwrap();
+    let _ = reactor
+        .poll(Some(Duration::ZERO), &mut [Event::default(); 4])
+        .unwrap();
+    reactor.close(ours, 4).unwrap();
+    expect_eof(&mut peer, "close");
+    let seen = poll_for(&mut reactor, Duration::from_millis(20));
+    assert_eq!(
+        seen,
+        vec![Event {
+            token: 4,
+            result: 0,
+            flags: 0,
+            aux: 0
+        }]
+    );
+
+    let listener = listener();
+    let addr = listener.local_addr().unwrap();
+    assert_eq!(reactor.cancel_token(99), 0);
+    reactor.accept_multi(listener.as_raw_fd(), 99).unwrap();
+    let _ = reactor
+        .poll(Some(Duration::ZERO), &mut [Event::default(); 4])
+        .unwrap();
+    assert_eq!(reactor.cancel_token(99), 1);
+    drop(listener);
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the listener is still open"
+    );
+}
+
 fn poll_in_forked_child_is_an_error(choice: BackendChoice) {
     let Some(mut reactor) = make(choice, Options::default()) else {
         return;
@@ -1182,10 +1245,19 @@ fn poll_in_forked_child_is_an_error(choice: BackendChoice) {
     assert!(pid >= 0);
     if pid == 0 {
         let mut events = [Event::default(); 4];
-        let code = match reactor.poll(Some(Duration::ZERO), &mut events) {
+        let mut code = match reactor.poll(Some(Duration::ZERO), &mut events) {
             Err(err) if err.to_string().contains("fork") => 0,
             _ => 1,
         };
+        // Starting or cancelling ops must neither crash (the parent's rings are not mapped here on
+        // io_uring) nor change the parent's registrations (the epoll set is shared).
+        let (c, _d) = UnixStream::pair().unwrap();
+        if choice == BackendChoice::IoUring
+            && reactor.watch(c.as_raw_fd(), Interest::READABLE, 2).is_ok()
+        {
+            code = 2;
+        }
+        let _ = reactor.cancel_token(1);
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
@@ -1328,6 +1400,10 @@ macro_rules! suite {
             #[test]
             fn cancel_and_rearm_recv_loses_nothing() {
                 super::cancel_and_rearm_recv_loses_nothing($choice);
+            }
+            #[test]
+            fn cancel_and_close_act_without_poll() {
+                super::cancel_and_close_act_without_poll($choice);
             }
             #[test]
             fn poll_in_forked_child_is_an_error() {

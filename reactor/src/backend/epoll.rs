@@ -122,6 +122,10 @@ impl Epoll {
     }
 
     fn ctl(&self, op: i32, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        if self.fork_generation != fork_generation() {
+            // The epoll set is shared with the parent: a child must not change it.
+            return Err(forked_child_error());
+        }
         let mut event = epoll_event(events, data);
         // SAFETY: plain syscall on our epoll fd; `event` lives across the call. A closed or
         // foreign `fd` only yields an error.

@@ -335,6 +335,10 @@ impl Uring {
 
     /// Queues `entry`, submitting first when the SQ is full.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        if self.fork_generation != fork_generation() {
+            // The rings are not mapped in a forked child (dontfork), and are the parent's anyway.
+            return Err(forked_child_error());
+        }
         loop {
             // SAFETY: every entry built here points only at memory that outlives its request: the
             // buffer ring and pool (freed after the ring), op-owned boxes (kept until the last
@@ -766,6 +770,53 @@ impl Uring {
         self.starved = keys;
     }
 
+    /// Cancels one op without submitting: callers batch several and then [`Uring::flush`].
+    fn cancel_op(&mut self, key: u64) -> bool {
+        let Some(op) = self.ops.get_mut(key) else {
+            return false;
+        };
+        if op.cancelled || matches!(op.kind, Kind::Wake) {
+            return false;
+        }
+        op.cancelled = true;
+        let armed = op.armed;
+        if armed && matches!(op.kind, Kind::Recv) {
+            op.identity = file_identity(op.fd);
+        }
+        let (fd, is_recv, is_accept) = (
+            op.fd,
+            matches!(op.kind, Kind::Recv),
+            matches!(op.kind, Kind::Accept),
+        );
+        let queued_send = matches!(op.kind, Kind::Send { .. }) && !armed;
+        let token = op.token;
+        self.live -= 1;
+        self.purge_ready(key, fd, is_recv, is_accept);
+        if armed {
+            let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
+            // If even this cannot be queued the ring is broken; the op's completion (whenever it
+            // comes) is swallowed because the op is marked cancelled.
+            let _ = self.push(&cancel);
+        } else {
+            if queued_send {
+                // Never reached the kernel: its one final event is due now.
+                self.emit(0, token, -libc::ECANCELED, 0, 0);
+            }
+            self.discard(key);
+        }
+        true
+    }
+
+    /// Submits queued SQEs now, so that cancels and closes take effect in the kernel before the
+    /// call that queued them returns (a cancelled poll or recv holds a reference to its file
+    /// until then; a caller closing the socket expects it really closed).
+    fn flush(&mut self) {
+        if self.fork_generation == fork_generation() && !self.ring.submission().is_empty() {
+            // A failure here leaves the entries queued for the next poll, which reports it.
+            let _ = self.submit_now();
+        }
+    }
+
     /// Drops queued events of a cancelled op, giving back what they held.
     /// Drops queued events of a cancelled op, giving back what they held: received bytes go to
     /// the fd's stash (a stream must not lose them), accepted fds nobody saw are closed.
@@ -969,7 +1020,7 @@ impl Backend for Uring {
         let mut keys = std::mem::take(&mut self.scratch);
         self.fds.ops_on(raw, &mut keys);
         for &key in &keys {
-            self.cancel(key);
+            self.cancel_op(key);
         }
         keys.clear();
         self.scratch = keys;
@@ -977,10 +1028,12 @@ impl Backend for Uring {
         // The kernel closes the fd from here on; a request still holding the file keeps only the
         // file, not the fd number.
         let raw = fd.into_raw_fd();
-        self.start(raw, token, Kind::Close).inspect_err(|_| {
+        let key = self.start(raw, token, Kind::Close).inspect_err(|_| {
             // SAFETY: the close request never reached the kernel, so the fd is still ours.
             drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        })
+        })?;
+        self.flush();
+        Ok(key)
     }
 
     fn signal(&mut self, signalfd: SignalFd, token: u64) -> io::Result<u64> {
@@ -989,39 +1042,11 @@ impl Backend for Uring {
     }
 
     fn cancel(&mut self, key: u64) -> bool {
-        let Some(op) = self.ops.get_mut(key) else {
-            return false;
-        };
-        if op.cancelled || matches!(op.kind, Kind::Wake) {
-            return false;
+        let found = self.cancel_op(key);
+        if found {
+            self.flush();
         }
-        op.cancelled = true;
-        let armed = op.armed;
-        if armed && matches!(op.kind, Kind::Recv) {
-            op.identity = file_identity(op.fd);
-        }
-        let (fd, is_recv, is_accept) = (
-            op.fd,
-            matches!(op.kind, Kind::Recv),
-            matches!(op.kind, Kind::Accept),
-        );
-        let queued_send = matches!(op.kind, Kind::Send { .. }) && !armed;
-        let token = op.token;
-        self.live -= 1;
-        self.purge_ready(key, fd, is_recv, is_accept);
-        if armed {
-            let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
-            // If even this cannot be queued the ring is broken; the op's completion (whenever it
-            // comes) is swallowed because the op is marked cancelled.
-            let _ = self.push(&cancel);
-        } else {
-            if queued_send {
-                // Never reached the kernel: its one final event is due now.
-                self.emit(0, token, -libc::ECANCELED, 0, 0);
-            }
-            self.discard(key);
-        }
-        true
+        found
     }
 
     fn cancel_token(&mut self, token: u64) -> usize {
@@ -1032,10 +1057,13 @@ impl Backend for Uring {
         });
         let mut count = 0;
         for &key in &keys {
-            count += usize::from(self.cancel(key));
+            count += usize::from(self.cancel_op(key));
         }
         keys.clear();
         self.scratch = keys;
+        if count > 0 {
+            self.flush();
+        }
         count
     }
 
@@ -1055,7 +1083,7 @@ impl Drop for Uring {
             keys.clear();
             self.ops.keys_where(&mut keys, |_| true);
             for &key in &keys {
-                if !self.cancel(key) {
+                if !self.cancel_op(key) {
                     // The internal wake read.
                     if let Some(op) = self.ops.get_mut(key) {
                         op.cancelled = true;
