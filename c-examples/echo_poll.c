@@ -6,7 +6,7 @@
  * Runs until SIGINT or SIGTERM, then closes every connection through the loop, frees the loop
  * and exits 0. Received data lives in loop-owned buffers only until the next rl_poll(), so it is
  * copied into a per-connection output queue; while a send is in flight, newer data waits in the
- * queue. A connection whose queue grows past HIGH_WATER stops receiving until it drains. */
+ * queue. A connection whose queue grows past MAX_QUEUED is dropped. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <signal.h>
@@ -14,7 +14,11 @@
 #include "example.h"
 
 #define MAX_CONNS 4096
-#define HIGH_WATER (1u << 20)
+/* A peer that sends without reading its echo would make the output queue grow without bound:
+ * past this many queued bytes the connection is dropped. (Receiving is not paused with a cancel
+ * instead: on io_uring a cancelled multishot receive may already have taken bytes from the socket
+ * that are then not delivered, which would corrupt the echoed stream.) */
+#define MAX_QUEUED (64u << 20)
 
 /* Token layout: kind in the low 8 bits, connection slot and generation above. */
 enum kind { K_ACCEPT = 1, K_SIGNAL, K_RECV, K_SEND, K_CLOSE };
@@ -31,7 +35,6 @@ struct conn {
     int closing;        /* rl_op_close submitted */
     int close_done;     /* its event arrived */
     int eof;            /* the peer finished sending: close once everything is echoed */
-    uint64_t recv_op;
     struct buf queue;   /* received, not yet handed to a send */
     struct buf sending; /* owned by the in-flight send (len > 0) */
 };
@@ -116,7 +119,7 @@ static void flush(rl_loop *loop, struct conn *c)
 
 static void start_recv(rl_loop *loop, struct conn *c)
 {
-    CHECK_RL(rl_op_recv(loop, c->fd, token_of(slot_index(c), K_RECV), &c->recv_op));
+    CHECK_RL(rl_op_recv(loop, c->fd, token_of(slot_index(c), K_RECV), NULL));
     c->receiving = 1;
 }
 
@@ -141,13 +144,13 @@ static void on_accept(rl_loop *loop, const rl_event *ev)
 static void on_recv(rl_loop *loop, struct conn *c, const rl_event *ev)
 {
     if (ev->result > 0) {
+        if (c->queue.len + (size_t)ev->result > MAX_QUEUED) {
+            fprintf(stderr, "echo_poll: peer does not read its echo, dropping it\n");
+            start_close(loop, c);
+            return;
+        }
         append(&c->queue, buffer_base + ev->aux * buffer_size, (size_t)ev->result);
         flush(loop, c);
-        if (c->queue.len > HIGH_WATER && c->receiving) {
-            /* Backpressure: stop reading until the peer takes what it has been sent. */
-            CHECK_RL(rl_op_cancel(loop, c->recv_op));
-            c->receiving = 0;
-        }
     }
     if (!(ev->flags & RL_EV_MORE) && c->receiving) {
         c->receiving = 0;
@@ -171,12 +174,8 @@ static void on_send(rl_loop *loop, struct conn *c, const rl_event *ev)
         return;
     }
     flush(loop, c);
-    if (c->eof) {
-        if (c->sending.len == 0)
-            start_close(loop, c);
-    } else if (!c->receiving && c->queue.len < HIGH_WATER / 2) {
-        start_recv(loop, c);
-    }
+    if (c->eof && c->sending.len == 0)
+        start_close(loop, c);
 }
 
 int main(int argc, char **argv)

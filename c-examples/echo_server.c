@@ -9,15 +9,19 @@
  *
  * Received bytes are valid only during the receive callback, so they are appended to the
  * connection's output queue; while a send is in flight, newer data waits there. A connection whose
- * queue grows past HIGH_WATER stops receiving until it drains (backpressure). After the peer's end
- * of stream the server echoes what it still holds, then closes. */
+ * queue grows past MAX_QUEUED is dropped. After the peer's end of stream the server echoes what it
+ * still holds, then closes. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <signal.h>
 
 #include "example.h"
 
-#define HIGH_WATER (1u << 20)
+/* A peer that sends without reading its echo would make the output queue grow without bound:
+ * past this many queued bytes the connection is dropped. (Receiving is not paused with a cancel
+ * instead: on io_uring a cancelled multishot receive may already have taken bytes from the socket
+ * that are then not delivered, which would corrupt the echoed stream.) */
+#define MAX_QUEUED (64u << 20)
 
 struct buf {
     unsigned char *data;
@@ -34,7 +38,6 @@ struct conn {
     int eof;            /* the peer finished sending: close once everything is echoed */
     int closing;        /* rl_close submitted */
     int close_done;     /* ... and its callback ran */
-    uint64_t recv_op;
     struct buf queue;   /* received, not yet handed to a send */
     struct buf sending; /* owned by the in-flight send while len > 0 */
 };
@@ -98,7 +101,7 @@ static void start_close(rl_loop *loop, struct conn *c)
 
 static void start_recv(rl_loop *loop, struct conn *c)
 {
-    CHECK_RL(rl_recv(loop, c->fd, on_recv, c, &c->recv_op));
+    CHECK_RL(rl_recv(loop, c->fd, on_recv, c, NULL));
     c->receiving = 1;
 }
 
@@ -119,13 +122,13 @@ static void on_recv(rl_loop *loop, const rl_outcome *o, void *data)
 {
     struct conn *c = data;
     if (o->nbytes > 0) {
+        if (c->queue.len + o->nbytes > MAX_QUEUED) {
+            fprintf(stderr, "echo_server: peer does not read its echo, dropping it\n");
+            start_close(loop, c);
+            return;
+        }
         append(&c->queue, o->bytes, o->nbytes);
         flush(loop, c);
-        if (c->queue.len > HIGH_WATER && c->receiving) {
-            /* The peer sends faster than it reads: stop receiving until the queue drains. */
-            CHECK_RL(rl_cancel(loop, c->recv_op));
-            c->receiving = 0;
-        }
     }
     if (!(o->flags & RL_EV_MORE) && c->receiving) {
         c->receiving = 0;
@@ -149,12 +152,8 @@ static void on_send(rl_loop *loop, const rl_outcome *o, void *data)
         return;
     }
     flush(loop, c);
-    if (c->eof) {
-        if (c->sending.len == 0)
-            start_close(loop, c);
-    } else if (!c->receiving && c->queue.len < HIGH_WATER / 2) {
-        start_recv(loop, c);
-    }
+    if (c->eof && c->sending.len == 0)
+        start_close(loop, c);
 }
 
 static void on_close(rl_loop *loop, const rl_outcome *o, void *data)
