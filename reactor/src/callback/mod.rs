@@ -268,6 +268,30 @@ struct Ready {
     future: Option<LoopFuture>,
 }
 
+/// Bytes a cancelled recv had already taken out of its socket (they were in the batch being
+/// dispatched when the cancel came). Cancelling a recv must not lose data, so they are delivered
+/// to the next recv started on the same socket, before anything it receives itself — the reactor
+/// does the same with bytes that race with a cancel in the kernel.
+struct Stash {
+    fd: RawFd,
+    /// The socket's identity when the bytes were stashed: a different file that reuses the fd
+    /// number (after a close the loop did not see) must not get them.
+    ident: Option<(u64, u64)>,
+    bytes: Vec<u8>,
+}
+
+/// `(device, inode)` of an open fd.
+fn file_ident(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`; fstat only writes it.
+    if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        Some((st.st_dev, st.st_ino))
+    } else {
+        None
+    }
+}
+
 /// A pending future with done-callbacks: the head and tail of its callback chain.
 struct Watched {
     future: LoopFuture,
@@ -322,6 +346,11 @@ pub struct EventLoop {
     batch: Vec<Event>,
     batch_len: usize,
     batch_pos: usize,
+    /// Recv ops cancelled since the current batch was polled: events of theirs still in the
+    /// batch carry bytes already out of the socket, which go to `stashes`.
+    cancelled_recvs: Vec<(Key, RawFd)>,
+    /// Bytes of cancelled recvs, handed first to the next recv on the same socket.
+    stashes: Vec<Stash>,
     /// Raw-mode events `run` collected, kept for the next `poll_raw`.
     held_raw: VecDeque<Event>,
     /// Whether `held_raw` has an event naming a receive buffer: the reactor must not be polled
@@ -376,6 +405,8 @@ impl EventLoop {
             batch: vec![Event::default(); BATCH],
             batch_len: 0,
             batch_pos: 0,
+            cancelled_recvs: Vec::new(),
+            stashes: Vec::new(),
             held_raw: VecDeque::new(),
             held_buffer: false,
             running: false,
@@ -546,6 +577,7 @@ impl EventLoop {
         let n = self.reactor.poll(timeout, &mut self.batch)?;
         self.batch_len = n;
         self.batch_pos = 0;
+        self.cancelled_recvs.clear();
         self.update_time();
         progress += self.dispatch_batch();
         progress += self.run_timers();
@@ -592,6 +624,9 @@ impl EventLoop {
             }
             handled += 1;
         }
+        if !self.stashes.is_empty() {
+            self.flush_stashes();
+        }
         handled
     }
 
@@ -601,16 +636,19 @@ impl EventLoop {
         };
         let more = event.flags & flags::MORE != 0;
         let Some(slot) = self.ops.get(key) else {
-            // The op ended earlier in this batch (cancelled or removed by a callback). An fd it
-            // accepted has no owner any more: close it rather than leak it.
-            if kind == OpKind::Accept && event.result >= 0 {
-                // SAFETY: the reactor hands each accepted fd to the accept's owner; that owner is
-                // gone, so nothing else holds or will close this fd.
-                drop(unsafe { OwnedFd::from_raw_fd(event.result) });
-            }
+            self.dispatch_stale(kind, key, event);
             return;
         };
         let fd = slot.fd;
+        if kind == OpKind::Recv && !self.stashes.is_empty() {
+            // Older bytes of this socket first. Their callback may cancel this recv, and then
+            // this event's bytes are stashed in turn.
+            self.deliver_stash(fd);
+            if !self.ops.contains(key) {
+                self.dispatch_stale(kind, key, event);
+                return;
+            }
+        }
         let last = match kind {
             OpKind::Reader | OpKind::Writer => event.result < 0 && !more,
             OpKind::Recv | OpKind::Accept | OpKind::Signal => !more,
@@ -640,6 +678,100 @@ impl EventLoop {
             }
         } else {
             self.call_persistent(key, &outcome);
+        }
+    }
+
+    /// An event of an op that ended earlier in this batch (cancelled or removed by a callback).
+    fn dispatch_stale(&mut self, kind: OpKind, key: Key, event: Event) {
+        match kind {
+            OpKind::Accept if event.result >= 0 => {
+                // SAFETY: the reactor hands each accepted fd to the accept's owner; that owner is
+                // gone, so nothing else holds or will close this fd.
+                drop(unsafe { OwnedFd::from_raw_fd(event.result) });
+            }
+            OpKind::Recv if event.result > 0 => {
+                let Some(&(_, fd)) = self.cancelled_recvs.iter().find(|(k, _)| *k == key) else {
+                    // Ended by a close: unread bytes of a closed socket are gone anyway.
+                    return;
+                };
+                let Some(data) = self.reactor.event_data(&event) else {
+                    return;
+                };
+                match self.stashes.iter_mut().find(|s| s.fd == fd) {
+                    Some(stash) => stash.bytes.extend_from_slice(data),
+                    None => self.stashes.push(Stash {
+                        fd,
+                        ident: file_ident(fd),
+                        bytes: data.to_vec(),
+                    }),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The live recv op on `fd`, if any.
+    fn live_recv_on(&mut self, fd: RawFd) -> Option<Key> {
+        let mut index = self.fd_entry_if_known(fd)?.head;
+        while index != NIL {
+            let slot = self.ops.get_index_mut(index)?;
+            if slot.kind == OpKind::Recv {
+                return self.ops.keys_at(index);
+            }
+            index = slot.next;
+        }
+        None
+    }
+
+    /// Hands the stash of `fd` to the live recv on `fd`, if both exist.
+    fn deliver_stash(&mut self, fd: RawFd) {
+        let Some(position) = self.stashes.iter().position(|s| s.fd == fd) else {
+            return;
+        };
+        let Some(key) = self.live_recv_on(fd) else {
+            return;
+        };
+        let stash = self.stashes.swap_remove(position);
+        if stash.ident.is_none() || stash.ident != file_ident(fd) {
+            // Another file now has this number: the bytes belong to nobody any more.
+            return;
+        }
+        for chunk in stash.bytes.chunks(i32::MAX as usize) {
+            let outcome = Outcome {
+                result: chunk.len() as i32,
+                fd,
+                bytes: chunk,
+                more: true,
+                future: None,
+            };
+            self.call_persistent(key, &outcome);
+            if !self.ops.contains(key) {
+                // Cancelled again while the stash was being delivered: keep the rest.
+                let delivered =
+                    chunk.as_ptr() as usize + chunk.len() - stash.bytes.as_ptr() as usize;
+                if delivered < stash.bytes.len() {
+                    self.stashes.push(Stash {
+                        fd,
+                        ident: stash.ident,
+                        bytes: stash.bytes[delivered..].to_vec(),
+                    });
+                }
+                return;
+            }
+        }
+    }
+
+    /// Delivers every stash whose socket has a live recv again.
+    fn flush_stashes(&mut self) {
+        let mut i = 0;
+        while i < self.stashes.len() {
+            let fd = self.stashes[i].fd;
+            if self.live_recv_on(fd).is_some() {
+                self.deliver_stash(fd);
+                // The stash at `i` was removed (swap_remove): look at `i` again.
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -794,6 +926,7 @@ impl EventLoop {
             self.batch.resize(capacity, Event::default());
         }
         let n = self.reactor.poll(wait, &mut self.batch)?;
+        self.cancelled_recvs.clear();
         self.update_time();
         let mut kept = 0;
         let mut ours = 0;
@@ -1390,11 +1523,17 @@ impl EventLoop {
         if let Some(entry) = self.fd_entry_if_known(fd) {
             *entry = EMPTY_FD;
         }
+        // Unread bytes of a socket being closed are discarded, as the kernel would.
+        self.stashes.retain(|s| s.fd != fd);
     }
 
     /// Cancels an op started with `accept*`, `recv*`, `send*`, `connect*`, `close*`. `true` if it
     /// was live. Takes effect at once — its callback is not called again — except for a send,
     /// whose callback still gets its final result once the kernel no longer reads the memory.
+    ///
+    /// Cancelling a recv loses no data: bytes it had already taken out of the socket are handed,
+    /// first and in order, to the next recv started on the same socket (a server can stop and
+    /// restart receiving for backpressure). Closing the socket discards them.
     pub fn cancel(&mut self, op: OpHandle) -> bool {
         let Some((kind, key)) = decode_token(op.0) else {
             return false;
@@ -1416,6 +1555,9 @@ impl EventLoop {
         }
         if let Some(slot) = self.remove_op(key) {
             let _ = self.reactor.cancel(slot.op);
+            if kind == OpKind::Recv {
+                self.cancelled_recvs.push((key, slot.fd));
+            }
         }
         true
     }
@@ -1724,6 +1866,8 @@ impl EventLoop {
         self.done_nodes.clear();
         self.held_raw.clear();
         self.held_buffer = false;
+        self.stashes.clear();
+        self.cancelled_recvs.clear();
         self.batch_len = 0;
         self.batch_pos = 0;
     }
