@@ -7,6 +7,8 @@
 //! was handed before the fork (the kernel only ever writes the parent's pages), instead of a hole
 //! that faults. The rings themselves are `dontfork` (see the io_uring backend).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;

@@ -30,6 +30,8 @@
 //!   reported as `-errno`); the reactor finishes short sends itself.
 //! * New fds (accept) are non-blocking and close-on-exec.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The one place where raw system-call results become [`io::Error`]s, plus the few process-wide
 //! facts the reactor needs (the monotonic clock, fork detection).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;

@@ -957,6 +957,7 @@ fn cancel_send_gives_one_final_event(choice: BackendChoice) {
     let small = b"queued behind".to_vec();
     // SAFETY: both buffers outlive the final events (checked below).
     let first = unsafe { reactor.send(ours.as_raw_fd(), big.as_ptr(), big.len(), 1) }.unwrap();
+    // SAFETY: as above.
     let second = unsafe { reactor.send(ours.as_raw_fd(), small.as_ptr(), small.len(), 2) }.unwrap();
     let _ = poll_for(&mut reactor, Duration::from_millis(30));
     reactor.cancel(first).unwrap();

@@ -22,6 +22,8 @@
 //!
 //! Keys returned by the op-starting methods are [`crate::OpId`] values (see `ops.rs`).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;

@@ -995,8 +995,8 @@ impl Backend for Uring {
 
     fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64> {
         let mut buf = self.spare_addrs.pop().unwrap_or_else(|| {
-            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             Box::new(SockAddrBuf {
+                // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
                 storage: unsafe { std::mem::zeroed() },
                 len: 0,
             })
