@@ -18,7 +18,6 @@ import itertools
 import os
 from asyncio import base_events, constants, events, sslproto, unix_events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
-from asyncio.log import logger
 from typing import Any, Callable, Dict, Optional
 
 from ._lib import WAKE_TOKEN, Reactor
@@ -205,10 +204,12 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         for _ in range(already_ready):
             self._run_timed(ready.popleft())
         t0 = self.time()
-        self._selector.dispatch_completions()
+        count = self._selector.dispatch_completions()
         dt = self.time() - t0
-        if dt >= self.slow_callback_duration:
-            logger.warning("Executing I/O completion callbacks took %.3f seconds", dt)
+        if count and dt >= self.slow_callback_duration:
+            base_events.logger.warning(
+                "Executing %d I/O completion callback(s) took %.3f seconds", count, dt
+            )
         for _ in range(ntodo - already_ready):
             self._run_timed(ready.popleft())
 
@@ -221,7 +222,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             handle._run()
             dt = self.time() - t0
             if dt >= self.slow_callback_duration:
-                logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+                # Looked up at call time, like BaseEventLoop (tests patch base_events.logger).
+                base_events.logger.warning(
+                    "Executing %s took %.3f seconds", _format_handle(handle), dt
+                )
         finally:
             self._current_handle = None
 

@@ -69,6 +69,11 @@ class RingSelector(selectors.BaseSelector):
         self._iter_unpack = EVENT_STRUCT.iter_unpack
         self._events = reactor.events
         self._completions: List[Tuple[int, int, int, int]] = []
+        #: Counts polls: lets a handler tell whether two events came from the same poll.
+        self.iteration = 0
+        #: True while dispatch_completions() runs: events of the batch may still be queued.
+        self.dispatching = False
+        self._retired: List[int] = []
         self._closed = False
 
     # -- registration ---------------------------------------------------------------------------
@@ -187,7 +192,14 @@ class RingSelector(selectors.BaseSelector):
         else:
             # Round up: waking a little early would only spin the loop once more.
             timeout_ns = math.ceil(timeout * 1e9)
+        retired = self._retired
+        if retired:
+            # The batch these handlers were kept for has been dispatched.
+            for token in retired:
+                self._handlers.pop(token, None)
+            retired.clear()
         n = self._reactor.poll(timeout_ns)
+        self.iteration += 1
         ready: List[Tuple[selectors.SelectorKey, int]] = []
         if not n:
             return ready
@@ -206,17 +218,25 @@ class RingSelector(selectors.BaseSelector):
                 completions.append(event)
         return ready
 
-    def dispatch_completions(self) -> None:
-        """Runs the handlers of the completion events the last :meth:`select` returned.
+    def retire(self, token: int) -> None:
+        """Unregisters ``token``'s handler once the current batch has been dispatched (for an op
+        cancelled while events of that batch may still be queued for it)."""
+        self._retired.append(token)
+
+    def dispatch_completions(self) -> int:
+        """Runs the handlers of the completion events the last :meth:`select` returned; returns
+        how many events there were.
 
         The handler is looked up again at dispatch time: one removed by an earlier handler of the
         same batch (a transport closed meanwhile) no longer receives events. Received buffers stay
         valid until the next ``select``.
         """
         completions = self._completions
-        if not completions:
-            return
+        count = len(completions)
+        if not count:
+            return 0
         handlers = self._handlers
+        self.dispatching = True
         try:
             for token, result, flags, aux in completions:
                 handler = handlers.get(token)
@@ -229,4 +249,6 @@ class RingSelector(selectors.BaseSelector):
                 except BaseException as exc:
                     self._on_error(exc, handler)
         finally:
+            self.dispatching = False
             completions.clear()
+        return count

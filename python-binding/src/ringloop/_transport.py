@@ -80,19 +80,23 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._buffer_size = loop._reactor.buffer_size
         self._handlers = loop._handlers
 
-        # Receiving: one token for the connection's lifetime, re-armed after pause_reading().
-        # Multishot receive where cancelling it (pause_reading) loses no bytes; elsewhere a
-        # readiness watch plus recv() from Python (see Loop._multishot_recv).
+        # Receiving: multishot receive where cancelling it (pause_reading) loses no bytes;
+        # elsewhere a readiness watch plus recv() from Python (see Loop._multishot_recv). Each
+        # arming gets a fresh token, registered only while armed: a paused transport is not
+        # referenced by the loop (an abandoned one is collected and warns, as in asyncio).
         self._multishot = loop._multishot_recv
-        self._recv_token = loop._new_token()
+        self._new_token = loop._new_token
+        self._recv_token = 0
         self._recv_op: Optional[int] = None
         self._read_eof = False  # the peer's EOF (or a read error) ended receiving for good
+        self._selector = loop._selector
+        self._data_iteration = -1  # the poll that last brought data (multishot mode)
         # Events the current poll returned after pause_reading(): delivered on resume, in order.
         # b"" marks EOF.
         self._held: List[bytes] = []
 
         # Sending: the chunk the reactor is sending and what was written after it.
-        self._send_token = loop._new_token()
+        self._send_token = loop._new_token()  # registered while a send is in flight
         self._send_op: Optional[int] = None
         self._inflight: Optional[bytes] = None
         self._pending: List[bytes] = []
@@ -117,8 +121,6 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 server._attach()
         loop._transports[self._sock_fd] = self
 
-        self._handlers[self._recv_token] = self._on_recv if self._multishot else self._on_readable
-        self._handlers[self._send_token] = self._on_send
 
         _set_nodelay(sock)
         loop.call_soon(self._protocol.connection_made, self)
@@ -177,11 +179,11 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        if self._held or self._multishot:
+        if self._held or (self._multishot and self._selector.dispatching):
             # On the loop's next turn: data that arrived after the pause goes first (asyncio
-            # never calls back into the protocol from resume_reading() itself), and the new
-            # multishot receive is armed only once every event of the cancelled one (same
-            # token) has been dispatched.
+            # never calls back into the protocol from resume_reading() itself), and a new
+            # multishot receive (same token) is armed only once every event the current poll
+            # returned for the cancelled one has been dispatched.
             self._loop.call_soon(self._start_reading)
         else:
             self._start_reading()
@@ -199,16 +201,29 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._on_eof()
         if self._closing or self._paused or self._read_eof or self._recv_op is not None:
             return
+        token = self._new_token()
         try:
             if self._multishot:
-                self._recv_op = self._reactor.recv(self._sock_fd, self._recv_token)
+                self._recv_op = self._reactor.recv(self._sock_fd, token)
+                self._handlers[token] = self._on_recv
             else:
-                self._recv_op = self._reactor.watch(self._sock_fd, READABLE, self._recv_token)
+                self._recv_op = self._reactor.watch(self._sock_fd, READABLE, token)
+                self._handlers[token] = self._on_readable
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        self._recv_token = token
 
     def _stop_reading(self) -> None:
         op, self._recv_op = self._recv_op, None
+        token, self._recv_token = self._recv_token, 0
+        if token:
+            if self._multishot and self._selector.dispatching:
+                # Events of this receive may still be queued in the current batch: they carry
+                # bytes, so its handler stays until the batch is over.
+                self._selector.retire(token)
+            else:
+                self._handlers.pop(token, None)
         if op is not None:
             try:
                 self._reactor.cancel(op)
@@ -221,12 +236,17 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def _on_recv(self, result: int, flags: int, aux: int) -> None:
         if not flags & EV_MORE:
+            # The multishot receive ended by itself (EOF, error): no new one is armed meanwhile,
+            # since re-arming waits until the batch is dispatched.
             self._recv_op = None
+            self._handlers.pop(self._recv_token, None)
+            self._recv_token = 0
         if self._closing:
             return
         if result > 0:
             start = aux * self._buffer_size
             view = self._buffers[start : start + result]
+            self._data_iteration = self._selector.iteration
             if self._paused:
                 self._held.append(bytes(view))
                 return
@@ -236,10 +256,13 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._start_reading()
         elif result == 0:
             self._read_eof = True
-            # eof_received() runs on the next iteration, as with the selector loop (which sees
-            # EOF on the recv() after the one that returned the last data): protocols may rely
-            # on a turn of the loop between their last data_received() and EOF.
-            self._loop.call_soon(self._deliver_eof)
+            if self._data_iteration == self._selector.iteration:
+                # Data and EOF came from the same poll: eof_received() waits for the next turn,
+                # as with the selector loop (which sees EOF on the recv() after the one that
+                # returned the last data); protocols may rely on that turn in between.
+                self._loop.call_soon(self._deliver_eof)
+            else:
+                self._deliver_eof()
         else:
             if result == -_ECANCELED:
                 return
@@ -412,6 +435,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._write_size += len(chunk)
         try:
             self._send_op = self._reactor.send(self._sock_fd, chunk, self._send_token)
+            self._handlers[self._send_token] = self._on_send
         except (OSError, RuntimeError) as exc:
             self._inflight = None
             self._write_size = 0
@@ -421,11 +445,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
     def _on_send(self, result: int, flags: int, aux: int) -> None:
         chunk, self._inflight = self._inflight, None
         self._send_op = None
-        if chunk is None:
-            return
-        if self._sock is None:
+        self._handlers.pop(self._send_token, None)
+        if chunk is None or self._sock is None:
             # Connection already lost: the reactor has let go of the chunk; so do we.
-            self._handlers.pop(self._send_token, None)
             return
         if self._conn_lost:
             return
@@ -533,9 +555,6 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._protocol.connection_lost(exc)
         finally:
             self._stop_reading()
-            self._handlers.pop(self._recv_token, None)
-            if self._inflight is None:
-                self._handlers.pop(self._send_token, None)
             self._held.clear()
             self._sock.close()
             self._sock = None
