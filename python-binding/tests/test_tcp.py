@@ -704,3 +704,44 @@ def test_unreferenced_open_transport_emits_a_resource_warning_and_closes_its_soc
     except OSError:
         still_open = False
     assert not still_open, "the socket of the collected transport was leaked"
+
+
+def test_toggling_pause_and_resume_reading_during_a_transfer_loses_nothing(loop):
+    async def main():
+        class Toggling(CollectingClientProtocol):
+            """Pauses after every chunk and resumes on a later iteration."""
+
+            def data_received(self, data):
+                super().data_received(data)
+                self.transport.pause_reading()
+                loop.call_soon(self.resume)
+
+            def resume(self):
+                if not self.transport.is_closing():
+                    self.transport.resume_reading()
+
+        server, address = await start_echo_server(loop)
+        payload = random_payload(4 * 1024 * 1024, 21)
+        transport, protocol = await loop.create_connection(lambda: Toggling(loop), *address)
+        transport.write(payload)
+        transport.write_eof()
+        assert await protocol.done == payload
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_many_simultaneous_connections_are_byte_exact(loop):
+    async def main():
+        server = await loop.create_server(EchoServerProtocol, "127.0.0.1", 0, backlog=256)
+        address = server.sockets[0].getsockname()
+        payloads = [random_payload(256 * 1024 + i, 100 + i) for i in range(64)]
+        echoed = await asyncio.gather(*(echo_once(loop, address, p) for p in payloads))
+        mismatched = [i for i, (p, e) in enumerate(zip(payloads, echoed)) if p != e]
+        assert not mismatched
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+

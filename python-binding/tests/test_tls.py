@@ -172,3 +172,36 @@ def test_streams_start_tls(loop, server_ssl_context, client_ssl_context):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_tls_with_a_slow_application_reader_is_byte_exact(loop, server_ssl_context, client_ssl_context):
+    # A reader that stops reading makes asyncio's SSL layer pause the TCP transport underneath and
+    # resume it later: the pause/resume path of the loop's transport under TLS.
+    payload = random_payload(4 * 1024 * 1024, 9)
+
+    async def sender(reader, writer):
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(sender, "127.0.0.1", 0, ssl=server_ssl_context)
+        address = server.sockets[0].getsockname()
+        reader, writer = await asyncio.open_connection(
+            *address, ssl=client_ssl_context, server_hostname="localhost", limit=16 * 1024
+        )
+        received = bytearray()
+        while len(received) < len(payload):
+            chunk = await reader.read(32 * 1024)
+            if not chunk:
+                break
+            received += chunk
+            if len(received) % 5 == 0:
+                await asyncio.sleep(0.001)
+        assert len(received) == len(payload)
+        assert bytes(received) == payload
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -14,8 +14,8 @@ the stdlib loop and once per ringloop backend. In a ringloop run:
   created on which backend, so a run that silently fell back to the stdlib loop shows up.
 
 Not run, in either mode: modules that test the stdlib's own loop classes with mocks
-(test_selector_events, test_unix_events, test_proactor_events, test_windows_*), and the
-select()/poll() duplicates of the epoll-flavoured test classes (same tests, other selector).
+(test_selector_events, test_unix_events, test_proactor_events, test_windows_*), and classes that
+repeat the same tests over another stdlib detail that is not the loop (``DUPLICATE_CLASSES``).
 
 Outcomes are collected per test id by a custom ``unittest.TestResult``. ``--check`` fails when a
 test that passes on the stdlib loop does not pass on ringloop, unless that test id is listed in
@@ -85,11 +85,21 @@ LOOP_HOOKS = {
     "test_sslproto": {"SelectorStartTLSTests": "new_loop"},
 }
 
-#: The same tests on another selector (select/poll): run only the epoll-flavoured class.
-SELECTOR_DUPLICATES = {
+#: Classes that repeat another class's tests with a different stdlib implementation detail that
+#: is not the event loop: the select()/poll() flavours of the epoll-flavoured classes, and the
+#: mixed C/Python Task and Future combinations (the pure C and pure Python ones stay).
+DUPLICATE_CLASSES = {
     "test_events": {"PollEventLoopTests", "SelectEventLoopTests"},
     "test_sock_lowlevel": {"PollEventLoopTests", "SelectEventLoopTests"},
     "test_sendfile": {"PollEventLoopTests", "SelectEventLoopTests"},
+    "test_tasks": {
+        "CTaskSubclass_PyFuture_Tests",
+        "CTask_CFuture_SubclassTests",
+        "CTask_PyFuture_Tests",
+        "PyTask_CFutureSubclass_Tests",
+        "PyTask_CFuture_Tests",
+        "PyTask_PyFuture_SubclassTests",
+    },
 }
 
 BACKENDS = ("io_uring", "epoll")
@@ -172,7 +182,7 @@ def _iter_tests(suite):
 
 
 def _filter_suite(suite, module_name):
-    duplicates = SELECTOR_DUPLICATES.get(module_name, set())
+    duplicates = DUPLICATE_CLASSES.get(module_name, set())
     kept = unittest.TestSuite()
     for test in _iter_tests(suite):
         if type(test).__name__ in duplicates:
