@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -608,34 +608,30 @@ fn peer_reset_mid_stream(choice: BackendChoice) {
     assert_eq!((n, events[0].token), (1, 4));
 }
 
+/// Closes `old` and puts a fresh socket (readable: one byte queued) under its fd number in one
+/// atomic `dup2`, as when the caller closes an fd and the number is reused (atomically, so that no
+/// other test thread can take the number in between). Returns the new fd and its peer.
+fn replace_with_new_socket(old: OwnedFd) -> (OwnedFd, UnixStream) {
+    let (fresh, mut peer) = UnixStream::pair().unwrap();
+    peer.write_all(b"x").unwrap();
+    let target = old.into_raw_fd();
+    // SAFETY: `target` was ours (taken from `old`); dup2 closes what it named and makes it a
+    // second fd for `fresh`'s socket, owned by the new OwnedFd alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(libc::dup2(fresh.as_raw_fd(), target)) };
+    assert_eq!(fd.as_raw_fd(), target);
+    (fd, peer)
+}
+
 fn watched_fd_closed_by_caller(choice: BackendChoice) {
     let Some(mut reactor) = make(choice, Options::default()) else {
         return;
     };
     let (a, b) = UnixStream::pair().unwrap();
-    let old_fd = a.as_raw_fd();
-    let op = reactor.watch(old_fd, Interest::READABLE, 1).unwrap();
-    drop(a);
+    let op = reactor.watch(a.as_raw_fd(), Interest::READABLE, 1).unwrap();
     drop(b);
+    // The caller closes the fd, the number is reused by a new socket, the old watch is removed.
+    let (watched, _peer) = replace_with_new_socket(OwnedFd::from(a));
     reactor.cancel(op).unwrap();
-    // Reuse the fd number with a new, readable socket watched under another token.
-    let mut reused = None;
-    let mut keep = Vec::new();
-    for _ in 0..16 {
-        let (c, d) = UnixStream::pair().unwrap();
-        if c.as_raw_fd() == old_fd || d.as_raw_fd() == old_fd {
-            reused = Some((c, d));
-            break;
-        }
-        keep.push((c, d));
-    }
-    let (c, mut d) = reused.expect("fd number not reused");
-    let (watched, writer) = if c.as_raw_fd() == old_fd {
-        (c, &mut d)
-    } else {
-        (d, &mut c.try_clone().unwrap())
-    };
-    writer.write_all(b"x").unwrap();
     reactor
         .watch(watched.as_raw_fd(), Interest::READABLE, 2)
         .unwrap();
@@ -648,11 +644,20 @@ fn watched_fd_closed_by_caller(choice: BackendChoice) {
     // Closing a watched fd without removing the watch does not crash the loop either.
     let (e, f) = UnixStream::pair().unwrap();
     reactor.watch(e.as_raw_fd(), Interest::BOTH, 3).unwrap();
-    drop(e);
     drop(f);
     let _ = poll_for(&mut reactor, Duration::from_millis(20));
-    // The watch either still exists (epoll dropped the closed fd from its set) or already ended
-    // with an error event (io_uring re-armed it on a closed fd number): both are fine.
+    // A new socket under that fd number, watched while the stale watch still exists, is seen.
+    let (g, _h) = replace_with_new_socket(OwnedFd::from(e));
+    let _ = poll_for(&mut reactor, Duration::from_millis(20));
+    reactor.watch(g.as_raw_fd(), Interest::READABLE, 6).unwrap();
+    let seen = poll_for(&mut reactor, Duration::from_millis(50));
+    assert!(
+        seen.iter().any(|ev| ev.token == 6),
+        "watch on a reused fd number never fired"
+    );
+    // The stale watch either still exists (epoll dropped the closed file from its set; it now sees
+    // the new socket, which is the caller's bug to avoid) or already ended with an error event
+    // (io_uring re-armed it on a closed fd number): both are fine.
     assert!(reactor.cancel_token(3) <= 1);
     let _ = poll_for(&mut reactor, Duration::from_millis(20));
 }
@@ -1145,11 +1150,12 @@ fn cancel_and_rearm_recv_loses_nothing(choice: BackendChoice) {
     reactor.cancel(op).unwrap();
     let old_fd = a.as_raw_fd();
     let (fresh, mut b_peer) = tcp_pair();
-    drop(a);
-    // A new connection under the old fd number: dup2 makes the freed `old_fd` a second fd for
-    // `fresh`'s socket.
-    // SAFETY: `old_fd` is free (just closed) and the new OwnedFd is its only owner.
-    let b = unsafe { OwnedFd::from_raw_fd(libc::dup2(fresh.as_raw_fd(), old_fd)) };
+    // The caller closes the paused socket and the number is reused by a new connection (one
+    // atomic dup2, so no other test thread can take the number in between).
+    let target = a.into_raw_fd();
+    // SAFETY: `target` was ours (taken from `a`); dup2 closes the old socket and makes the number
+    // a second fd for `fresh`'s socket, owned by the new OwnedFd alone.
+    let b = unsafe { OwnedFd::from_raw_fd(libc::dup2(fresh.as_raw_fd(), target)) };
     assert_eq!(b.as_raw_fd(), old_fd);
     drop(fresh);
     reactor.recv_multi(b.as_raw_fd(), 101).unwrap();

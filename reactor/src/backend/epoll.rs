@@ -160,6 +160,12 @@ impl Epoll {
 
     /// Brings the fd's epoll registration in line with the ops on it.
     fn update_interest(&mut self, fd: RawFd) -> io::Result<()> {
+        self.sync_interest(fd, false)
+    }
+
+    /// As [`Epoll::update_interest`]; `verify` re-applies an unchanged registration, which finds
+    /// an fd number that the caller closed (dropping it from the set) and reused meanwhile.
+    fn sync_interest(&mut self, fd: RawFd, verify: bool) -> io::Result<()> {
         let Some(entry) = self.fds.get(fd) else {
             return Ok(());
         };
@@ -170,7 +176,7 @@ impl Epoll {
             }
         }
         let registered = entry.registered;
-        if mask == registered {
+        if mask == registered && !(verify && mask != 0) {
             return Ok(());
         }
         let data = fd as u64;
@@ -211,7 +217,7 @@ impl Epoll {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         let key = self.insert(fd, token, kind);
-        if let Err(err) = self.update_interest(fd) {
+        if let Err(err) = self.sync_interest(fd, true) {
             self.discard(key);
             return Err(err);
         }
