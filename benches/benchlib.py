@@ -50,6 +50,7 @@ class ServerSpec:
     argv: tuple[str, ...]  # with PORT as the placeholder for the port
     loop: str = ""
     mode: str = ""
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. RINGLOOP_BACKEND
 
     def command(self, port: int) -> list[str]:
         return [str(port) if a == "PORT" else a for a in self.argv]
@@ -82,15 +83,17 @@ def c_servers() -> list[ServerSpec]:
     specs = []
     for name, label in (("echo_server", "ringloop callback"), ("echo_poll", "ringloop raw token")):
         path = c_example(name)
-        specs.append(
-            ServerSpec(
-                name=f"c {label}",
-                group="c",
-                argv=(str(path) if path else f"<c-examples/{name} not built>", "PORT"),
-                loop="ringloop",
-                mode=name,
+        for backend in ("io_uring", "epoll"):
+            specs.append(
+                ServerSpec(
+                    name=f"c {label}/{backend}",
+                    group="c",
+                    argv=(str(path) if path else f"<c-examples/{name} not built>", "PORT"),
+                    loop=f"ringloop-{backend}",
+                    mode=name,
+                    env=(("RINGLOOP_BACKEND", backend),),
+                )
             )
-        )
     for name, label in (("uring_echo", "io_uring (liburing)"), ("epoll_echo", "epoll"), ("uv_echo", "libuv")):
         specs.append(ServerSpec(name=f"c {label}", group="c", argv=(str(BIN / name), "PORT"), loop=name, mode=name))
     return specs
@@ -123,7 +126,8 @@ class RunningServer:
         self.stderr_path = OUT / "logs" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name) + ".err")
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr, env=env or server_env(), start_new_session=True)
+        env = env or server_env(dict(spec.env))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True)
         self.port = self._wait_listening()
 
     def _wait_listening(self) -> int:

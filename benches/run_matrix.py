@@ -267,7 +267,7 @@ def draw_chart(summary: dict, cells: list):
     by_key = {(r["server"], r["size"], r["connections"]): r for r in summary["cells"]}
     colors = {
         "asyncio": "#9e9e9e", "uvloop": "#1f77b4", "ringloop-io_uring": "#d62728", "ringloop-epoll": "#ff9896",
-        "ringloop": "#d62728", "uring_echo": "#2ca02c", "epoll_echo": "#98df8a", "uv_echo": "#17becf",
+        "uring_echo": "#2ca02c", "epoll_echo": "#98df8a", "uv_echo": "#17becf",
     }
     ncols = len({s for s, _ in cells})
     nrows = len({c for _, c in cells})

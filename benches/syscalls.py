@@ -25,7 +25,8 @@ import benchlib
 from benchlib import RunningServer, ServerUnavailable
 
 DEFAULT_SERVERS = ("py ringloop-io_uring/protocol", "py ringloop-epoll/protocol", "py uvloop/protocol",
-                   "py asyncio/protocol", "c ringloop callback", "c ringloop raw token", "c io_uring (liburing)",
+                   "py asyncio/protocol", "c ringloop callback/io_uring", "c ringloop callback/epoll",
+                   "c ringloop raw token/io_uring", "c ringloop raw token/epoll", "c io_uring (liburing)",
                    "c epoll", "c libuv")
 
 
