@@ -7,6 +7,7 @@
 //! not found.
 
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::RawFd;
 
 struct Slot<T> {
@@ -123,6 +124,17 @@ pub(crate) struct FdTable {
 }
 
 impl FdTable {
+    /// Refuses an fd number that cannot name an open file before the table is indexed by it:
+    /// negative numbers, and numbers past the table that are not open (checked with one
+    /// `fcntl` only when the table would have to grow, so `i32::MAX` cannot make it allocate
+    /// gigabytes).
+    pub(crate) fn check(&self, fd: RawFd) -> io::Result<()> {
+        if fd < 0 || (fd as usize >= self.entries.len() && !crate::sys::fd_is_open(fd)) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        Ok(())
+    }
+
     pub(crate) fn entry(&mut self, fd: RawFd) -> &mut FdEntry {
         let index = fd as usize;
         if index >= self.entries.len() {

@@ -43,6 +43,12 @@ pub(crate) fn from_nix(err: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(err as i32)
 }
 
+/// Whether `fd` names an open file (`fcntl(F_GETFD)` succeeds).
+pub(crate) fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags; a bad fd only yields an error.
+    neg_errno(unsafe { libc::fcntl(fd, libc::F_GETFD) }).is_ok()
+}
+
 /// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.
 pub(crate) fn file_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();

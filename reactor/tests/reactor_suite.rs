@@ -1036,6 +1036,12 @@ fn connect_and_close(choice: BackendChoice) {
     // Bad fds are refused or reported, never a crash.
     assert!(reactor.watch(-1, Interest::READABLE, 5).is_err());
     assert!(reactor.recv_multi(-1, 5).is_err());
+    // A huge fd number is refused before any per-fd table is sized for it.
+    assert!(reactor.watch(i32::MAX, Interest::READABLE, 5).is_err());
+    assert!(reactor.accept_multi(i32::MAX - 1, 5).is_err());
+    // SAFETY: the call fails before anything could read the (valid, static) buffer.
+    assert!(unsafe { reactor.send(i32::MAX, b"x".as_ptr(), 1, 5) }.is_err());
+    assert_eq!(reactor.pending(), 0);
 }
 
 fn drop_with_ops_in_flight(choice: BackendChoice) {

@@ -213,9 +213,7 @@ impl Epoll {
 
     /// Adds an op and registers interest for it; undone if the kernel refuses the fd.
     fn start(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        self.fds.check(fd)?;
         let key = self.insert(fd, token, kind);
         if let Err(err) = self.sync_interest(fd, true) {
             self.discard(key);
@@ -600,9 +598,7 @@ impl Backend for Epoll {
         len: usize,
         token: u64,
     ) -> io::Result<u64> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        self.fds.check(fd)?;
         if buf.is_null() && len > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -630,9 +626,7 @@ impl Backend for Epoll {
     }
 
     fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        self.fds.check(fd)?;
         match nix::sys::socket::connect(fd, addr) {
             Ok(()) => Ok(self.completed_now(token, 0)),
             // In progress (EINTR too: the connection keeps going in the background).

@@ -373,9 +373,7 @@ impl Uring {
     }
 
     fn start(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        self.fds.check(fd)?;
         let op = Op {
             token,
             fd,
@@ -958,9 +956,7 @@ impl Backend for Uring {
         len: usize,
         token: u64,
     ) -> io::Result<u64> {
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        self.fds.check(fd)?;
         if buf.is_null() && len > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
