@@ -28,6 +28,18 @@ _T = TypeVar("_T")
 library_version = (_library.version >> 16, (_library.version >> 8) & 0xFF, _library.version & 0xFF)
 
 
+def __getattr__(name: str) -> Any:
+    # Resolved on first use: importlib.metadata is too slow to import with every ringloop import.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("ringloop")
+        except PackageNotFoundError:
+            return "0+unknown"  # running from a source tree that was never installed
+    raise AttributeError(f"module 'ringloop' has no attribute {name!r}")
+
+
 def new_event_loop(*, backend: Optional[str] = None) -> Loop:
     """A new :class:`Loop` (``backend``: ``"io_uring"``, ``"epoll"`` or ``None`` for automatic)."""
     return Loop(backend=backend)

@@ -99,14 +99,11 @@ _SIGNATURES = {
     "rl_loop_new": (_i32, [ctypes.POINTER(rl_options), ctypes.POINTER(_ptr)], False),
     "rl_loop_free": (_i32, [_ptr], True),
     "rl_loop_backend": (ctypes.c_char_p, [_ptr], False),
-    "rl_now": (_u64, [_ptr], False),
     "rl_poll": (_i32, [_ptr, _i64, _ptr, _u32], True),
     "rl_op_watch": (_i32, [_ptr, _i32, _u32, _u64, _ptr], False),
     "rl_op_recv": (_i32, [_ptr, _i32, _u64, _ptr], False),
     "rl_op_send": (_i32, [_ptr, _i32, _ptr, ctypes.c_size_t, _u64, _ptr], False),
-    "rl_op_accept": (_i32, [_ptr, _i32, _u64, _ptr], False),
     "rl_op_cancel": (_i32, [_ptr, _u64], False),
-    "rl_op_cancel_token": (_i32, [_ptr, _u64], False),
     "rl_buffers": (_i32, [_ptr, ctypes.POINTER(_ptr), ctypes.POINTER(_u32), ctypes.POINTER(_u32)], False),
     "rl_wake": (_i32, [_ptr], False),
 }
@@ -262,9 +259,7 @@ class Reactor:
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
         self._send = lib.rl_op_send
-        self._accept = lib.rl_op_accept
         self._cancel = lib.rl_op_cancel
-        self._cancel_token = lib.rl_op_cancel_token
         self._wake = lib.rl_wake
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -332,12 +327,6 @@ class Reactor:
             raise self._lib.error(rc)
         return self._out.value
 
-    def accept(self, fd: int, token: int) -> int:
-        rc = self._accept(self._handle, fd, token, self._out_addr)
-        if rc < 0:
-            raise self._lib.error(rc)
-        return self._out.value
-
     def cancel(self, op: int) -> bool:
         """Cancels an op; ``False`` when it had already ended (a stale id)."""
         rc = self._cancel(self._handle, op)
@@ -346,12 +335,6 @@ class Reactor:
                 return False
             raise self._lib.error(rc)
         return True
-
-    def cancel_token(self, token: int) -> int:
-        rc = self._cancel_token(self._handle, token)
-        if rc < 0:
-            raise self._lib.error(rc)
-        return rc
 
     def wake(self) -> None:
         """Thread-safe; errors (a closed or forked-away loop) are ignored: there is nothing to wake."""

@@ -5,9 +5,11 @@ standard library's: UDP, pipes, subprocesses, signals, ``sock_*``, TLS, sendfile
 on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
 
 * each iteration makes exactly one ``rl_poll`` (``RingSelector.select``), which returns readiness
-  for asyncio's readers/writers and dispatches completion events by token;
-* TCP/Unix stream transports receive through multishot ``rl_op_recv`` and send directly, handing
-  only the remainder to the reactor (:mod:`ringloop._transport`);
+  for asyncio's readers/writers and the completion events the loop dispatches by token in its
+  I/O phase (:meth:`Loop._run_once`);
+* TCP/Unix stream transports (:mod:`ringloop._transport`) receive through a multishot
+  ``rl_op_recv`` into the reactor's buffers (on io_uring, for now, through a readiness watch: see
+  ``Loop.__init__``), and send directly, handing only the remainder to the reactor;
 * ``call_soon_threadsafe`` wakes the loop through ``rl_wake`` at most once per iteration.
 """
 
