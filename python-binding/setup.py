@@ -18,6 +18,11 @@ import tomllib
 from setuptools import setup
 from setuptools_rust import Binding, RustExtension, build_rust
 
+try:  # setuptools >= 70.1 carries bdist_wheel; older ones use the wheel package's
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:
+    from wheel.bdist_wheel import bdist_wheel
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FFI_MANIFEST = os.path.join("..", "ffi", "Cargo.toml")
 
@@ -29,6 +34,15 @@ class build_rust_c_library(build_rust):
         extension_module_path = super().get_dylib_ext_path(ext, target_fname)
         library_name = target_fname.rpartition(".")[2] + ".so"
         return os.path.join(os.path.dirname(extension_module_path), library_name)
+
+
+class bdist_wheel_any_cpython(bdist_wheel):
+    """Tag the wheel ``py3-none-<platform>``: it holds no extension module, only Python code and a
+    C library loaded with ctypes, so one wheel serves every Python version on that platform."""
+
+    def get_tag(self):
+        _python, _abi, platform = super().get_tag()
+        return "py3", "none", platform
 
 
 def crate_type_args():
@@ -70,5 +84,5 @@ def rust_extensions():
 
 setup(
     rust_extensions=rust_extensions(),
-    cmdclass={"build_rust": build_rust_c_library},
+    cmdclass={"build_rust": build_rust_c_library, "bdist_wheel": bdist_wheel_any_cpython},
 )
