@@ -18,7 +18,9 @@ fn async_pummel(c: &mut Criterion) {
     let mut group = c.benchmark_group("async_pummel");
     group.throughput(Throughput::Elements(1));
     for (name, backend) in common::BACKENDS {
-        let Some(mut reactor) = common::reactor(name, backend) else { continue };
+        let Some(mut reactor) = common::reactor(name, backend) else {
+            continue;
+        };
         let mut events = common::events(64);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -39,7 +41,9 @@ fn async_pummel(c: &mut Criterion) {
                 let mut delivered = 0;
                 while delivered < iters {
                     let polled_at = Instant::now();
-                    let n = reactor.poll(Some(Duration::from_secs(5)), &mut events).expect("poll");
+                    let n = reactor
+                        .poll(Some(Duration::from_secs(5)), &mut events)
+                        .expect("poll");
                     // A wake is never lost: with another thread waking non-stop, a poll that
                     // comes back empty must not have waited out its timeout.
                     assert!(
@@ -55,9 +59,14 @@ fn async_pummel(c: &mut Criterion) {
                 let elapsed = start.elapsed();
                 stop.store(true, Ordering::Relaxed);
                 let calls = pummel.join().expect("pummel thread");
-                assert!(calls >= delivered, "more wake events ({delivered}) than wake calls ({calls})");
+                assert!(
+                    calls >= delivered,
+                    "more wake events ({delivered}) than wake calls ({calls})"
+                );
                 // Drain the wake the last calls may have left pending, so the next sample starts clean.
-                reactor.poll(Some(Duration::ZERO), &mut events).expect("poll");
+                reactor
+                    .poll(Some(Duration::ZERO), &mut events)
+                    .expect("poll");
                 elapsed
             })
         });

@@ -12,11 +12,15 @@ fn loop_count(c: &mut Criterion) {
     let mut group = c.benchmark_group("loop_count");
     group.throughput(Throughput::Elements(1));
     for (name, backend) in common::BACKENDS {
-        let Some(mut reactor) = common::reactor(name, backend) else { continue };
+        let Some(mut reactor) = common::reactor(name, backend) else {
+            continue;
+        };
         let mut events = common::events(64);
         group.bench_function(name, |b| {
             b.iter(|| {
-                let n = reactor.poll(Some(Duration::ZERO), &mut events).expect("poll");
+                let n = reactor
+                    .poll(Some(Duration::ZERO), &mut events)
+                    .expect("poll");
                 assert_eq!(n, 0, "an idle reactor produced an event");
             })
         });

@@ -21,7 +21,9 @@ fn schedule_and_fire(reactor: &mut Reactor, count: u64, events: &mut [ringloop::
     let mut fired = 0u64;
     let mut last_token_sum = 0u64;
     while fired < count {
-        let n = reactor.poll(Some(Duration::from_secs(5)), events).expect("poll");
+        let n = reactor
+            .poll(Some(Duration::from_secs(5)), events)
+            .expect("poll");
         assert!(n > 0, "timers stopped firing after {fired} of {count}");
         for event in &events[..n] {
             assert_eq!(event.result, 0, "timer events have result 0");
@@ -30,17 +32,27 @@ fn schedule_and_fire(reactor: &mut Reactor, count: u64, events: &mut [ringloop::
         fired += n as u64;
     }
     assert_eq!(fired, count);
-    assert_eq!(last_token_sum, count * (count - 1) / 2, "every timer fired exactly once");
+    assert_eq!(
+        last_token_sum,
+        count * (count - 1) / 2,
+        "every timer fired exactly once"
+    );
 }
 
 fn million_timers(c: &mut Criterion) {
-    let count: u64 = if common::measuring() { 1_000_000 } else { 10_000 };
+    let count: u64 = if common::measuring() {
+        1_000_000
+    } else {
+        10_000
+    };
     let mut group = c.benchmark_group("million_timers");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
     group.throughput(Throughput::Elements(count));
     for (name, backend) in common::BACKENDS {
-        let Some(mut reactor) = common::reactor(name, backend) else { continue };
+        let Some(mut reactor) = common::reactor(name, backend) else {
+            continue;
+        };
         let mut events = common::events(4096);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

@@ -24,25 +24,38 @@ fn round_trip(reactor: &mut Reactor, client: i32, server: i32, events: &mut [rin
     unsafe { reactor.send(client, PING.as_ptr(), PING.len(), CLIENT_SEND) }.expect("client send");
     let mut echoed = 0;
     while echoed < PING.len() {
-        let n = reactor.poll(Some(Duration::from_secs(5)), events).expect("poll");
+        let n = reactor
+            .poll(Some(Duration::from_secs(5)), events)
+            .expect("poll");
         assert!(n > 0, "no event within 5 s");
         for event in &events[..n] {
             match event.token {
                 SERVER_RECV => {
                     assert!(event.result > 0, "server side recv ended: {}", event.result);
-                    assert!(event.flags & flags::MORE != 0, "server side recv was not re-armed");
-                    let data = reactor.event_data(event).expect("recv events carry a buffer");
-                    assert!(PING.windows(data.len()).any(|piece| piece == data), "server received {data:?}");
+                    assert!(
+                        event.flags & flags::MORE != 0,
+                        "server side recv was not re-armed"
+                    );
+                    let data = reactor
+                        .event_data(event)
+                        .expect("recv events carry a buffer");
+                    assert!(
+                        PING.windows(data.len()).any(|piece| piece == data),
+                        "server received {data:?}"
+                    );
                     // The echo goes out from the constant (the received buffer is recycled by the
                     // next poll, before a send may have finished with it).
                     // SAFETY: as above, a 'static buffer of at least data.len() bytes.
-                    unsafe { reactor.send(server, PING.as_ptr(), data.len(), SERVER_SEND) }.expect("server send");
+                    unsafe { reactor.send(server, PING.as_ptr(), data.len(), SERVER_SEND) }
+                        .expect("server send");
                 }
                 CLIENT_RECV => {
                     assert!(event.result > 0, "client recv ended: {}", event.result);
                     echoed += event.result as usize;
                 }
-                CLIENT_SEND | SERVER_SEND => assert!(event.result > 0, "send failed: {}", event.result),
+                CLIENT_SEND | SERVER_SEND => {
+                    assert!(event.result > 0, "send failed: {}", event.result)
+                }
                 other => panic!("unexpected event token {other}"),
             }
         }
@@ -54,13 +67,26 @@ fn ping_pongs(c: &mut Criterion) {
     let mut group = c.benchmark_group("ping_pongs");
     group.throughput(Throughput::Elements(1));
     for (name, backend) in common::BACKENDS {
-        let Some(mut reactor) = common::reactor(name, backend) else { continue };
+        let Some(mut reactor) = common::reactor(name, backend) else {
+            continue;
+        };
         let (client, server) = common::tcp_pair().expect("loopback pair");
-        reactor.recv_multi(client.as_raw_fd(), CLIENT_RECV).expect("client recv");
-        reactor.recv_multi(server.as_raw_fd(), SERVER_RECV).expect("server recv");
+        reactor
+            .recv_multi(client.as_raw_fd(), CLIENT_RECV)
+            .expect("client recv");
+        reactor
+            .recv_multi(server.as_raw_fd(), SERVER_RECV)
+            .expect("server recv");
         let mut events = common::events(64);
         group.bench_function(name, |b| {
-            b.iter(|| round_trip(&mut reactor, client.as_raw_fd(), server.as_raw_fd(), &mut events))
+            b.iter(|| {
+                round_trip(
+                    &mut reactor,
+                    client.as_raw_fd(),
+                    server.as_raw_fd(),
+                    &mut events,
+                )
+            })
         });
         // Cancel before the fds close so no op refers to a closed descriptor.
         reactor.cancel_token(CLIENT_RECV);

@@ -10,12 +10,19 @@ use std::os::fd::OwnedFd;
 use ringloop::{BackendChoice, Event, Options, Reactor};
 
 /// Both backends, by the names the results are reported under.
-pub const BACKENDS: [(&str, BackendChoice); 2] = [("io_uring", BackendChoice::IoUring), ("epoll", BackendChoice::Epoll)];
+pub const BACKENDS: [(&str, BackendChoice); 2] = [
+    ("io_uring", BackendChoice::IoUring),
+    ("epoll", BackendChoice::Epoll),
+];
 
 /// A reactor on exactly `backend` (no environment override), or `None` with a note on stderr when
 /// that backend cannot run here, so the other backend is still measured.
 pub fn reactor(name: &str, backend: BackendChoice) -> Option<Reactor> {
-    let opts = Options { backend, honor_env: false, ..Options::default() };
+    let opts = Options {
+        backend,
+        honor_env: false,
+        ..Options::default()
+    };
     match Reactor::new(&opts) {
         Ok(reactor) => Some(reactor),
         Err(err) => {

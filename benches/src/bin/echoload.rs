@@ -237,6 +237,8 @@ struct Worker {
     errors: ErrorCounts,
     first_error: Option<String>,
     measure_end_seen: Option<Instant>,
+    /// Connections not closed yet.
+    open_conns: usize,
 }
 
 impl Worker {
@@ -260,7 +262,9 @@ impl Worker {
             });
         }
         let rng = XorShift64::new(plan.seed);
+        let open_conns = conns.len();
         Ok(Worker {
+            open_conns,
             plan,
             epoll,
             conns,
@@ -288,12 +292,13 @@ impl Worker {
         loop {
             let now = Instant::now();
             self.update_phase(now);
+            if self.open_conns == 0 {
+                break;
+            }
+            // Only the drain phase has to look at every connection, once per wait.
             if self.phase == Phase::Drain
                 && self.conns.iter().all(|c| c.closed || c.inflight.is_empty())
             {
-                break;
-            }
-            if self.conns.iter().all(|c| c.closed) {
                 break;
             }
             let next_boundary = match self.phase {
@@ -582,9 +587,10 @@ impl Worker {
         let conn = &mut self.conns[index];
         if !conn.closed {
             conn.closed = true;
+            self.open_conns -= 1;
             conn.inflight.clear();
-            // Deregistering is implied when the last reference to the file goes; the fd itself is
-            // dropped with the worker.
+            // Stop polling it and tell the server it is over; the fd itself stays open until the
+            // worker ends, so its number cannot be reused under a live epoll registration.
             let _ = self.epoll.delete(conn.fd.as_fd());
             let _ =
                 nix::sys::socket::shutdown(conn.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
