@@ -1,46 +1,62 @@
-//! Timers: a 4-ary min-heap of deadlines with index tracking, so add, cancel and expire are all
-//! O(log n) and cancel needs no tombstones. Slots are reused, so a steady state allocates nothing.
+//! Timers: a 4-ary min-heap of 16-byte entries with lazy cancellation.
 //!
-//! A [`TimerId`] is `generation << 32 | slot`; a fired or cancelled timer's slot gets a new
-//! generation, so its old id is harmlessly not found. Equal deadlines fire in insertion order.
+//! Adding is O(log n) (usually O(1): new timers tend to be the latest), expiring is O(log n), and
+//! cancelling is O(1): it only marks the timer's slot, and the heap entry, now a tombstone, is
+//! dropped when it reaches the top or when tombstones outnumber live timers (then the heap is
+//! rebuilt in O(n), so cancel stays amortised O(1) and memory stays bounded). Sifting touches
+//! nothing but the heap array — no per-level back-pointer updates into a second array — which is
+//! what makes a million expirations cheap. Slots and the heap reuse their storage, so a steady
+//! state allocates nothing.
+//!
+//! A [`TimerId`] is `generation << 32 | slot`. A slot stays allocated while its heap entry exists
+//! (live or tombstone), so a heap entry always names its own timer; firing or cancelling bumps the
+//! slot's generation, so an old id is harmlessly not found.
+//!
+//! Equal deadlines fire in insertion order: entries carry a 32-bit sequence number compared with
+//! wrap-around arithmetic, which is exact for timers with equal deadlines added fewer than 2^31
+//! additions apart.
 
 use crate::TimerId;
 
 const ARITY: usize = 4;
-const NOT_QUEUED: u32 = u32::MAX;
+/// Heaps smaller than this are never rebuilt just to drop tombstones.
+const MIN_REBUILD: usize = 1024;
 
 #[derive(Clone, Copy)]
-struct HeapEntry {
+struct Entry {
     deadline: u64,
-    /// Insertion order, the tie-breaker for equal deadlines.
-    seq: u64,
+    seq: u32,
     slot: u32,
 }
 
-impl HeapEntry {
-    fn before(&self, other: &HeapEntry) -> bool {
-        (self.deadline, self.seq) < (other.deadline, other.seq)
+impl Entry {
+    #[inline]
+    fn before(&self, other: &Entry) -> bool {
+        self.deadline < other.deadline
+            || (self.deadline == other.deadline && (self.seq.wrapping_sub(other.seq) as i32) < 0)
     }
 }
 
-struct TimerSlot {
+struct Slot {
     generation: u32,
-    /// Position in the heap, or `NOT_QUEUED` when the slot is free.
-    heap_pos: u32,
+    /// Queued and not cancelled.
+    live: bool,
     token: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Timers {
-    heap: Vec<HeapEntry>,
-    slots: Vec<TimerSlot>,
+    heap: Vec<Entry>,
+    slots: Vec<Slot>,
     free: Vec<u32>,
-    next_seq: u64,
+    next_seq: u32,
+    live: usize,
 }
 
 impl Timers {
+    /// Live (queued, not cancelled) timers.
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.live
     }
 
     pub(crate) fn add(&mut self, deadline: u64, token: u64) -> TimerId {
@@ -48,74 +64,111 @@ impl Timers {
             Some(slot) => slot,
             None => {
                 let slot = u32::try_from(self.slots.len()).expect("more than 2^32 timers");
-                self.slots.push(TimerSlot {
+                self.slots.push(Slot {
                     generation: 1,
-                    heap_pos: NOT_QUEUED,
+                    live: false,
                     token: 0,
                 });
                 slot
             }
         };
+        let timer = &mut self.slots[slot as usize];
+        timer.live = true;
+        timer.token = token;
+        let id = TimerId((u64::from(timer.generation) << 32) | u64::from(slot));
         let seq = self.next_seq;
-        self.next_seq += 1;
-        let pos = self.heap.len();
-        self.heap.push(HeapEntry {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.live += 1;
+        self.heap.push(Entry {
             deadline,
             seq,
             slot,
         });
-        let timer = &mut self.slots[slot as usize];
-        timer.token = token;
-        timer.heap_pos = pos as u32;
-        let id = (u64::from(timer.generation) << 32) | u64::from(slot);
-        self.sift_up(pos);
-        TimerId(id)
+        self.sift_up(self.heap.len() - 1);
+        id
     }
 
-    /// Removes a queued timer; `false` for a fired, cancelled or forged id.
+    /// Cancels a queued timer; `false` for a fired, cancelled or forged id.
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
         let slot = (id.0 & 0xffff_ffff) as usize;
         let generation = (id.0 >> 32) as u32;
-        match self.slots.get(slot) {
-            Some(timer) if timer.generation == generation && timer.heap_pos != NOT_QUEUED => {
-                let pos = timer.heap_pos as usize;
-                self.remove_at(pos);
+        match self.slots.get_mut(slot) {
+            Some(timer) if timer.generation == generation && timer.live => {
+                timer.live = false;
+                timer.generation = timer.generation.wrapping_add(1).max(1);
+                self.live -= 1;
+                let tombstones = self.heap.len() - self.live;
+                if self.heap.len() >= MIN_REBUILD && tombstones > self.live {
+                    self.rebuild();
+                }
                 true
             }
             _ => false,
         }
     }
 
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
-        self.heap.first().map(|e| e.deadline)
-    }
-
-    /// Removes and returns the token of the earliest timer if its deadline is `<= now`.
-    pub(crate) fn pop_expired(&mut self, now: u64) -> Option<u64> {
-        let first = *self.heap.first()?;
-        if first.deadline > now {
-            return None;
+    /// The earliest live deadline (drops tombstones that reached the top).
+    pub(crate) fn next_deadline(&mut self) -> Option<u64> {
+        loop {
+            let top = *self.heap.first()?;
+            if self.slots[top.slot as usize].live {
+                return Some(top.deadline);
+            }
+            self.pop_top();
+            self.free.push(top.slot);
         }
-        let token = self.slots[first.slot as usize].token;
-        self.remove_at(0);
-        Some(token)
     }
 
-    fn remove_at(&mut self, pos: usize) {
-        let removed = self.heap.swap_remove(pos);
-        let timer = &mut self.slots[removed.slot as usize];
-        timer.heap_pos = NOT_QUEUED;
-        timer.generation = timer.generation.wrapping_add(1).max(1);
-        self.free.push(removed.slot);
-        if pos < self.heap.len() {
-            self.slots[self.heap[pos].slot as usize].heap_pos = pos as u32;
-            // The entry moved in from the end may belong above or below `pos`.
-            if pos > 0 && self.heap[pos].before(&self.heap[(pos - 1) / ARITY]) {
-                self.sift_up(pos);
-            } else {
-                self.sift_down(pos);
+    /// Removes and returns the token of the earliest live timer if its deadline is `<= now`.
+    pub(crate) fn pop_expired(&mut self, now: u64) -> Option<u64> {
+        loop {
+            let top = *self.heap.first()?;
+            if top.deadline > now {
+                // A tombstone with a later deadline may stay: it is dropped when it surfaces.
+                return None;
+            }
+            self.pop_top();
+            let timer = &mut self.slots[top.slot as usize];
+            let fired = timer.live.then_some(timer.token);
+            if timer.live {
+                timer.live = false;
+                timer.generation = timer.generation.wrapping_add(1).max(1);
+                self.live -= 1;
+            }
+            self.free.push(top.slot);
+            if fired.is_some() {
+                return fired;
             }
         }
+    }
+
+    /// Removes the root: the last entry takes its place and sinks (the hole walks down first,
+    /// following the smallest child, then the entry rises from there: fewer comparisons than
+    /// testing it at every level, since it usually belongs near the bottom).
+    fn pop_top(&mut self) {
+        let last = self.heap.pop().expect("pop_top on an empty heap");
+        let len = self.heap.len();
+        if len == 0 {
+            return;
+        }
+        let mut hole = 0;
+        loop {
+            let first = hole * ARITY + 1;
+            if first >= len {
+                break;
+            }
+            let end = (first + ARITY).min(len);
+            let mut best = first;
+            for child in first + 1..end {
+                if self.heap[child].before(&self.heap[best]) {
+                    best = child;
+                }
+            }
+            self.heap[hole] = self.heap[best];
+            hole = best;
+        }
+        self.heap[hole] = last;
+        self.sift_up(hole);
     }
 
     fn sift_up(&mut self, mut pos: usize) {
@@ -126,24 +179,42 @@ impl Timers {
                 break;
             }
             self.heap[pos] = self.heap[parent];
-            self.slots[self.heap[pos].slot as usize].heap_pos = pos as u32;
             pos = parent;
         }
         self.heap[pos] = entry;
-        self.slots[entry.slot as usize].heap_pos = pos as u32;
+    }
+
+    /// Drops every tombstone and restores the heap order bottom-up, in O(n).
+    fn rebuild(&mut self) {
+        let slots = &self.slots;
+        let free = &mut self.free;
+        self.heap.retain(|entry| {
+            let live = slots[entry.slot as usize].live;
+            if !live {
+                free.push(entry.slot);
+            }
+            live
+        });
+        let len = self.heap.len();
+        if len < 2 {
+            return;
+        }
+        for start in (0..=(len - 2) / ARITY).rev() {
+            self.sift_down(start);
+        }
     }
 
     fn sift_down(&mut self, mut pos: usize) {
         let entry = self.heap[pos];
         let len = self.heap.len();
         loop {
-            let first_child = pos * ARITY + 1;
-            if first_child >= len {
+            let first = pos * ARITY + 1;
+            if first >= len {
                 break;
             }
-            let last_child = (first_child + ARITY).min(len);
-            let mut best = first_child;
-            for child in first_child + 1..last_child {
+            let end = (first + ARITY).min(len);
+            let mut best = first;
+            for child in first + 1..end {
                 if self.heap[child].before(&self.heap[best]) {
                     best = child;
                 }
@@ -152,11 +223,9 @@ impl Timers {
                 break;
             }
             self.heap[pos] = self.heap[best];
-            self.slots[self.heap[pos].slot as usize].heap_pos = pos as u32;
             pos = best;
         }
         self.heap[pos] = entry;
-        self.slots[entry.slot as usize].heap_pos = pos as u32;
     }
 }
 
@@ -164,32 +233,40 @@ impl Timers {
 mod tests {
     use super::*;
 
+    fn drain(timers: &mut Timers) -> Vec<u64> {
+        let mut fired = Vec::new();
+        while let Some(token) = timers.pop_expired(u64::MAX) {
+            fired.push(token);
+        }
+        fired
+    }
+
     #[test]
     fn fire_in_order_and_cancel_anywhere() {
         let mut timers = Timers::default();
         let mut ids = Vec::new();
-        // A scrambled but deterministic set of deadlines, with duplicates.
-        for i in 0..1000u64 {
+        // A scrambled but deterministic set of deadlines, with duplicates; enough cancels to
+        // trigger rebuilds.
+        for i in 0..5000u64 {
             let deadline = (i * 7919) % 500;
             ids.push((deadline, i, timers.add(deadline, i)));
         }
         let mut cancelled = std::collections::HashSet::new();
         for (n, (_, token, id)) in ids.iter().enumerate() {
-            if n % 3 == 0 {
+            if n % 3 != 1 {
                 assert!(timers.cancel(*id));
                 assert!(!timers.cancel(*id), "cancel twice is harmless");
                 cancelled.insert(*token);
             }
         }
-        let mut fired = Vec::new();
-        while let Some(token) = timers.pop_expired(u64::MAX) {
-            fired.push(token);
-        }
+        assert_eq!(timers.len(), 5000 - cancelled.len());
+        let fired = drain(&mut timers);
         let mut expected: Vec<_> = ids
             .iter()
             .filter(|(_, t, _)| !cancelled.contains(t))
             .map(|&(d, t, _)| (d, t))
             .collect();
+        // Insertion order breaks ties, and tokens were assigned in insertion order.
         expected.sort();
         assert_eq!(
             fired,
@@ -198,18 +275,47 @@ mod tests {
         for (_, _, id) in ids {
             assert!(!timers.cancel(id), "fired or cancelled ids are stale");
         }
+        assert_eq!(timers.len(), 0);
     }
 
     #[test]
-    fn pop_respects_now() {
+    fn pop_respects_now_and_skips_tombstones() {
         let mut timers = Timers::default();
+        let early = timers.add(5, 0);
         timers.add(10, 1);
         timers.add(20, 2);
+        assert!(timers.cancel(early));
+        assert_eq!(timers.next_deadline(), Some(10));
         assert_eq!(timers.pop_expired(5), None);
         assert_eq!(timers.pop_expired(15), Some(1));
         assert_eq!(timers.next_deadline(), Some(20));
         assert_eq!(timers.pop_expired(15), None);
         assert_eq!(timers.pop_expired(20), Some(2));
         assert_eq!(timers.len(), 0);
+        assert_eq!(timers.next_deadline(), None);
+    }
+
+    #[test]
+    fn slots_are_reused_without_confusing_ids() {
+        let mut timers = Timers::default();
+        let a = timers.add(1, 1);
+        assert_eq!(timers.pop_expired(1), Some(1));
+        let b = timers.add(2, 2);
+        assert_ne!(a, b);
+        assert!(!timers.cancel(a));
+        assert!(timers.cancel(b));
+        assert_eq!(drain(&mut timers), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn equal_deadlines_keep_insertion_order_across_sequence_wrap() {
+        let mut timers = Timers {
+            next_seq: u32::MAX - 2,
+            ..Timers::default()
+        };
+        for token in 0..6 {
+            timers.add(7, token);
+        }
+        assert_eq!(drain(&mut timers), vec![0, 1, 2, 3, 4, 5]);
     }
 }
