@@ -1,8 +1,9 @@
 /* Signals in callback mode: rl_signal_start delivers signals as callbacks on the loop thread
- * (through a signalfd, so the handler may do anything, unlike a classic signal handler). A timer
- * sends this process SIGUSR1 three times, then SIGUSR2; the SIGUSR2 handler stops handling both
- * signals, after which nothing keeps the loop alive and rl_run() returns. Exits 0 when every
- * check holds. */
+ * (through a signalfd, so the handler may do anything, unlike a classic signal handler). The
+ * program sends itself SIGUSR1 three times, each after the previous one was handled (pending
+ * standard signals of one kind merge, so sending them back to back could legitimately deliver
+ * fewer), then SIGUSR2; the SIGUSR2 handler stops handling both signals, after which nothing keeps
+ * the loop alive and rl_run() returns. Exits 0 when every check holds. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <signal.h>
@@ -21,42 +22,41 @@ static void expect(int ok, const char *what)
     }
 }
 
-static void on_usr1(rl_loop *loop, const rl_outcome *o, void *data)
+static void send_signal(rl_loop *loop, const rl_outcome *o, void *data)
 {
     (void)loop;
+    (void)o;
+    (void)data;
+    if (sent < 3) {
+        sent++;
+        kill(getpid(), SIGUSR1);
+    } else {
+        kill(getpid(), SIGUSR2);
+    }
+}
+
+static void on_usr1(rl_loop *loop, const rl_outcome *o, void *data)
+{
     expect(o->result == SIGUSR1, "SIGUSR1 handler gets SIGUSR1");
     expect(o->flags & RL_EV_MORE, "a signal handler stays registered");
     expect(strcmp(data, "usr1") == 0, "the handler gets its data");
     usr1_count++;
+    expect(usr1_count == sent, "each SIGUSR1 is handled once");
     printf("SIGUSR1 #%d\n", usr1_count);
+    /* The next signal goes out from a timer, i.e. from the loop thread between iterations. */
+    CHECK_RL(rl_call_later(loop, 1 * MS, send_signal, NULL, NULL));
 }
 
 static void on_usr2(rl_loop *loop, const rl_outcome *o, void *data)
 {
     (void)data;
     expect(o->result == SIGUSR2, "SIGUSR2 handler gets SIGUSR2");
+    expect(usr1_count == 3, "three SIGUSR1 were handled before SIGUSR2");
     usr2_count++;
     printf("SIGUSR2: stopping\n");
     expect(rl_signal_stop(loop, SIGUSR1) == 1, "stopping SIGUSR1");
     expect(rl_signal_stop(loop, SIGUSR2) == 1, "stopping SIGUSR2 from its own handler");
     expect(rl_signal_stop(loop, SIGUSR2) == 0, "stopping it again returns 0");
-}
-
-/* Sends one signal per tick, so each is delivered before the next is sent (standard signals of
- * one kind that are pending together merge into one). */
-static void on_tick(rl_loop *loop, const rl_outcome *o, void *data)
-{
-    (void)o;
-    (void)data;
-    if (sent < 3) {
-        expect(usr1_count == sent, "every SIGUSR1 was delivered before the next was sent");
-        kill(getpid(), SIGUSR1);
-        sent++;
-        CHECK_RL(rl_call_later(loop, 5 * MS, on_tick, NULL, NULL));
-    } else {
-        expect(usr1_count == 3, "three SIGUSR1 delivered");
-        kill(getpid(), SIGUSR2);
-    }
 }
 
 int main(void)
@@ -68,7 +68,7 @@ int main(void)
     CHECK_RL(rl_signal_start(loop, SIGUSR2, on_usr2, NULL));
     expect(rl_signal_start(loop, SIGKILL, on_usr2, NULL) == -EINVAL, "SIGKILL cannot be handled");
     expect(rl_signal_start(loop, 0, on_usr2, NULL) == -EINVAL, "signal 0 is invalid");
-    CHECK_RL(rl_call_later(loop, 5 * MS, on_tick, NULL, NULL));
+    CHECK_RL(rl_call_later(loop, 1 * MS, send_signal, NULL, NULL));
 
     /* Signal handlers keep the loop alive until on_usr2 stops them. */
     CHECK_RL(rl_run(loop, RL_RUN_DEFAULT));

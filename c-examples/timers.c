@@ -68,7 +68,9 @@ int main(void)
     printf("timers on %s\n", rl_loop_backend(loop));
     rec.start = rl_now(loop);
 
-    /* Scheduled out of order; they must run as s (call_soon), a, b, c, d. */
+    /* Scheduled out of order; the timers must run as a, b, c, d. (Where the call_soon callback "s"
+     * falls depends on how long scheduling took: timers already due when the loop starts run in
+     * its first pass too, and a slow machine or valgrind makes them due.) */
     CHECK_RL(rl_call_later(loop, 30 * MS, on_timer, "c", NULL));
     CHECK_RL(rl_call_later(loop, 10 * MS, on_timer, "a", &first));
     CHECK_RL(rl_call_later(loop, 25 * MS, on_cancelled, NULL, &cancelled));
@@ -89,7 +91,20 @@ int main(void)
     rec.order[rec.len] = '\0';
     printf("order: %s, ticks: %d, elapsed: %llu ms\n", rec.order, rec.ticks,
            (unsigned long long)((rl_now(loop) - rec.start) / MS));
-    expect(strcmp(rec.order, "sabcd") == 0, "callbacks ran in deadline order");
+    {
+        /* The order without "s". */
+        char timers_only[sizeof rec.order];
+        int i, n = 0, soon = 0;
+        for (i = 0; i < rec.len; i++) {
+            if (rec.order[i] == 's')
+                soon++;
+            else
+                timers_only[n++] = rec.order[i];
+        }
+        timers_only[n] = '\0';
+        expect(soon == 1, "the call_soon callback ran once");
+        expect(strcmp(timers_only, "abcd") == 0, "timers ran in deadline order");
+    }
     expect(rec.ticks == 5, "the self-re-arming timer ran 5 times");
     expect(rl_now(loop) - rec.start >= 40 * MS, "the last timer did not fire early");
     expect(rl_timer_cancel(loop, first) == 0, "cancelling a fired timer is harmless");
