@@ -83,10 +83,32 @@ def loop_factory(request):
     return LoopFactory(kind, lambda: ringloop.Loop(backend=backend), backend)
 
 
+class UnexpectedErrors:
+    """The loop's exception handler during a test: what reaches it is a bug unless the test
+    installs its own handler (tests about error reporting do)."""
+
+    def __init__(self):
+        self.contexts = []
+
+    def __call__(self, loop, context):
+        self.contexts.append(context)
+
+    def describe(self):
+        return "\n".join(
+            f"- {c.get('message')}: {c.get('exception')!r}" for c in self.contexts
+        )
+
+
 @pytest.fixture
 def loop(loop_factory):
-    """A fresh loop of the parametrized kind, set as the current loop, closed afterwards."""
+    """A fresh loop of the parametrized kind, set as the current loop, closed afterwards.
+
+    Exceptions that reach the loop's exception handler (raised by callbacks or protocol methods,
+    never retrieved from tasks) fail the test, unless the test set its own handler.
+    """
     loop = loop_factory()
+    unexpected = UnexpectedErrors()
+    loop.set_exception_handler(unexpected)
     asyncio.set_event_loop(loop)
     try:
         yield loop
@@ -99,6 +121,8 @@ def loop(loop_factory):
                     loop.run_until_complete(loop.shutdown_asyncgens())
                 finally:
                     loop.close()
+    if loop.get_exception_handler() is unexpected and unexpected.contexts:
+        pytest.fail("the loop's exception handler was called:\n" + unexpected.describe(), pytrace=False)
 
 
 def _cancel_all_tasks(loop):

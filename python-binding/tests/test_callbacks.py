@@ -173,11 +173,19 @@ def test_call_soon_threadsafe_wakes_a_loop_that_waits_without_timers(loop):
 
 
 def test_call_soon_threadsafe_wakes_a_loop_blocked_on_a_far_timer(loop):
-    event = threading.Event()
+    loop_is_running = threading.Event()
+
+    def stop_from_thread():
+        loop_is_running.wait()
+        time.sleep(0.05)  # let the loop block on the one-hour timer
+        loop.call_soon_threadsafe(loop.stop)
+
     loop.call_later(3600, lambda: None)
-    loop.call_soon(lambda: threading.Thread(target=lambda: (event.wait(), loop.call_soon_threadsafe(loop.stop))).start())
-    loop.call_soon(event.set)
-    loop.run_forever()
+    loop.call_soon(loop_is_running.set)
+    thread = threading.Thread(target=stop_from_thread)
+    thread.start()
+    loop.run_forever()  # pytest-timeout fails the test if the wake-up is lost
+    thread.join()
 
 
 def test_run_coroutine_threadsafe_returns_the_result_to_the_thread(loop):

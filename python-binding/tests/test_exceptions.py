@@ -116,6 +116,8 @@ def test_a_failing_exception_handler_does_not_break_the_loop(loop, caplog):
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         loop.run_forever()
     assert after == ["ran"]
+    # The handler's own failure is logged, not swallowed.
+    assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records), caplog.records
 
 
 def test_set_exception_handler_rejects_non_callables(loop):

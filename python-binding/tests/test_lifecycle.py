@@ -212,14 +212,22 @@ def test_run_in_executor_with_a_custom_and_a_default_executor(loop):
 
 
 def test_shutdown_default_executor_joins_threads_and_refuses_new_work(loop):
+    worker_threads = set()
+
+    def work():
+        worker_threads.add(threading.get_ident())
+        time.sleep(0.01)
+
     async def main():
-        await loop.run_in_executor(None, time.sleep, 0.01)
+        await asyncio.gather(*(loop.run_in_executor(None, work) for _ in range(4)))
         await loop.shutdown_default_executor()
         with pytest.raises(RuntimeError):
             await loop.run_in_executor(None, time.sleep, 0)
 
     run(loop, main())
-    assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+    assert worker_threads
+    alive = {thread.ident for thread in threading.enumerate()}
+    assert not worker_threads & alive
 
 
 def test_unclosed_loop_emits_a_resource_warning(loop_factory):
