@@ -55,7 +55,16 @@ fn header_read_back_by_bindgen_drives_the_library() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let exe = work.join("abi_scenario");
     let status = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "bin", "-g", "-o"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "-g",
+            "-D",
+            "warnings",
+            "-o",
+        ])
         .arg(&exe)
         .arg(crate_dir.join("tests/abi/scenario.rs"))
         .arg("-L")

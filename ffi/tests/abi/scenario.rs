@@ -178,6 +178,157 @@ fn raw_wake(lp: *mut rl_loop) {
     println!("raw wake: woken from another thread");
 }
 
+
+// ----- callback mode -----
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What the callbacks below record; `data` points at one of these.
+#[derive(Default)]
+struct Log {
+    entries: Vec<(u64, i32, u64)>,
+}
+
+unsafe extern "C" fn record(lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: registered with a `(Log, tag)` pair that outlives the loop run; `o` is valid here.
+    unsafe {
+        let (log, tag) = &mut *(data as *mut (*mut Log, u64));
+        (**log).entries.push((*tag, (*o).result, (*o).value));
+        assert!(!lp.is_null());
+    }
+}
+
+unsafe extern "C" fn reenter(lp: *mut rl_loop, _o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is an `AtomicUsize` the test owns; nested calls on `lp` are the point.
+    unsafe {
+        assert_eq!(rl_run(lp, RL_RUN_NOWAIT as i32), RL_ESTATE, "rl_run inside a callback");
+        assert_eq!(rl_poll(lp, 0, ptr::null_mut(), 0), RL_ESTATE, "rl_poll inside a callback");
+        assert_eq!(rl_loop_free(lp), RL_ESTATE, "rl_loop_free inside a callback");
+        // Scheduling from a callback is fine.
+        check(rl_call_soon(lp, Some(count), data), "nested rl_call_soon");
+    }
+}
+
+unsafe extern "C" fn count(_lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is an `AtomicUsize` the test owns.
+    unsafe {
+        assert_eq!((*o).result, 0);
+        (*(data as *const AtomicUsize)).fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+unsafe extern "C" fn square(data: *mut c_void, value: *mut u64) -> i32 {
+    // SAFETY: `data` is a `u64` the test owns; `value` is the library's out slot.
+    unsafe {
+        let n = *(data as *const u64);
+        *value = n * n;
+    }
+    0
+}
+
+fn callback_mode(lp: *mut rl_loop) {
+    let mut log = Log::default();
+    let ms = 1_000_000u64;
+    let mut tags: Vec<Box<(*mut Log, u64)>> = (0..10).map(|t| Box::new((&mut log as *mut Log, t))).collect();
+    let data = |tags: &mut Vec<Box<(*mut Log, u64)>>, t: usize| &mut *tags[t] as *mut _ as *mut c_void;
+    let calls = AtomicUsize::new(0);
+    // SAFETY (whole block): valid loop; every `data` outlives the runs below.
+    unsafe {
+        // Timers in deadline order; a cancelled one never fires.
+        let mut cancelled = 0u64;
+        check(rl_call_later(lp, 30 * ms, Some(record), data(&mut tags, 3), ptr::null_mut()), "later 3");
+        check(rl_call_later(lp, 10 * ms, Some(record), data(&mut tags, 1), ptr::null_mut()), "later 1");
+        check(rl_call_later(lp, 15 * ms, Some(record), data(&mut tags, 9), &mut cancelled), "later 9");
+        check(rl_call_at(lp, rl_now(lp) + 20 * ms, Some(record), data(&mut tags, 2), ptr::null_mut()), "at 2");
+        assert_eq!(rl_timer_cancel(lp, cancelled), 1);
+        assert_eq!(rl_timer_cancel(lp, cancelled), 0);
+        assert_eq!(rl_call_soon(lp, None, ptr::null_mut()), -libc_errno::EINVAL, "NULL callback");
+        check(rl_call_soon(lp, Some(reenter), &calls as *const _ as *mut c_void), "call_soon");
+        assert_eq!(rl_run(lp, RL_RUN_DEFAULT as i32), 0, "rl_run returns 0 when nothing is left");
+        let order: Vec<u64> = log.entries.iter().map(|e| e.0).collect();
+        assert_eq!(order, [1, 2, 3], "timers in deadline order, the cancelled one never");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the nested call_soon ran");
+        log.entries.clear();
+
+        // A future completed from another thread, and one from the loop's thread pool.
+        let mut fut: *mut rl_future = ptr::null_mut();
+        check(rl_future_new(lp, &mut fut), "rl_future_new");
+        assert_eq!(rl_future_state(fut), RL_FUTURE_PENDING as i32);
+        check(rl_future_add_done_callback(fut, Some(record), data(&mut tags, 5)), "add_done_callback");
+        let mut n = 12u64;
+        let mut pooled: *mut rl_future = ptr::null_mut();
+        check(rl_run_in_thread(lp, Some(square), &mut n as *mut u64 as *mut c_void, &mut pooled), "run_in_thread");
+        check(rl_future_add_done_callback(pooled, Some(record), data(&mut tags, 6)), "add_done_callback");
+        let (handle, loop_handle, counter) = (fut as usize, lp as usize, &calls as *const AtomicUsize as usize);
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // The completers and rl_call_soon_threadsafe are thread-safe; the future, the loop
+            // and the counter outlive this thread (joined before they are released). (This
+            // closure is inside the function's `unsafe` block.)
+            check(rl_call_soon_threadsafe(loop_handle as *mut rl_loop, Some(count), counter as *mut c_void), "threadsafe");
+            assert_eq!(rl_future_set_result(handle as *mut rl_future, 4242), 1);
+            assert_eq!(rl_future_set_result(handle as *mut rl_future, 1), 0, "second completion refused");
+        });
+        // Pending futures with done callbacks keep the loop running.
+        check(rl_run(lp, RL_RUN_DEFAULT as i32), "rl_run");
+        worker.join().unwrap();
+        let mut done: Vec<(u64, i32, u64)> = log.entries.clone();
+        done.sort();
+        assert_eq!(done, [(5, 0, 4242), (6, 0, 144)], "done callbacks saw the results");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the threadsafe call ran");
+        let mut value = 0u64;
+        assert_eq!(rl_future_result(fut, &mut value), 0);
+        assert_eq!(value, 4242);
+        check(rl_future_release(fut), "release");
+        check(rl_future_release(pooled), "release");
+        assert_eq!(rl_future_release(fut), RL_EHANDLE, "double release");
+        assert_eq!(rl_future_state(fut), RL_EHANDLE, "released handle is stale");
+        assert_eq!(rl_future_state(lp as *const rl_future), RL_EHANDLE, "a loop is not a future");
+    }
+    println!("callback mode: timers in order, re-entrancy refused cleanly, futures completed from threads");
+}
+
+// ----- both modes on one loop -----
+
+unsafe extern "C" fn echo_recv(lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is the `Vec<u8>` the test owns; `bytes` is valid during the callback.
+    unsafe {
+        let received = &mut *(data as *mut Vec<u8>);
+        let o = &*o;
+        if o.nbytes > 0 {
+            received.extend_from_slice(std::slice::from_raw_parts(o.bytes, o.nbytes));
+        }
+        assert!(!lp.is_null());
+    }
+}
+
+fn mixed_modes(lp: *mut rl_loop) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut received: Vec<u8> = Vec::new();
+    // SAFETY: valid loop; `payload` and `received` outlive the polls below.
+    unsafe {
+        // Callback-mode receive, raw-mode send: rl_poll runs the callbacks and returns only the
+        // raw event.
+        check(rl_recv(lp, a.as_raw_fd(), Some(echo_recv), &mut received as *mut Vec<u8> as *mut c_void, ptr::null_mut()), "rl_recv");
+        check(rl_op_send(lp, b.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 77, ptr::null_mut()), "rl_op_send");
+        let mut sent = None;
+        while sent.is_none() || received.len() < payload.len() {
+            for ev in poll(lp, 100_000_000) {
+                assert_eq!(ev.token, 77, "only raw events come out of rl_poll");
+                sent = Some(ev.result);
+            }
+        }
+        assert_eq!(sent, Some(payload.len() as i32));
+        assert!(received == payload, "callback-mode receive got every byte");
+    }
+    drop((a, b));
+    println!("mixed modes: rl_poll dispatched callback-mode work and returned only raw events");
+}
+
 fn main() {
     library_basics();
     let mut lp: *mut rl_loop = ptr::null_mut();
@@ -189,6 +340,8 @@ fn main() {
     raw_timers(lp);
     raw_echo(lp);
     raw_wake(lp);
+    callback_mode(lp);
+    mixed_modes(lp);
     // SAFETY: valid loop, freed once; the second free must be detected.
     unsafe {
         check(rl_loop_free(lp), "rl_loop_free");
