@@ -67,10 +67,26 @@ def test_call_later_fires_in_deadline_order_and_not_early(loop):
         handles[delay] = loop.call_later(delay, lambda d=delay: fired.append((d, loop.time())))
     loop.call_later(0.1, loop.stop)
     loop.run_forever()
-    assert [d for d, _ in fired] == sorted(delays)
+    # Deadline order (scheduling itself takes time, so that is when() order, not delay order).
+    assert [d for d, _ in fired] == sorted(delays, key=lambda d: handles[d].when())
     for delay, fired_at in fired:
         # asyncio may run a timer up to one clock resolution early; nothing earlier.
         assert fired_at >= handles[delay].when() - 1e-3
+
+
+def test_timers_that_are_all_due_at_once_run_in_deadline_order(loop):
+    import random
+
+    fired = []
+    delays = [i / 1000 for i in range(1, 60)]
+    random.Random(5).shuffle(delays)
+    handles = [loop.call_later(delay, fired.append, delay) for delay in delays]
+    deadline = {delay: handle.when() for delay, handle in zip(delays, handles)}
+    # Block the loop past every deadline: the next iteration finds all of them due together.
+    loop.call_soon(time.sleep, 0.1)
+    loop.call_later(0.2, loop.stop)
+    loop.run_forever()
+    assert fired == sorted(delays, key=deadline.__getitem__)
 
 
 def test_call_later_with_negative_delay_runs_like_call_soon(loop):

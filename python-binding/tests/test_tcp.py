@@ -745,3 +745,134 @@ def test_many_simultaneous_connections_are_byte_exact(loop):
 
     run(loop, main())
 
+
+
+class LifecycleRecorder(asyncio.Protocol):
+    """Records every protocol callback in order."""
+
+    def __init__(self, loop):
+        self.calls = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.calls.append("made")
+        self.transport = transport
+
+    def data_received(self, data):
+        self.calls.append("data")
+
+    def eof_received(self):
+        self.calls.append("eof")
+
+    def connection_lost(self, exc):
+        self.calls.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_protocol_callbacks_come_in_order_and_connection_lost_once(loop):
+    async def main():
+        accepted = loop.create_future()
+
+        class Server(LifecycleRecorder):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                accepted.set_result(self)
+
+        server = await loop.create_server(lambda: Server(loop), "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        transport, client = await loop.create_connection(lambda: LifecycleRecorder(loop), *address)
+        server_protocol = await accepted
+        transport.write(b"hello")
+        transport.write_eof()
+        await server_protocol.lost  # eof_received returned None: the server side closed itself
+        await client.lost
+        await asyncio.sleep(0.01)
+        assert server_protocol.calls[0] == "made" and server_protocol.calls[-2:] == ["eof", "lost"]
+        assert set(server_protocol.calls[1:-2]) == {"data"}
+        assert client.calls[0] == "made" and client.calls[-1] == "lost"
+        assert client.calls.count("lost") == 1 and server_protocol.calls.count("lost") == 1
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_writes_after_close_are_ignored_and_write_after_eof_raises(loop):
+    async def main():
+        server, address = await start_echo_server(loop)
+        transport, protocol = await loop.create_connection(lambda: CollectingClientProtocol(loop), *address)
+        transport.write(b"before eof")
+        transport.write_eof()
+        with pytest.raises(RuntimeError):
+            transport.write(b"after eof")
+        assert await protocol.done == b"before eof"
+
+        transport, protocol = await loop.create_connection(lambda: CollectingClientProtocol(loop), *address)
+        with pytest.raises(TypeError):
+            transport.write("text is not bytes")
+        transport.close()
+        transport.write(b"after close")  # ignored (logged after a few attempts), no exception
+        transport.close()  # closing twice is harmless
+        assert await protocol.done == b""
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_close_flushes_buffered_data_and_abort_with_pending_writes_is_safe(loop):
+    async def main():
+        server, address = await start_echo_server(loop)
+        # close(): everything written before it still arrives.
+        payload = random_payload(3 * 1024 * 1024, 31)
+        sink_done = loop.create_future()
+
+        class Sink(asyncio.Protocol):
+            def __init__(self):
+                self.received = bytearray()
+
+            def data_received(self, data):
+                self.received += data
+
+            def connection_lost(self, exc):
+                sink_done.set_result(bytes(self.received))
+
+        sink_server = await loop.create_server(Sink, "127.0.0.1", 0)
+        transport, _ = await loop.create_connection(asyncio.Protocol, *sink_server.sockets[0].getsockname())
+        transport.write(payload)
+        transport.close()
+        assert await sink_done == payload
+
+        # abort() with megabytes still queued: connection_lost once, nothing else.
+        transport, protocol = await loop.create_connection(lambda: LifecycleRecorder(loop), *address)
+        for _ in range(16):
+            transport.write(payload)
+        transport.abort()
+        await protocol.lost
+        await asyncio.sleep(0.02)
+        assert protocol.calls.count("lost") == 1
+        assert transport.get_write_buffer_size() == 0 or transport.is_closing()
+        sink_server.close()
+        server.close()
+        await asyncio.gather(sink_server.wait_closed(), server.wait_closed())
+
+    run(loop, main())
+
+
+def test_closing_the_loop_with_open_transports_does_not_crash(loop_factory):
+    loop = loop_factory()
+    try:
+        async def main():
+            server, address = await start_echo_server(loop)
+            transport, _ = await loop.create_connection(asyncio.Protocol, *address)
+            transport.write(random_payload(1024 * 1024, 41))
+            return server, transport
+
+        server, transport = run(loop, main())
+        server.close()
+        transport.abort()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    assert loop.is_closed()

@@ -49,6 +49,10 @@ def test_tls_streams_echo_is_byte_exact(loop, server_ssl_context, client_ssl_con
 
 
 def test_tls_client_rejects_an_untrusted_certificate(loop, server_ssl_context):
+    # In debug mode the server reports the aborted handshake to the exception handler.
+    reported = []
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+
     async def main():
         server = await asyncio.start_server(tls_echo_handler, "127.0.0.1", 0, ssl=server_ssl_context)
         address = server.sockets[0].getsockname()
@@ -59,6 +63,8 @@ def test_tls_client_rejects_an_untrusted_certificate(loop, server_ssl_context):
         await server.wait_closed()
 
     run(loop, main())
+    for context in reported:
+        assert isinstance(context.get("exception"), (ConnectionError, ssl.SSLError)), context
 
 
 def test_tls_handshake_timeout(loop, client_ssl_context):
