@@ -49,6 +49,20 @@ pub(crate) fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
     neg_errno(unsafe { libc::fcntl(fd, libc::F_GETFD) }).is_ok()
 }
 
+/// Whether `fd` is a regular file or a directory, which epoll refuses (EPERM) and a poll on which
+/// would report "ready" forever; the io_uring backend refuses them the same way.
+pub(crate) fn is_always_ready_file(fd: std::os::fd::RawFd) -> bool {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success; a bad fd only yields an error.
+    let rc = unsafe { libc::fstat(fd, stat.as_mut_ptr()) };
+    if neg_errno(rc).is_err() {
+        return false;
+    }
+    // SAFETY: initialised by the successful call above.
+    let mode = unsafe { stat.assume_init() }.st_mode & libc::S_IFMT;
+    mode == libc::S_IFREG || mode == libc::S_IFDIR
+}
+
 /// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.
 pub(crate) fn file_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();

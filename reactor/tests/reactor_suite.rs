@@ -1036,6 +1036,12 @@ fn connect_and_close(choice: BackendChoice) {
     // Bad fds are refused or reported, never a crash.
     assert!(reactor.watch(-1, Interest::READABLE, 5).is_err());
     assert!(reactor.recv_multi(-1, 5).is_err());
+    // A regular file has no readiness to watch: refused on both backends, as epoll does.
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    let err = reactor
+        .watch(file.as_raw_fd(), Interest::READABLE, 5)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     // A huge fd number is refused before any per-fd table is sized for it.
     assert!(reactor.watch(i32::MAX, Interest::READABLE, 5).is_err());
     assert!(reactor.accept_multi(i32::MAX - 1, 5).is_err());

@@ -34,7 +34,9 @@ use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use super::{accept_error_is_transient, ready_bits, Backend};
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable};
-use crate::sys::{errno_of, file_identity, fork_generation, forked_child_error};
+use crate::sys::{
+    errno_of, file_identity, fork_generation, forked_child_error, is_always_ready_file,
+};
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
 
@@ -939,6 +941,10 @@ impl Backend for Uring {
     }
 
     fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64> {
+        // Same answer as epoll for files readiness means nothing for.
+        if is_always_ready_file(fd) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         self.start(fd, token, Kind::Watch { interest })
     }
 
