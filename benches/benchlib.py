@@ -246,6 +246,8 @@ def machine() -> dict:
         "libuv": run("pkg-config", "--modversion", "libuv"),
         "liburing": run("pkg-config", "--modversion", "liburing"),
         "ringloop_commit": run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
+        # Other work on the machine skews every number: say how busy it was.
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         import uvloop  # noqa: F401  (only its version is wanted)

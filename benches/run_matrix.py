@@ -18,6 +18,7 @@ Environment knobs (defaults fit the whole matrix in about 10 minutes on 2 cores)
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -64,7 +65,23 @@ def fmt_rate(rps: float) -> str:
     return f"{rps:,.0f}"
 
 
+def render_only(path: str) -> int:
+    """Re-renders the table and chart of an earlier run (`run_matrix.py --render results.json`)."""
+    summary = json.loads(open(path).read())
+    config = summary["config"]
+    cells = [(size, conns) for size in config["sizes"] for conns in config["connections"]]
+    markdown = render_markdown(summary, cells)
+    (benchlib.OUT / "results.md").write_text(markdown)
+    print(markdown)
+    draw_chart(summary, cells)
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        return render_only(sys.argv[2])
+    if len(sys.argv) != 1:
+        sys.exit("usage: run_matrix.py [--render results.json]   (settings come from BENCH_* variables)")
     benchlib.need_echoload()
     duration = env_float("BENCH_DURATION", 1.0)
     warmup = env_float("BENCH_WARMUP", 0.25)
@@ -84,6 +101,7 @@ def main() -> int:
     )
 
     results = []
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
     done_runs = 0
     for spec in servers:
@@ -141,8 +159,10 @@ def main() -> int:
                 done_runs += repeat
 
     add_ratios(results)
+    machine = benchlib.machine()
+    machine["loadavg_at_start"] = load_at_start
     summary = {
-        "machine": benchlib.machine(),
+        "machine": machine,
         "config": {
             "duration_s": duration, "warmup_s": warmup, "repeat": repeat, "sizes": sizes,
             "connections": connections, "pipeline": 1, "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU,
@@ -210,7 +230,8 @@ def render_markdown(summary: dict, cells: list) -> str:
     c = summary["config"]
     lines = [
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
-        f"uvloop {m.get('uvloop')}, libuv {m['libuv']}, liburing {m['liburing']}, ringloop {m['ringloop_commit']}; {m['date']}.",
+        f"uvloop {m.get('uvloop')}, libuv {m['libuv']}, liburing {m['liburing']}, ringloop {m['ringloop_commit']}; {m['date']}; "
+        f"load average {m.get('loadavg_at_start', ['?'])[0]} at the start, {m.get('loadavg_1_5_15', ['?'])[0]} at the end.",
         f"Each cell: median of {c['repeat']} runs of {c['duration_s']:g} s after {c['warmup_s']:g} s warm-up, "
         f"1 message in flight per connection, server on CPU {c['server_cpu']}, echoload on CPU {c['client_cpu']}. "
         "p99 in µs; srv µs/rt = server CPU time per round trip; srv% = server's share of its core.",
@@ -240,6 +261,7 @@ def render_markdown(summary: dict, cells: list) -> str:
                 per_rt = f"{r['server_us_per_rt']:.1f}" if r["server_us_per_rt"] is not None else "–"
                 lines.append(f"| {name} | {fmt_rate(r['rps'])} | {r['p99_us']:.0f} | {per_rt} | {share} | {ratios[0]} | {ratios[1]} |")
             lines.append("")
+    lines.extend(render_summary(summary, names))
     missing = sorted({(r["server"], r["status"], r["detail"]) for r in summary["cells"] if r["status"] != "ok"})
     if missing:
         lines.append("Not measured:")
@@ -252,6 +274,32 @@ def render_markdown(summary: dict, cells: list) -> str:
             lines.append(f"- {name}: {status} — {detail[:200]}")
         lines.append("")
     return "\n".join(lines)
+
+
+def geomean(values: list) -> float | None:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def render_summary(summary: dict, names: list) -> list:
+    """One line per server: geometric means over the cells of its ratios and CPU cost."""
+    lines = [
+        "### Summary — geometric mean over all measured cells",
+        "",
+        "| server | cells | × asyncio / × io_uring ref | × uvloop / × libuv ref | srv µs/rt (geo-mean) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        rows = [r for r in summary["cells"] if r["server"] == name and r["rps"]]
+        if not rows:
+            continue
+        labels = [b[1] for b in baselines(rows[0])]
+        ratio_a = geomean([r["ratios"][labels[0]] for r in rows if labels[0] in r["ratios"]])
+        ratio_b = geomean([r["ratios"][labels[1]] for r in rows if labels[1] in r["ratios"]])
+        cost = geomean([r["server_us_per_rt"] for r in rows if r["server_us_per_rt"]])
+        show = lambda v, unit="": f"{v:.2f}{unit}" if v is not None else "–"  # noqa: E731
+        lines.append(f"| {name} | {len(rows)} | {show(ratio_a, f' × {labels[0]}')} | {show(ratio_b, f' × {labels[1]}')} | {show(cost)} |")
+    lines.append("")
+    return lines
 
 
 def draw_chart(summary: dict, cells: list):
