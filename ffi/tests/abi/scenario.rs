@@ -207,6 +207,18 @@ unsafe extern "C" fn reenter(lp: *mut rl_loop, _o: *const rl_outcome, data: *mut
         assert_eq!(rl_loop_free(lp), RL_ESTATE, "rl_loop_free inside a callback");
         // Scheduling from a callback is fine.
         check(rl_call_soon(lp, Some(count), data), "nested rl_call_soon");
+        // While this thread is inside the loop, another thread gets RL_ESTATE from loop-thread
+        // functions (no data race), and the thread-safe ones work.
+        let handle = lp as usize;
+        std::thread::spawn(move || {
+            let lp = handle as *mut rl_loop;
+            assert_eq!(rl_call_soon(lp, Some(count), ptr::null_mut()), RL_ESTATE, "second thread");
+            assert_eq!(rl_timer_cancel(lp, 1), RL_ESTATE, "second thread");
+            assert_eq!(rl_wake(lp), 0, "rl_wake is thread-safe");
+            assert!(!rl_loop_backend(lp).is_null(), "rl_loop_backend is thread-safe");
+        })
+        .join()
+        .unwrap();
     }
 }
 
