@@ -98,9 +98,10 @@ pub(crate) fn timeout_from_ns(timeout_ns: i64) -> Option<Duration> {
 /// Returns the number of events written (0 on timeout or signal interruption), `-EINVAL` when
 /// `events` is NULL (or not 8-byte aligned) with a nonzero `capacity`, `RL_EHANDLE`, `RL_ESTATE`
 /// when another thread is using the loop or when called from a callback of this loop, or
-/// `-errno`. Does not take any lock a callback could need: safe to call with Python's GIL released.
+/// `-errno`.
 ///
-/// Loop thread only.
+/// Loop thread only. Blocking here holds no lock another thread's thread-safe call needs, so
+/// bindings may call it with their interpreter lock released (Python: through `ctypes.CDLL`).
 ///
 /// # Safety
 /// `events` is valid for writing `capacity` records (or `capacity` is 0).
