@@ -368,8 +368,12 @@ int rl_call_later(struct rl_loop *loop,
                   uint64_t *timer_out);
 
 /**
- * Calls `cb` once the loop's time reaches `deadline_ns` (on the `rl_now` clock). See
- * `rl_call_later`.
+ * Calls `cb` once, when the loop's time reaches `deadline_ns` (on the `rl_now` clock; a deadline
+ * in the past runs in the next iteration). Timers run in deadline order, ties in the order they
+ * were scheduled.
+ *
+ * Stores the timer id in `*timer_out` (when not NULL) for `rl_timer_cancel`. Returns 0,
+ * `-EINVAL` (NULL `cb`), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
  *
  * # Safety
  * `timer_out` is NULL or writable.
@@ -408,12 +412,18 @@ int rl_add_reader(struct rl_loop *loop, int fd, rl_callback cb, void *data);
 int rl_remove_reader(struct rl_loop *loop, int fd);
 
 /**
- * Calls `cb` whenever `fd` is writable (error counts as writable). See `rl_add_reader`.
+ * Calls `cb` whenever `fd` is writable: persistent and level-triggered (error counts as
+ * writable), as asyncio's `add_writer`. `outcome->result` is the ready mask. Adding a writer to
+ * an fd that has one replaces the callback. The fd stays the caller's.
+ *
+ * Returns 0, `-EINVAL` (NULL `cb`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread
+ * only.
  */
 int rl_add_writer(struct rl_loop *loop, int fd, rl_callback cb, void *data);
 
 /**
- * Removes the writer of `fd`. See `rl_remove_reader`.
+ * Removes the writer of `fd`: returns 1 if there was one (its callback is not called again), 0
+ * if not, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
  */
 int rl_remove_writer(struct rl_loop *loop, int fd);
 
@@ -597,7 +607,8 @@ int rl_future_set_error(struct rl_future *future, int code);
 int rl_future_cancel(struct rl_future *future);
 
 /**
- * `RL_FUTURE_PENDING`, `RL_FUTURE_DONE` or `RL_FUTURE_CANCELLED`; `RL_EHANDLE` for a bad handle.
+ * Returns the future's state, `RL_FUTURE_PENDING`, `RL_FUTURE_DONE` or `RL_FUTURE_CANCELLED`,
+ * or `RL_EHANDLE` for a bad handle.
  *
  * **Thread-safe**.
  */
@@ -678,14 +689,14 @@ int rl_loop_new(const struct rl_options *opts, struct rl_loop **out);
 int rl_loop_free(struct rl_loop *loop);
 
 /**
- * The name of the loop's backend: `"io_uring"` or `"epoll"` (a static string), or NULL for a
- * null, stale or foreign handle. Thread-safe.
+ * Returns the name of the loop's backend, `"io_uring"` or `"epoll"` (a static string the caller
+ * must not free), or NULL for a null, stale or foreign handle. Thread-safe.
  */
 const char *rl_loop_backend(const struct rl_loop *loop);
 
 /**
- * The loop's clock: CLOCK_MONOTONIC in nanoseconds, the clock of `rl_call_at` and `rl_op_timer`
- * deadlines. 0 for a null, stale or foreign handle. Thread-safe.
+ * Returns the loop's clock, CLOCK_MONOTONIC in nanoseconds (the clock of `rl_call_at` and
+ * `rl_op_timer` deadlines), or 0 for a null, stale or foreign handle. Thread-safe.
  */
 uint64_t rl_now(const struct rl_loop *loop);
 

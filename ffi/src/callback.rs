@@ -291,8 +291,12 @@ pub unsafe extern "C" fn rl_call_later(
     })
 }
 
-/// Calls `cb` once the loop's time reaches `deadline_ns` (on the `rl_now` clock). See
-/// `rl_call_later`.
+/// Calls `cb` once, when the loop's time reaches `deadline_ns` (on the `rl_now` clock; a deadline
+/// in the past runs in the next iteration). Timers run in deadline order, ties in the order they
+/// were scheduled.
+///
+/// Stores the timer id in `*timer_out` (when not NULL) for `rl_timer_cancel`. Returns 0,
+/// `-EINVAL` (NULL `cb`), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
 ///
 /// # Safety
 /// `timer_out` is NULL or writable.
@@ -353,7 +357,12 @@ pub extern "C" fn rl_remove_reader(r#loop: *mut rl_loop, fd: c_int) -> c_int {
     with_loop(r#loop, |lp| c_int::from(fd >= 0 && lp.remove_reader(fd)))
 }
 
-/// Calls `cb` whenever `fd` is writable (error counts as writable). See `rl_add_reader`.
+/// Calls `cb` whenever `fd` is writable: persistent and level-triggered (error counts as
+/// writable), as asyncio's `add_writer`. `outcome->result` is the ready mask. Adding a writer to
+/// an fd that has one replaces the callback. The fd stays the caller's.
+///
+/// Returns 0, `-EINVAL` (NULL `cb`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop thread
+/// only.
 #[no_mangle]
 pub extern "C" fn rl_add_writer(
     r#loop: *mut rl_loop,
@@ -366,7 +375,8 @@ pub extern "C" fn rl_add_writer(
     })
 }
 
-/// Removes the writer of `fd`. See `rl_remove_reader`.
+/// Removes the writer of `fd`: returns 1 if there was one (its callback is not called again), 0
+/// if not, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
 #[no_mangle]
 pub extern "C" fn rl_remove_writer(r#loop: *mut rl_loop, fd: c_int) -> c_int {
     with_loop(r#loop, |lp| c_int::from(fd >= 0 && lp.remove_writer(fd)))

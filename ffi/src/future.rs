@@ -121,7 +121,8 @@ pub extern "C" fn rl_future_cancel(future: *mut rl_future) -> c_int {
     with_future(future, |entry| c_int::from(entry.future.cancel()))
 }
 
-/// `RL_FUTURE_PENDING`, `RL_FUTURE_DONE` or `RL_FUTURE_CANCELLED`; `RL_EHANDLE` for a bad handle.
+/// Returns the future's state, `RL_FUTURE_PENDING`, `RL_FUTURE_DONE` or `RL_FUTURE_CANCELLED`,
+/// or `RL_EHANDLE` for a bad handle.
 ///
 /// **Thread-safe**.
 #[no_mangle]

@@ -405,8 +405,8 @@ pub extern "C" fn rl_loop_free(r#loop: *mut rl_loop) -> c_int {
     })
 }
 
-/// The name of the loop's backend: `"io_uring"` or `"epoll"` (a static string), or NULL for a
-/// null, stale or foreign handle. Thread-safe.
+/// Returns the name of the loop's backend, `"io_uring"` or `"epoll"` (a static string the caller
+/// must not free), or NULL for a null, stale or foreign handle. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rl_loop_backend(r#loop: *const rl_loop) -> *const c_char {
     guard_or(std::ptr::null(), || match lookup(r#loop) {
@@ -418,8 +418,8 @@ pub extern "C" fn rl_loop_backend(r#loop: *const rl_loop) -> *const c_char {
     })
 }
 
-/// The loop's clock: CLOCK_MONOTONIC in nanoseconds, the clock of `rl_call_at` and `rl_op_timer`
-/// deadlines. 0 for a null, stale or foreign handle. Thread-safe.
+/// Returns the loop's clock, CLOCK_MONOTONIC in nanoseconds (the clock of `rl_call_at` and
+/// `rl_op_timer` deadlines), or 0 for a null, stale or foreign handle. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rl_now(r#loop: *const rl_loop) -> u64 {
     guard_or(0, || match lookup(r#loop) {
