@@ -427,3 +427,94 @@ pub extern "C" fn rl_now(r#loop: *const rl_loop) -> u64 {
         Err(_) => 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_of_older_and_newer_callers() {
+        // An older caller whose struct ends after `backend`: the rest takes the defaults.
+        let old: [u32; 2] = [8, RL_BACKEND_EPOLL];
+        // SAFETY: `old` has the 8 bytes its size field announces.
+        let read = unsafe { rl_options::read(old.as_ptr().cast()) }.unwrap();
+        assert_eq!(read.backend, RL_BACKEND_EPOLL);
+        assert_eq!((read.buffer_size, read.flags), (0, 0));
+        assert_eq!(read.size as usize, std::mem::size_of::<rl_options>());
+
+        // A newer caller: extra fields are fine while zero, refused when set.
+        let mut new = [0u32; 8];
+        new[0] = 32;
+        new[1] = RL_BACKEND_IO_URING;
+        // SAFETY: `new` has the 32 bytes its size field announces.
+        assert_eq!(
+            unsafe { rl_options::read(new.as_ptr().cast()) }
+                .unwrap()
+                .backend,
+            RL_BACKEND_IO_URING
+        );
+        new[7] = 1;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { rl_options::read(new.as_ptr().cast()) }.unwrap_err(),
+            -libc::E2BIG
+        );
+
+        // A size that cannot even hold itself.
+        let tiny: [u32; 1] = [2];
+        // SAFETY: 4 readable bytes.
+        assert_eq!(
+            unsafe { rl_options::read(tiny.as_ptr().cast()) }.unwrap_err(),
+            -libc::EINVAL
+        );
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let bad_backend = rl_options {
+            backend: 9,
+            ..rl_options::default()
+        };
+        assert_eq!(bad_backend.to_options().unwrap_err(), -libc::EINVAL);
+        let bad_flags = rl_options {
+            flags: 0x10,
+            ..rl_options::default()
+        };
+        assert_eq!(bad_flags.to_options().unwrap_err(), -libc::EINVAL);
+        let custom = rl_options {
+            buffer_size: 4096,
+            flags: RL_OPT_IGNORE_ENV,
+            ..rl_options::default()
+        };
+        let o = custom.to_options().unwrap();
+        assert_eq!(o.buffer_size, 4096);
+        assert!(!o.honor_env);
+        assert_eq!(o.buffer_count, Options::default().buffer_count);
+        assert_eq!(o.wake_token, RL_WAKE_TOKEN);
+    }
+
+    #[test]
+    fn a_loop_is_refused_to_a_second_thread_while_in_use() {
+        let mut handle: *mut rl_loop = std::ptr::null_mut();
+        // SAFETY: `handle` is a valid out pointer.
+        assert_eq!(unsafe { rl_loop_new(std::ptr::null(), &mut handle) }, 0);
+        let entered = enter(handle).unwrap();
+        let raw = handle as usize;
+        let other = std::thread::spawn(move || enter(raw as *const rl_loop).err())
+            .join()
+            .unwrap();
+        assert_eq!(other, Some(RL_ESTATE));
+        // The owner may re-enter (a callback calling back in).
+        let nested = enter(handle).unwrap();
+        assert_eq!(nested.depth(), 2);
+        drop(nested);
+        // Freeing from inside is refused; after the owner leaves, another thread may use it.
+        assert_eq!(rl_loop_free(handle), RL_ESTATE);
+        drop(entered);
+        let freed = std::thread::spawn(move || rl_loop_free(raw as *mut rl_loop))
+            .join()
+            .unwrap();
+        assert_eq!(freed, 0);
+        assert_eq!(rl_loop_free(handle), RL_EHANDLE);
+    }
+}
