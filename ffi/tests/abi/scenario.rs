@@ -2,7 +2,12 @@
 //! `RINGLOOP_H_RS` file), linked to `libringloop.so`, run once per backend. Exits non-zero (a
 //! panic) on the first failed check.
 
-#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+#![allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
 
 mod sys {
     include!(env!("RINGLOOP_H_RS"));
@@ -26,9 +31,20 @@ fn check(rc: i32, what: &str) -> i32 {
 }
 
 fn poll(lp: *mut rl_loop, timeout_ns: i64) -> Vec<rl_event> {
-    let mut events = vec![rl_event { token: 0, result: 0, flags: 0, aux: 0 }; 64];
+    let mut events = vec![
+        rl_event {
+            token: 0,
+            result: 0,
+            flags: 0,
+            aux: 0
+        };
+        64
+    ];
     // SAFETY: `events` has room for 64 records.
-    let n = check(unsafe { rl_poll(lp, timeout_ns, events.as_mut_ptr(), 64) }, "rl_poll");
+    let n = check(
+        unsafe { rl_poll(lp, timeout_ns, events.as_mut_ptr(), 64) },
+        "rl_poll",
+    );
     events.truncate(n as usize);
     events
 }
@@ -37,7 +53,10 @@ fn library_basics() {
     // SAFETY (whole function): plain calls with valid or deliberately invalid handles.
     unsafe {
         let v = rl_version();
-        assert_eq!(v, (RL_VERSION_MAJOR << 16) | (RL_VERSION_MINOR << 8) | RL_VERSION_PATCH);
+        assert_eq!(
+            v,
+            (RL_VERSION_MAJOR << 16) | (RL_VERSION_MINOR << 8) | RL_VERSION_PATCH
+        );
         let name = CStr::from_ptr(rl_strerror(RL_EHANDLE)).to_str().unwrap();
         assert!(name.starts_with("RL_EHANDLE"), "{name}");
         assert!(!rl_strerror(i32::MIN).is_null());
@@ -69,12 +88,25 @@ fn raw_timers(lp: *mut rl_loop) {
         assert!(now > 0);
         let ms = 1_000_000u64;
         let mut cancelled = 0u64;
-        check(rl_op_timer(lp, now + 30 * ms, 3, ptr::null_mut()), "timer 3");
-        check(rl_op_timer(lp, now + 10 * ms, 1, ptr::null_mut()), "timer 1");
+        check(
+            rl_op_timer(lp, now + 30 * ms, 3, ptr::null_mut()),
+            "timer 3",
+        );
+        check(
+            rl_op_timer(lp, now + 10 * ms, 1, ptr::null_mut()),
+            "timer 1",
+        );
         check(rl_op_timer(lp, now + 25 * ms, 9, &mut cancelled), "timer 9");
-        check(rl_op_timer(lp, now + 20 * ms, 2, ptr::null_mut()), "timer 2");
+        check(
+            rl_op_timer(lp, now + 20 * ms, 2, ptr::null_mut()),
+            "timer 2",
+        );
         assert_eq!(rl_timer_cancel(lp, cancelled), 1);
-        assert_eq!(rl_timer_cancel(lp, cancelled), 0, "a cancelled timer's id is harmless");
+        assert_eq!(
+            rl_timer_cancel(lp, cancelled),
+            0,
+            "a cancelled timer's id is harmless"
+        );
         let mut fired = Vec::new();
         while fired.len() < 3 {
             for ev in poll(lp, -1) {
@@ -92,17 +124,32 @@ fn raw_echo(lp: *mut rl_loop) {
     let (a, b) = UnixStream::pair().expect("socketpair");
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
-    let payload: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let payload: Vec<u8> = (0..(3 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut received = Vec::with_capacity(payload.len());
     // SAFETY: valid loop; `payload` outlives the send (we wait for its event below).
     unsafe {
         let mut base: *const u8 = ptr::null();
         let (mut size, mut count) = (0u32, 0u32);
-        check(rl_buffers(lp, &mut base, &mut size, &mut count), "rl_buffers");
-        assert!(!base.is_null() && size > 0 && count > 0);
-        check(rl_op_recv(lp, a.as_raw_fd(), 10, ptr::null_mut()), "rl_op_recv");
         check(
-            rl_op_send(lp, b.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 11, ptr::null_mut()),
+            rl_buffers(lp, &mut base, &mut size, &mut count),
+            "rl_buffers",
+        );
+        assert!(!base.is_null() && size > 0 && count > 0);
+        check(
+            rl_op_recv(lp, a.as_raw_fd(), 10, ptr::null_mut()),
+            "rl_op_recv",
+        );
+        check(
+            rl_op_send(
+                lp,
+                b.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                11,
+                ptr::null_mut(),
+            ),
             "rl_op_send",
         );
         let mut sent = None;
@@ -131,7 +178,10 @@ fn raw_echo(lp: *mut rl_loop) {
         // Closing the peer through the loop ends the multishot receive with EOF.
         let mut close_result = None;
         let mut eof = false;
-        check(rl_op_close(lp, b.into_raw_fd(), 12, ptr::null_mut()), "rl_op_close");
+        check(
+            rl_op_close(lp, b.into_raw_fd(), 12, ptr::null_mut()),
+            "rl_op_close",
+        );
         while close_result.is_none() || !eof {
             for ev in poll(lp, -1) {
                 match ev.token {
@@ -149,17 +199,39 @@ fn raw_echo(lp: *mut rl_loop) {
 
         // A level-triggered watch reports writability until cancelled.
         let mut watch = 0u64;
-        check(rl_op_watch(lp, a.as_raw_fd(), RL_WRITABLE, 20, &mut watch), "rl_op_watch");
+        check(
+            rl_op_watch(lp, a.as_raw_fd(), RL_WRITABLE, 20, &mut watch),
+            "rl_op_watch",
+        );
         let evs = poll(lp, -1);
-        assert!(evs.iter().any(|e| e.token == 20 && e.result as u32 & RL_WRITABLE != 0), "{evs:?}");
+        assert!(
+            evs.iter()
+                .any(|e| e.token == 20 && e.result as u32 & RL_WRITABLE != 0),
+            "{evs:?}"
+        );
         check(rl_op_cancel(lp, watch), "rl_op_cancel");
         assert_eq!(rl_op_cancel(lp, watch), -libc_errno::ENOENT, "stale op id");
-        assert!(poll(lp, 0).iter().all(|e| e.token != 20), "no event after cancel");
+        assert!(
+            poll(lp, 0).iter().all(|e| e.token != 20),
+            "no event after cancel"
+        );
         // Reserved tokens belong to the library.
-        assert_eq!(rl_op_watch(lp, a.as_raw_fd(), RL_READABLE, RL_TOKEN_RESERVED as u64, ptr::null_mut()), -22);
+        assert_eq!(
+            rl_op_watch(
+                lp,
+                a.as_raw_fd(),
+                RL_READABLE,
+                RL_TOKEN_RESERVED as u64,
+                ptr::null_mut()
+            ),
+            -22
+        );
     }
     drop(a);
-    println!("raw echo: {} bytes echoed byte for byte, EOF after close", payload.len());
+    println!(
+        "raw echo: {} bytes echoed byte for byte, EOF after close",
+        payload.len()
+    );
 }
 
 fn raw_wake(lp: *mut rl_loop) {
@@ -172,12 +244,20 @@ fn raw_wake(lp: *mut rl_loop) {
     });
     let evs = poll(lp, -1);
     t.join().unwrap();
-    let mut wakes = evs.iter().filter(|e| e.token == RL_WAKE_TOKEN as u64).count();
-    wakes += poll(lp, 0).iter().filter(|e| e.token == RL_WAKE_TOKEN as u64).count();
-    assert!((1..=2).contains(&wakes), "wakes coalesce and are not lost: {wakes}");
+    let mut wakes = evs
+        .iter()
+        .filter(|e| e.token == RL_WAKE_TOKEN as u64)
+        .count();
+    wakes += poll(lp, 0)
+        .iter()
+        .filter(|e| e.token == RL_WAKE_TOKEN as u64)
+        .count();
+    assert!(
+        (1..=2).contains(&wakes),
+        "wakes coalesce and are not lost: {wakes}"
+    );
     println!("raw wake: woken from another thread");
 }
-
 
 // ----- callback mode -----
 
@@ -202,9 +282,21 @@ unsafe extern "C" fn record(lp: *mut rl_loop, o: *const rl_outcome, data: *mut c
 unsafe extern "C" fn reenter(lp: *mut rl_loop, _o: *const rl_outcome, data: *mut c_void) {
     // SAFETY: `data` is an `AtomicUsize` the test owns; nested calls on `lp` are the point.
     unsafe {
-        assert_eq!(rl_run(lp, RL_RUN_NOWAIT as i32), RL_ESTATE, "rl_run inside a callback");
-        assert_eq!(rl_poll(lp, 0, ptr::null_mut(), 0), RL_ESTATE, "rl_poll inside a callback");
-        assert_eq!(rl_loop_free(lp), RL_ESTATE, "rl_loop_free inside a callback");
+        assert_eq!(
+            rl_run(lp, RL_RUN_NOWAIT as i32),
+            RL_ESTATE,
+            "rl_run inside a callback"
+        );
+        assert_eq!(
+            rl_poll(lp, 0, ptr::null_mut(), 0),
+            RL_ESTATE,
+            "rl_poll inside a callback"
+        );
+        assert_eq!(
+            rl_loop_free(lp),
+            RL_ESTATE,
+            "rl_loop_free inside a callback"
+        );
         // Scheduling from a callback is fine.
         check(rl_call_soon(lp, Some(count), data), "nested rl_call_soon");
         // While this thread is inside the loop, another thread gets RL_ESTATE from loop-thread
@@ -212,10 +304,17 @@ unsafe extern "C" fn reenter(lp: *mut rl_loop, _o: *const rl_outcome, data: *mut
         let handle = lp as usize;
         std::thread::spawn(move || {
             let lp = handle as *mut rl_loop;
-            assert_eq!(rl_call_soon(lp, Some(count), ptr::null_mut()), RL_ESTATE, "second thread");
+            assert_eq!(
+                rl_call_soon(lp, Some(count), ptr::null_mut()),
+                RL_ESTATE,
+                "second thread"
+            );
             assert_eq!(rl_timer_cancel(lp, 1), RL_ESTATE, "second thread");
             assert_eq!(rl_wake(lp), 0, "rl_wake is thread-safe");
-            assert!(!rl_loop_backend(lp).is_null(), "rl_loop_backend is thread-safe");
+            assert!(
+                !rl_loop_backend(lp).is_null(),
+                "rl_loop_backend is thread-safe"
+            );
         })
         .join()
         .unwrap();
@@ -242,24 +341,78 @@ unsafe extern "C" fn square(data: *mut c_void, value: *mut u64) -> i32 {
 fn callback_mode(lp: *mut rl_loop) {
     let mut log = Log::default();
     let ms = 1_000_000u64;
-    let mut tags: Vec<Box<(*mut Log, u64)>> = (0..10).map(|t| Box::new((&mut log as *mut Log, t))).collect();
-    let data = |tags: &mut Vec<Box<(*mut Log, u64)>>, t: usize| &mut *tags[t] as *mut _ as *mut c_void;
+    let mut tags: Vec<Box<(*mut Log, u64)>> = (0..10)
+        .map(|t| Box::new((&mut log as *mut Log, t)))
+        .collect();
+    let data =
+        |tags: &mut Vec<Box<(*mut Log, u64)>>, t: usize| &mut *tags[t] as *mut _ as *mut c_void;
     let calls = AtomicUsize::new(0);
     // SAFETY (whole block): valid loop; every `data` outlives the runs below.
     unsafe {
         // Timers in deadline order; a cancelled one never fires.
         let mut cancelled = 0u64;
-        check(rl_call_later(lp, 30 * ms, Some(record), data(&mut tags, 3), ptr::null_mut()), "later 3");
-        check(rl_call_later(lp, 10 * ms, Some(record), data(&mut tags, 1), ptr::null_mut()), "later 1");
-        check(rl_call_later(lp, 15 * ms, Some(record), data(&mut tags, 9), &mut cancelled), "later 9");
-        check(rl_call_at(lp, rl_now(lp) + 20 * ms, Some(record), data(&mut tags, 2), ptr::null_mut()), "at 2");
+        check(
+            rl_call_later(
+                lp,
+                30 * ms,
+                Some(record),
+                data(&mut tags, 3),
+                ptr::null_mut(),
+            ),
+            "later 3",
+        );
+        check(
+            rl_call_later(
+                lp,
+                10 * ms,
+                Some(record),
+                data(&mut tags, 1),
+                ptr::null_mut(),
+            ),
+            "later 1",
+        );
+        check(
+            rl_call_later(
+                lp,
+                15 * ms,
+                Some(record),
+                data(&mut tags, 9),
+                &mut cancelled,
+            ),
+            "later 9",
+        );
+        check(
+            rl_call_at(
+                lp,
+                rl_now(lp) + 20 * ms,
+                Some(record),
+                data(&mut tags, 2),
+                ptr::null_mut(),
+            ),
+            "at 2",
+        );
         assert_eq!(rl_timer_cancel(lp, cancelled), 1);
         assert_eq!(rl_timer_cancel(lp, cancelled), 0);
-        assert_eq!(rl_call_soon(lp, None, ptr::null_mut()), -libc_errno::EINVAL, "NULL callback");
-        check(rl_call_soon(lp, Some(reenter), &calls as *const _ as *mut c_void), "call_soon");
-        assert_eq!(rl_run(lp, RL_RUN_DEFAULT as i32), 0, "rl_run returns 0 when nothing is left");
+        assert_eq!(
+            rl_call_soon(lp, None, ptr::null_mut()),
+            -libc_errno::EINVAL,
+            "NULL callback"
+        );
+        check(
+            rl_call_soon(lp, Some(reenter), &calls as *const _ as *mut c_void),
+            "call_soon",
+        );
+        assert_eq!(
+            rl_run(lp, RL_RUN_DEFAULT as i32),
+            0,
+            "rl_run returns 0 when nothing is left"
+        );
         let order: Vec<u64> = log.entries.iter().map(|e| e.0).collect();
-        assert_eq!(order, [1, 2, 3], "timers in deadline order, the cancelled one never");
+        assert_eq!(
+            order,
+            [1, 2, 3],
+            "timers in deadline order, the cancelled one never"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the nested call_soon ran");
         log.entries.clear();
 
@@ -267,27 +420,60 @@ fn callback_mode(lp: *mut rl_loop) {
         let mut fut: *mut rl_future = ptr::null_mut();
         check(rl_future_new(lp, &mut fut), "rl_future_new");
         assert_eq!(rl_future_state(fut), RL_FUTURE_PENDING as i32);
-        check(rl_future_add_done_callback(fut, Some(record), data(&mut tags, 5)), "add_done_callback");
+        check(
+            rl_future_add_done_callback(fut, Some(record), data(&mut tags, 5)),
+            "add_done_callback",
+        );
         let mut n = 12u64;
         let mut pooled: *mut rl_future = ptr::null_mut();
-        check(rl_run_in_thread(lp, Some(square), &mut n as *mut u64 as *mut c_void, &mut pooled), "run_in_thread");
-        check(rl_future_add_done_callback(pooled, Some(record), data(&mut tags, 6)), "add_done_callback");
-        let (handle, loop_handle, counter) = (fut as usize, lp as usize, &calls as *const AtomicUsize as usize);
+        check(
+            rl_run_in_thread(
+                lp,
+                Some(square),
+                &mut n as *mut u64 as *mut c_void,
+                &mut pooled,
+            ),
+            "run_in_thread",
+        );
+        check(
+            rl_future_add_done_callback(pooled, Some(record), data(&mut tags, 6)),
+            "add_done_callback",
+        );
+        let (handle, loop_handle, counter) = (
+            fut as usize,
+            lp as usize,
+            &calls as *const AtomicUsize as usize,
+        );
         let worker = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(10));
             // The completers and rl_call_soon_threadsafe are thread-safe; the future, the loop
             // and the counter outlive this thread (joined before they are released). (This
             // closure is inside the function's `unsafe` block.)
-            check(rl_call_soon_threadsafe(loop_handle as *mut rl_loop, Some(count), counter as *mut c_void), "threadsafe");
+            check(
+                rl_call_soon_threadsafe(
+                    loop_handle as *mut rl_loop,
+                    Some(count),
+                    counter as *mut c_void,
+                ),
+                "threadsafe",
+            );
             assert_eq!(rl_future_set_result(handle as *mut rl_future, 4242), 1);
-            assert_eq!(rl_future_set_result(handle as *mut rl_future, 1), 0, "second completion refused");
+            assert_eq!(
+                rl_future_set_result(handle as *mut rl_future, 1),
+                0,
+                "second completion refused"
+            );
         });
         // Pending futures with done callbacks keep the loop running.
         check(rl_run(lp, RL_RUN_DEFAULT as i32), "rl_run");
         worker.join().unwrap();
         let mut done: Vec<(u64, i32, u64)> = log.entries.clone();
         done.sort();
-        assert_eq!(done, [(5, 0, 4242), (6, 0, 144)], "done callbacks saw the results");
+        assert_eq!(
+            done,
+            [(5, 0, 4242), (6, 0, 144)],
+            "done callbacks saw the results"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2, "the threadsafe call ran");
         let mut value = 0u64;
         assert_eq!(rl_future_result(fut, &mut value), 0);
@@ -296,7 +482,11 @@ fn callback_mode(lp: *mut rl_loop) {
         check(rl_future_release(pooled), "release");
         assert_eq!(rl_future_release(fut), RL_EHANDLE, "double release");
         assert_eq!(rl_future_state(fut), RL_EHANDLE, "released handle is stale");
-        assert_eq!(rl_future_state(lp as *const rl_future), RL_EHANDLE, "a loop is not a future");
+        assert_eq!(
+            rl_future_state(lp as *const rl_future),
+            RL_EHANDLE,
+            "a loop is not a future"
+        );
     }
     println!("callback mode: timers in order, re-entrancy refused cleanly, futures completed from threads");
 }
@@ -325,8 +515,27 @@ fn mixed_modes(lp: *mut rl_loop) {
     unsafe {
         // Callback-mode receive, raw-mode send: rl_poll runs the callbacks and returns only the
         // raw event.
-        check(rl_recv(lp, a.as_raw_fd(), Some(echo_recv), &mut received as *mut Vec<u8> as *mut c_void, ptr::null_mut()), "rl_recv");
-        check(rl_op_send(lp, b.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 77, ptr::null_mut()), "rl_op_send");
+        check(
+            rl_recv(
+                lp,
+                a.as_raw_fd(),
+                Some(echo_recv),
+                &mut received as *mut Vec<u8> as *mut c_void,
+                ptr::null_mut(),
+            ),
+            "rl_recv",
+        );
+        check(
+            rl_op_send(
+                lp,
+                b.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                77,
+                ptr::null_mut(),
+            ),
+            "rl_op_send",
+        );
         let mut sent = None;
         while sent.is_none() || received.len() < payload.len() {
             for ev in poll(lp, 100_000_000) {
@@ -341,24 +550,190 @@ fn mixed_modes(lp: *mut rl_loop) {
     println!("mixed modes: rl_poll dispatched callback-mode work and returned only raw events");
 }
 
+// ----- connect and accept, both modes -----
+
+mod sock {
+    extern "C" {
+        pub fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+        pub fn close(fd: i32) -> i32;
+    }
+    pub const AF_INET: i32 = 2;
+    pub const SOCK_STREAM: i32 = 1;
+    pub const SOCK_NONBLOCK: i32 = 0o4000;
+    pub const SOCK_CLOEXEC: i32 = 0o2000000;
+    pub const ECONNREFUSED: i32 = 111;
+
+    /// A `struct sockaddr_in` for 127.0.0.1:port.
+    pub fn loopback(port: u16) -> [u8; 16] {
+        let mut addr = [0u8; 16];
+        addr[..2].copy_from_slice(&(AF_INET as u16).to_ne_bytes());
+        addr[2..4].copy_from_slice(&port.to_be_bytes());
+        addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        addr
+    }
+
+    pub fn nonblocking_tcp() -> i32 {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket failed");
+        fd
+    }
+}
+
+unsafe extern "C" fn store_result(_lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is an `Option<i32>` the test owns.
+    unsafe { *(data as *mut Option<i32>) = Some((*o).result) };
+}
+
+fn connect_and_accept(lp: *mut rl_loop) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let addr = sock::loopback(port);
+    // SAFETY (whole block): valid loop; out slots and `addr` outlive the polls.
+    unsafe {
+        // Raw mode: accept and connect with tokens.
+        check(
+            rl_op_accept(lp, listener.as_raw_fd(), 30, ptr::null_mut()),
+            "rl_op_accept",
+        );
+        let client = sock::nonblocking_tcp();
+        check(
+            rl_op_connect(lp, client, addr.as_ptr().cast(), 16, 31, ptr::null_mut()),
+            "rl_op_connect",
+        );
+        assert_eq!(
+            rl_op_connect(lp, client, ptr::null(), 16, 32, ptr::null_mut()),
+            -libc_errno::EINVAL,
+            "NULL address"
+        );
+        let (mut accepted, mut connected) = (None, None);
+        while accepted.is_none() || connected.is_none() {
+            for ev in poll(lp, -1) {
+                match ev.token {
+                    30 => {
+                        assert_ne!(ev.flags & RL_EV_MORE, 0, "accept is multishot");
+                        accepted = Some(ev.result);
+                    }
+                    31 => connected = Some(ev.result),
+                    other => panic!("unexpected token {other}"),
+                }
+            }
+        }
+        assert_eq!(connected, Some(0));
+        let server_side = accepted.unwrap();
+        assert!(server_side >= 0);
+        assert_eq!(rl_op_cancel_token(lp, 30), 1, "the accept was live");
+
+        // Callback mode: connect refused, then accepted.
+        let mut refused: Option<i32> = None;
+        let closed_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let bad = sock::loopback(closed_port);
+        let c2 = sock::nonblocking_tcp();
+        check(
+            rl_connect(
+                lp,
+                c2,
+                bad.as_ptr().cast(),
+                16,
+                Some(store_result),
+                &mut refused as *mut _ as *mut c_void,
+                ptr::null_mut(),
+            ),
+            "rl_connect",
+        );
+        let mut new_fd: Option<i32> = None;
+        let mut accept_op = 0u64;
+        check(
+            rl_accept(
+                lp,
+                listener.as_raw_fd(),
+                Some(store_result),
+                &mut new_fd as *mut _ as *mut c_void,
+                &mut accept_op,
+            ),
+            "rl_accept",
+        );
+        let c3 = sock::nonblocking_tcp();
+        let mut ok: Option<i32> = None;
+        check(
+            rl_connect(
+                lp,
+                c3,
+                addr.as_ptr().cast(),
+                16,
+                Some(store_result),
+                &mut ok as *mut _ as *mut c_void,
+                ptr::null_mut(),
+            ),
+            "rl_connect",
+        );
+        while refused.is_none() || ok.is_none() || new_fd.is_none() {
+            check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run once");
+        }
+        assert_eq!(refused, Some(-sock::ECONNREFUSED));
+        assert_eq!(ok, Some(0));
+        assert!(new_fd.unwrap() >= 0);
+        assert_eq!(rl_cancel(lp, accept_op), 1);
+        assert_eq!(rl_cancel(lp, accept_op), 0, "stale op");
+
+        // Close through the loop, in callback mode.
+        let mut closed: Option<i32> = None;
+        check(
+            rl_close(
+                lp,
+                c3,
+                Some(store_result),
+                &mut closed as *mut _ as *mut c_void,
+                ptr::null_mut(),
+            ),
+            "rl_close",
+        );
+        while closed.is_none() {
+            check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run once");
+        }
+        assert_eq!(closed, Some(0));
+        assert_eq!(
+            rl_close(lp, -1, Some(store_result), ptr::null_mut(), ptr::null_mut()),
+            -9,
+            "EBADF"
+        );
+        for fd in [client, server_side, c2, new_fd.unwrap()] {
+            sock::close(fd);
+        }
+    }
+    println!("connect/accept: both modes, refused connect reported, stale op ids harmless");
+}
+
 fn main() {
     library_basics();
     let mut lp: *mut rl_loop = ptr::null_mut();
     // SAFETY: `lp` is a valid out pointer.
     check(unsafe { rl_loop_new(ptr::null(), &mut lp) }, "rl_loop_new");
     // SAFETY: valid loop; the backend name is a static string.
-    let backend = unsafe { CStr::from_ptr(rl_loop_backend(lp)) }.to_str().unwrap().to_owned();
+    let backend = unsafe { CStr::from_ptr(rl_loop_backend(lp)) }
+        .to_str()
+        .unwrap()
+        .to_owned();
     println!("backend {backend}");
     raw_timers(lp);
     raw_echo(lp);
     raw_wake(lp);
     callback_mode(lp);
     mixed_modes(lp);
+    connect_and_accept(lp);
     // SAFETY: valid loop, freed once; the second free must be detected.
     unsafe {
         check(rl_loop_free(lp), "rl_loop_free");
         assert_eq!(rl_loop_free(lp), RL_EHANDLE, "double free is an error");
-        assert_eq!(rl_poll(lp, 0, ptr::null_mut(), 0), RL_EHANDLE, "freed handle is stale");
+        assert_eq!(
+            rl_poll(lp, 0, ptr::null_mut(), 0),
+            RL_EHANDLE,
+            "freed handle is stale"
+        );
     }
     println!("scenario: all checks passed");
     std::io::stdout().flush().unwrap();
