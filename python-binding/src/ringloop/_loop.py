@@ -230,6 +230,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 )
         finally:
             self._current_handle = None
+            # Debug mode captures stacks (sys._getframe), which can keep this call's frame object
+            # alive: drop the handle so the frame does not keep the callback's objects (a failed
+            # task waiting to report its exception when collected) alive too.
+            handle = None  # noqa: F841
 
     # -- wakeups ----------------------------------------------------------------------------
 

@@ -251,4 +251,5 @@ class RingSelector(selectors.BaseSelector):
         finally:
             self.dispatching = False
             completions.clear()
+            handler = None  # noqa: F841 (a surviving frame object must not keep it alive)
         return count
