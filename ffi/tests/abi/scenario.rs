@@ -708,6 +708,54 @@ fn connect_and_accept(lp: *mut rl_loop) {
     println!("connect/accept: both modes, refused connect reported, stale op ids harmless");
 }
 
+// ----- freeing a loop with work still registered -----
+
+unsafe extern "C" fn collect_result(_lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is a `Vec<i32>` the test owns.
+    unsafe { (*(data as *mut Vec<i32>)).push((*o).result) };
+}
+
+fn free_cancels_registered_callbacks() {
+    let (a, _b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    let mut results: Vec<i32> = Vec::new();
+    let data = &mut results as *mut Vec<i32> as *mut c_void;
+    let mut lp: *mut rl_loop = ptr::null_mut();
+    // SAFETY: a fresh loop; `results` outlives it.
+    unsafe {
+        check(rl_loop_new(ptr::null(), &mut lp), "rl_loop_new");
+        check(
+            rl_call_later(
+                lp,
+                60_000_000_000,
+                Some(collect_result),
+                data,
+                ptr::null_mut(),
+            ),
+            "later",
+        );
+        check(rl_call_soon(lp, Some(collect_result), data), "soon");
+        check(
+            rl_add_reader(lp, a.as_raw_fd(), Some(collect_result), data),
+            "reader",
+        );
+        check(
+            rl_recv(
+                lp,
+                a.as_raw_fd(),
+                Some(collect_result),
+                data,
+                ptr::null_mut(),
+            ),
+            "recv",
+        );
+        check(rl_loop_free(lp), "rl_loop_free");
+    }
+    // Every callback still registered was told -ECANCELED exactly once, so C can free its data.
+    assert_eq!(results, [-libc_errno::ECANCELED; 4], "{results:?}");
+    println!("rl_loop_free: every registered callback got -ECANCELED once");
+}
+
 fn main() {
     library_basics();
     let mut lp: *mut rl_loop = ptr::null_mut();
@@ -725,6 +773,7 @@ fn main() {
     callback_mode(lp);
     mixed_modes(lp);
     connect_and_accept(lp);
+    free_cancels_registered_callbacks();
     // SAFETY: valid loop, freed once; the second free must be detected.
     unsafe {
         check(rl_loop_free(lp), "rl_loop_free");
