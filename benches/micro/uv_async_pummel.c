@@ -30,7 +30,7 @@ static void on_async(uv_async_t *async)
 
 int main(int argc, char **argv)
 {
-    target = quick_mode(argc, argv) ? 10000 : 100000;
+    target = quick_mode(argc, argv) ? 1000 : 100000;
     uv_loop_t *loop = uv_default_loop();
     CHECK(uv_async_init(loop, &handle, on_async));
     uv_thread_t thread;
