@@ -82,6 +82,7 @@ impl OpId {
 }
 
 /// Identifies one timer. Carries a generation, so cancelling a fired or cancelled timer is harmless.
+/// Bit 63 of the raw value is always clear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerId(pub(crate) u64);
 

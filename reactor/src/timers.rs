@@ -10,13 +10,19 @@
 //!
 //! A [`TimerId`] is `generation << 32 | slot`. A slot stays allocated while its heap entry exists
 //! (live or tombstone), so a heap entry always names its own timer; firing or cancelling bumps the
-//! slot's generation, so an old id is harmlessly not found.
+//! slot's generation, so an old id is harmlessly not found. Generations are 31 bits, so bit 63 of
+//! an id is always clear: the C ABI uses it to tell its callback timers from raw ones.
 //!
 //! Equal deadlines fire in insertion order: entries carry a 32-bit sequence number compared with
 //! wrap-around arithmetic, which is exact for timers with equal deadlines added fewer than 2^31
 //! additions apart.
 
 use crate::TimerId;
+
+/// Generations run 1..=2^31-1 and never reach bit 31 (bit 63 of the id); 0 is never issued.
+fn next_generation(generation: u32) -> u32 {
+    (generation.wrapping_add(1) & 0x7fff_ffff).max(1)
+}
 
 const ARITY: usize = 4;
 /// Heaps smaller than this are never rebuilt just to drop tombstones.
@@ -95,7 +101,7 @@ impl Timers {
         match self.slots.get_mut(slot) {
             Some(timer) if timer.generation == generation && timer.live => {
                 timer.live = false;
-                timer.generation = timer.generation.wrapping_add(1).max(1);
+                timer.generation = next_generation(timer.generation);
                 self.live -= 1;
                 let tombstones = self.heap.len() - self.live;
                 if self.heap.len() >= MIN_REBUILD && tombstones > self.live {
@@ -132,7 +138,7 @@ impl Timers {
             let fired = timer.live.then_some(timer.token);
             if timer.live {
                 timer.live = false;
-                timer.generation = timer.generation.wrapping_add(1).max(1);
+                timer.generation = next_generation(timer.generation);
                 self.live -= 1;
             }
             self.free.push(top.slot);
@@ -231,6 +237,13 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn generations_wrap_below_bit_31_and_skip_zero() {
+        assert_eq!(super::next_generation(1), 2);
+        assert_eq!(super::next_generation(0x7fff_fffe), 0x7fff_ffff);
+        assert_eq!(super::next_generation(0x7fff_ffff), 1);
+    }
+
     use super::*;
 
     fn drain(timers: &mut Timers) -> Vec<u64> {
