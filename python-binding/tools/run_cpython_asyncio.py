@@ -440,6 +440,10 @@ def parent_main(args):
         backend = column.split("-", 1)[1]
         for module in modules:
             stdlib, theirs = report[module].get("stdlib"), report[module][column]
+            other_backends = set(theirs["backends"] or {}) - {backend}
+            if other_backends:
+                problems.append((column, module, "<module>", f"loops ran on {sorted(other_backends)}, "
+                                 f"not only on {backend} (RINGLOOP_BACKEND was not honoured)", None))
             if stdlib is None:
                 continue
             lost = regressions(stdlib, theirs)
