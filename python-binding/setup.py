@@ -13,6 +13,11 @@ directory, so a library already built by ``cargo build --release`` is reused.
 """
 
 import os
+import sys
+
+if sys.version_info < (3, 11):
+    raise SystemExit("ringloop requires Python 3.11 or newer")
+
 import tomllib
 
 from setuptools import setup
