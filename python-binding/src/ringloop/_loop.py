@@ -33,6 +33,12 @@ _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 _MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 
+# Receive buffers: 64 KiB each, so that a large message reaches data_received() in a few pieces
+# (every piece costs a Python callback and usually a send), 128 of them (8 MiB, the library's
+# default pool size) for one poll's worth of receives.
+_RECV_BUFFER_SIZE = 64 * 1024
+_RECV_BUFFER_COUNT = 128
+
 
 class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
     """An asyncio event loop running on ringloop.
@@ -46,7 +52,9 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._reactor: Optional[Reactor] = None
         self._wake_pending = False
         try:
-            reactor = Reactor(backend)
+            reactor = Reactor(
+                backend, buffer_size=_RECV_BUFFER_SIZE, buffer_count=_RECV_BUFFER_COUNT
+            )
         except BaseException:
             self._closed = True  # nothing to close: keeps BaseEventLoop.__del__ quiet
             raise
