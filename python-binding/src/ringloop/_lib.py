@@ -295,10 +295,15 @@ class Reactor:
         poll = self._poll_nowait if timeout_ns == 0 else self._poll
         n = poll(self._handle, timeout_ns, self._event_addr, self.capacity)
         if n < 0:
-            if n == -4:  # EINTR: a signal arrived; the loop runs its handlers and polls again
-                return 0
-            raise self._lib.error(n)
+            return self.poll_failed(n)
         return n
+
+    def poll_failed(self, code: int) -> int:
+        """What a negative :meth:`poll` result means: ``0`` events for ``-EINTR`` (a signal
+        arrived; the loop runs its handlers and polls again), else the exception is raised."""
+        if code == -4:
+            return 0
+        raise self._lib.error(code)
 
     def flush(self) -> None:
         """Hands queued submissions (cancellations above all) to the kernel now, without waiting

@@ -198,7 +198,13 @@ class RingSelector(selectors.BaseSelector):
             for token in retired:
                 self._handlers.pop(token, None)
             retired.clear()
-        n = self._reactor.poll(timeout_ns)
+        reactor = self._reactor
+        # Reactor.poll() inlined: this runs once per loop iteration.
+        n = (reactor._poll_nowait if timeout_ns == 0 else reactor._poll)(
+            reactor._handle, timeout_ns, reactor._event_addr, reactor.capacity
+        )
+        if n < 0:
+            n = reactor.poll_failed(n)
         self.iteration += 1
         ready: List[Tuple[selectors.SelectorKey, int]] = []
         if not n:
