@@ -567,8 +567,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 else:
                     server._detach()
                 self._server = None
-            if self._empty_waiter is not None:
-                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            waiter = self._empty_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
     # -- sendfile support (BaseSelectorEventLoop._sendfile_native) -----------------------------
 
