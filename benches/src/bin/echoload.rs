@@ -766,7 +766,6 @@ fn main() -> ExitCode {
         window,
         round_trips,
         &latency_ns,
-        &errors,
         &cpu_start,
         &cpu_end,
     );
@@ -801,7 +800,6 @@ impl Report {
         window: Duration,
         round_trips: u64,
         latency_ns: &Histogram<u64>,
-        _errors: &ErrorCounts,
         start: &CpuSample,
         end: &CpuSample,
     ) -> Report {
