@@ -53,6 +53,13 @@ def vm_rss_kib(pid: int) -> int | None:
     return None
 
 
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def start_server(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     deadline = time.monotonic() + 30
@@ -76,14 +83,20 @@ def soak_one(name: str, cmd: list[str], backend: str, args: argparse.Namespace) 
         print(f"FAIL {name}/{backend}: {exc}", flush=True)
         return False
     samples: list[tuple[float, int]] = []
+    connected_at: list[float] = []
     done = threading.Event()
 
+    # Warm-up is counted from the moment every connection is open on the server's side (echoload
+    # connects them one by one before the load starts, which takes a while for thousands).
     def sample() -> None:
         t0 = time.monotonic()
         while not done.wait(1.0):
             rss = vm_rss_kib(server.pid)
+            now = time.monotonic() - t0
+            if not connected_at and open_fds(server.pid) >= args.connections:
+                connected_at.append(now)
             if rss is not None:
-                samples.append((time.monotonic() - t0, rss))
+                samples.append((now, rss))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -120,7 +133,11 @@ def soak_one(name: str, cmd: list[str], backend: str, args: argparse.Namespace) 
         problems.append(f"server died during the run (exit {server.returncode})")
     elif server.returncode != 0:
         problems.append(f"server exit status {server.returncode} after SIGTERM")
-    after_warmup = [rss for t, rss in samples if t >= WARMUP_S + 1]
+    if connected_at:
+        after_warmup = [rss for t, rss in samples if t >= connected_at[0] + WARMUP_S]
+    else:
+        after_warmup = []
+        problems.append("the server never had every connection open at once")
     if len(after_warmup) >= 2:
         rss_start, rss_end = after_warmup[0], after_warmup[-1]
         rss_max = max(after_warmup)

@@ -59,9 +59,9 @@ fn flood(choice: BackendChoice, ring_entries: u32, events_len: usize) {
         }
     });
     let mut received: Vec<Vec<u8>> = vec![Vec::new(); SOCKETS];
-    let mut eof = vec![false; SOCKETS];
+    let mut eof = [false; SOCKETS];
     let mut timers_fired: HashMap<u64, usize> = HashMap::new();
-    let mut watch_seen = vec![false; SOCKETS];
+    let mut watch_seen = [false; SOCKETS];
     let mut events = vec![Event::default(); events_len];
     let mut eofs = 0;
     poll_until(&mut reactor, &mut events, |r, batch| {
@@ -110,7 +110,7 @@ fn flood(choice: BackendChoice, ring_entries: u32, events_len: usize) {
         "every writable watch reported"
     );
     // The watches are still armed and level-triggered after the overflow.
-    let mut seen_again = vec![false; SOCKETS];
+    let mut seen_again = [false; SOCKETS];
     poll_until(&mut reactor, &mut events, |_, batch| {
         for ev in batch {
             assert!(ev.token >= WATCH_BASE, "unexpected event {ev:?}");

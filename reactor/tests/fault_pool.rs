@@ -40,7 +40,7 @@ fn starved_reader(choice: BackendChoice, events_len: usize) {
     // Not polling at all while the peers write: their data piles up in the kernel.
     std::thread::sleep(Duration::from_millis(300));
     let mut received = vec![Vec::new(); CONNECTIONS];
-    let mut done = vec![false; CONNECTIONS];
+    let mut done = [false; CONNECTIONS];
     let mut finished = 0;
     let mut polls = 0u64;
     let mut events = vec![Event::default(); events_len];
@@ -64,7 +64,7 @@ fn starved_reader(choice: BackendChoice, events_len: usize) {
             }
         }
         // Every 500 polls the reader stalls again while it still holds this batch's buffers.
-        if polls % 500 == 0 {
+        if polls.is_multiple_of(500) {
             std::thread::sleep(Duration::from_millis(100));
         }
         finished == CONNECTIONS

@@ -55,7 +55,7 @@ fn million_timers(choice: BackendChoice) {
             last = Some(key);
         }
         // While they fire, cancel more at random (pending ones only count).
-        if batches % 8 == 0 {
+        if batches.is_multiple_of(8) {
             for _ in 0..2000 {
                 let i = rng.below(TIMERS as u64) as usize;
                 let pending = !cancelled[i] && !fired[i];
