@@ -12,7 +12,8 @@
 //! random pool at random offsets, so nothing is allocated or generated per request.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::fmt::Write as _;
+use std::io::{self, IoSlice, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -769,10 +770,18 @@ fn main() -> ExitCode {
         &cpu_start,
         &cpu_end,
     );
-    if args.json {
-        println!("{}", report.json(&args, &errors, first_error.as_deref()));
+    let output = if args.json {
+        report
+            .json(&args, &errors, first_error.as_deref())
+            .to_string()
+            + "\n"
     } else {
-        report.print(&args, &errors, first_error.as_deref());
+        report.text(&args, &errors, first_error.as_deref())
+    };
+    // A closed stdout (e.g. `| head`) is reported, not a panic.
+    if let Err(err) = io::stdout().lock().write_all(output.as_bytes()) {
+        eprintln!("echoload: cannot write the report: {err}");
+        return ExitCode::from(2);
     }
     if errors.total() > 0 {
         ExitCode::from(1)
@@ -844,12 +853,16 @@ impl Report {
         }
     }
 
-    fn print(&self, args: &Args, errors: &ErrorCounts, first_error: Option<&str>) {
+    /// The human-readable report.
+    fn text(&self, args: &Args, errors: &ErrorCounts, first_error: Option<&str>) -> String {
+        // Writing into a String cannot fail.
+        let mut out = String::new();
         let mode = match args.requests {
             Some(n) => format!("{n} round trips"),
             None => format!("{:.2} s after {:.2} s warm-up", args.duration, args.warmup),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "echoload: {} — {} connection(s) x {} in flight, {}-byte messages, {} thread(s), {mode}",
             args.target(),
             args.connections,
@@ -857,51 +870,57 @@ impl Report {
             args.size,
             args.threads
         );
-        println!(
+        let _ = writeln!(
+            out,
             "  round trips   {} in {:.3} s",
             self.round_trips, self.window_s
         );
-        println!("  requests/s    {:.0}", self.rps);
-        println!("  throughput    {:.2} MB/s each way", self.mb_per_s);
+        let _ = writeln!(out, "  requests/s    {:.0}", self.rps);
+        let _ = writeln!(out, "  throughput    {:.2} MB/s each way", self.mb_per_s);
         if self.latency_us.is_empty() {
-            println!("  latency       (no round trip completed)");
+            let _ = writeln!(out, "  latency       (no round trip completed)");
         } else {
             let parts: Vec<String> = self
                 .latency_us
                 .iter()
                 .map(|(label, v)| format!("{label} {v:.1}"))
                 .collect();
-            println!(
+            let _ = writeln!(
+                out,
                 "  latency (µs)  {}  mean {:.1}",
                 parts.join("  "),
                 self.mean_us
             );
         }
-        println!("  errors        {}", errors.total());
+        let _ = writeln!(out, "  errors        {}", errors.total());
         for ((_, name), count) in ERROR_KINDS.iter().zip(errors.0.iter()) {
             if *count > 0 {
-                println!("    {name:<14}{count}");
+                let _ = writeln!(out, "    {name:<14}{count}");
             }
         }
         if let Some(message) = first_error {
-            println!("    first: {message}");
+            let _ = writeln!(out, "    first: {message}");
         }
-        println!(
+        let _ = writeln!(
+            out,
             "  client CPU    {:.3} s ({:.0}% of {} core(s))",
             self.client_cpu_s,
             100.0 * self.client_cpu_s / self.window_s / args.threads as f64,
             args.threads
         );
         match self.server_cpu_s {
-            Some(s) => println!(
+            Some(s) => writeln!(
+                out,
                 "  server CPU    {:.3} s ({:.0}% of one core), {:.2} µs per round trip",
                 s,
                 100.0 * s / self.window_s,
                 self.server_us_per_round_trip().unwrap_or(f64::NAN)
             ),
-            None => println!("  server CPU    (pass --server-pid)"),
+            None => writeln!(out, "  server CPU    (pass --server-pid)"),
         }
-        println!("  bottleneck    {}", self.bottleneck);
+        .ok();
+        let _ = writeln!(out, "  bottleneck    {}", self.bottleneck);
+        out
     }
 
     fn server_us_per_round_trip(&self) -> Option<f64> {
