@@ -35,6 +35,9 @@ class Skip(Exception):
 
 
 def check(name: str):
+    """Decorator that runs the check at once (in definition order) and records its outcome:
+    returning passes (the return value is shown), Skip skips, any other exception fails."""
+
     def register(fn):
         t0 = time.monotonic()
         try:
