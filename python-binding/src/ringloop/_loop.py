@@ -62,11 +62,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._pid = os.getpid()
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
         self._new_token: Callable[[], int] = itertools.count(1).__next__
-        # Stream transports receive with a multishot rl_op_recv only where cancelling it
-        # (pause_reading) loses no bytes. The io_uring backend currently drops the completions a
-        # cancelled receive produced before the kernel saw the cancel, so there transports read
-        # on a readiness watch instead (lossless: a watch consumes nothing).
-        self._multishot_recv = reactor.backend != "io_uring"
+        # Stream transports receive with a multishot rl_op_recv on both backends: cancelling it
+        # (pause_reading) is lossless — bytes a cancelled receive already took from the socket go
+        # to the next receive on it — and cancels reach the kernel before rl_op_cancel returns.
+        # The readiness-watch path stays for what must not be read ahead (see the transport).
+        self._multishot_recv = True
         # Readiness-mode transports recv() into this and copy out what arrived (one loop thread,
         # and every read is copied before the next one starts).
         self._recv_scratch = memoryview(bytearray(RingStreamTransport.max_size))
