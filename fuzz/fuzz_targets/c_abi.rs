@@ -190,15 +190,6 @@ unsafe extern "C" fn work(data: *mut c_void, value: *mut u64) -> c_int {
     }
 }
 
-/// Whether invalid fds include huge numbers (`1 << 30`, `i32::MAX`). Off unless
-/// `RINGLOOP_FUZZ_HUGE_FDS=1`: the reactor currently sizes its per-fd table by the number before
-/// the kernel rejects it, so such an fd aborts the process on allocation (a known bug, see
-/// reactor/tests/fault_bad_fds.rs); with it on, the fuzzer finds that crash at once.
-fn huge_fds() -> bool {
-    static HUGE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HUGE.get_or_init(|| std::env::var_os("RINGLOOP_FUZZ_HUGE_FDS").is_some_and(|v| v == "1"))
-}
-
 struct Harness {
     loops: Vec<*mut rl_loop>,
     stale_loops: Vec<*mut rl_loop>,
@@ -265,13 +256,8 @@ impl Harness {
                 n => self.fds[i as usize % n].as_raw_fd(),
             },
             FdRef::Closed(i) => pick(&self.closed_fds, i).unwrap_or(-1),
-            FdRef::Invalid(i) => {
-                if huge_fds() {
-                    [-1, -100, i32::MIN, 1 << 20, 1 << 30, i32::MAX][i as usize % 6]
-                } else {
-                    [-1, -100, i32::MIN][i as usize % 3]
-                }
-            }
+            // Negative, or above fs.nr_open (at most 2^30): never an open fd.
+            FdRef::Invalid(i) => [-1, -100, i32::MIN, (1 << 30) + 1, i32::MAX][i as usize % 5],
         }
     }
 

@@ -44,28 +44,4 @@ fn huge_fds_are_refused(choice: BackendChoice) {
     every_op_refuses(choice, &NEVER_OPEN[2..]);
 }
 
-mod uring {
-    #[test]
-    fn negative_fds_are_refused() {
-        super::negative_fds_are_refused(ringloop::BackendChoice::IoUring);
-    }
-    #[test]
-    #[ignore = "BUG: ops index the per-fd table by the raw number before the kernel validates it \
-                (ops.rs FdTable::entry resizes to fd+1): fd i32::MAX aborts on allocation"]
-    fn huge_fds_are_refused() {
-        super::huge_fds_are_refused(ringloop::BackendChoice::IoUring);
-    }
-}
-
-mod epoll {
-    #[test]
-    fn negative_fds_are_refused() {
-        super::negative_fds_are_refused(ringloop::BackendChoice::Epoll);
-    }
-    #[test]
-    #[ignore = "BUG: ops index the per-fd table by the raw number before the kernel validates it \
-                (ops.rs FdTable::entry resizes to fd+1): fd i32::MAX aborts on allocation"]
-    fn huge_fds_are_refused() {
-        super::huge_fds_are_refused(ringloop::BackendChoice::Epoll);
-    }
-}
+per_backend!(negative_fds_are_refused, huge_fds_are_refused);
