@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import selectors
-from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._lib import EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
@@ -35,6 +34,25 @@ def _fileobj_to_fd(fileobj: Any) -> int:
     if fd < 0:
         raise ValueError(f"Invalid file descriptor: {fd}")
     return fd
+
+
+class _KeyMapping(Mapping):
+    """Read-only fd -> key view that, like the stdlib selectors' mapping, also accepts file
+    objects: Python 3.13's loop looks readers up with ``get_map().get(sock)``."""
+
+    __slots__ = ("_selector",)
+
+    def __init__(self, selector: "RingSelector") -> None:
+        self._selector = selector
+
+    def __len__(self) -> int:
+        return len(self._selector._fd_to_key)
+
+    def __iter__(self) -> Any:
+        return iter(self._selector._fd_to_key)
+
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._selector._fd_to_key[self._selector._lookup(fileobj)]
 
 
 class RingSelector(selectors.BaseSelector):
@@ -64,6 +82,7 @@ class RingSelector(selectors.BaseSelector):
         # only where it uses no multishot receive.
         self._flush_cancels = flush_cancels
         self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
+        self._map = _KeyMapping(self)
         # fd -> [read (token, op) or None, write (token, op) or None]
         self._watches: Dict[int, List[Optional[Tuple[int, int]]]] = {}
         self._iter_unpack = EVENT_STRUCT.iter_unpack
@@ -162,8 +181,8 @@ class RingSelector(selectors.BaseSelector):
         except (KeyError, ValueError):
             raise KeyError(f"{fileobj!r} is not registered") from None
 
-    def get_map(self) -> Mapping[int, selectors.SelectorKey]:
-        return MappingProxyType(self._fd_to_key)
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
 
     def close(self) -> None:
         if self._closed:
