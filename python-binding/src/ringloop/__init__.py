@@ -59,10 +59,11 @@ def run(
             raise TypeError("ringloop.run() needs a loop_factory that returns a ringloop.Loop")
         return await main
 
-    if _sys.version_info >= (3, 12):
-        return _asyncio.run(_on_ringloop(), loop_factory=loop_factory, debug=debug, **run_kwargs)
+    # Checked before the wrapper coroutine exists, so refusing leaves nothing un-awaited.
     if _asyncio._get_running_loop() is not None:
         raise RuntimeError("ringloop.run() cannot be called from a running event loop")
+    if _sys.version_info >= (3, 12):
+        return _asyncio.run(_on_ringloop(), loop_factory=loop_factory, debug=debug, **run_kwargs)
     with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
         return runner.run(_on_ringloop())
 
