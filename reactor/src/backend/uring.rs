@@ -656,6 +656,14 @@ impl Uring {
 
     /// Handles completions until `room` events are ready or none are left.
     fn reap(&mut self, room: usize) {
+        // The idle case (nothing held back, nothing in the CQ) is every zero-timeout poll of a
+        // quiet loop: return before touching the batch.
+        if self.backlog.is_empty()
+            && self.ring.completion().is_empty()
+            && !self.ring.submission().cq_overflow()
+        {
+            return;
+        }
         let mut batch = [(0u64, 0i32, 0u32); REAP_BATCH];
         while self.ready.len() < room {
             let want = (room - self.ready.len()).min(REAP_BATCH);
@@ -899,7 +907,11 @@ impl Backend for Uring {
         self.rearm_fired();
         let room = events.len();
         self.reap(room);
-        let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
+        // Only a finite, non-zero timeout needs a deadline to keep waiting against.
+        let deadline = match timeout {
+            Some(d) if !d.is_zero() => Instant::now().checked_add(d),
+            _ => None,
+        };
         let mut wait = if self.ready.is_empty() && room > 0 {
             timeout
         } else {
