@@ -511,13 +511,9 @@ pub unsafe extern "C" fn rl_close(
     data: *mut c_void,
     op_out: *mut u64,
 ) -> c_int {
-    if fd < 0 {
-        return -libc::EBADF;
-    }
     register(r#loop, cb, data, op_out, |lp, cb| {
-        use std::os::fd::FromRawFd;
-        // SAFETY: the caller owns `fd` and transfers it (documented).
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let fd =
+            crate::raw::take_fd(fd).map_err(|code| std::io::Error::from_raw_os_error(-code))?;
         lp.close_raw(fd, cb).map(|op| op.into_raw())
     })
 }

@@ -2,7 +2,7 @@
 //! events with `rl_poll`. This is what language bindings use (one foreign call per iteration).
 
 use std::ffi::{c_int, c_void};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use ringloop::callback::EventLoop;
@@ -54,6 +54,21 @@ fn check_fd(fd: c_int) -> Result<c_int, c_int> {
     } else {
         Ok(fd)
     }
+}
+
+/// Takes ownership of an fd the caller hands over (`rl_op_close`, `rl_close`). A number that is not
+/// open is refused with `-EBADF` before an `OwnedFd` exists, so the error path can never close a
+/// number the caller did not own (or that another thread has opened meanwhile).
+pub(crate) fn take_fd(fd: c_int) -> Result<OwnedFd, c_int> {
+    let fd = check_fd(fd)?;
+    nix::fcntl::fcntl(
+        // SAFETY: the borrow only lives for this F_GETFD query, which reads the fd table.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|errno| -(errno as c_int))?;
+    // SAFETY: `fd` is open and the caller transfers its ownership to the library (documented).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Submits an op with the common checks and writes its id to `op_out`.
@@ -339,9 +354,7 @@ pub unsafe extern "C" fn rl_op_close(
     op_out: *mut u64,
 ) -> c_int {
     submit(r#loop, token, op_out, |state, token| {
-        let fd = check_fd(fd)?;
-        // SAFETY: the caller owns `fd` and transfers it (documented).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = take_fd(fd)?;
         state
             .reactor_mut()
             .close(fd, token)

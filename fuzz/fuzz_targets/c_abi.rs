@@ -190,11 +190,6 @@ unsafe extern "C" fn work(data: *mut c_void, value: *mut u64) -> c_int {
     }
 }
 
-fn close_unopened() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("RINGLOOP_FUZZ_CLOSE_UNOPENED").is_some_and(|v| v == "1"))
-}
-
 /// `RINGLOOP_FUZZ_TRACE=1` prints every call (to replay a crash input with its story).
 fn trace() -> bool {
     static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -727,13 +722,6 @@ impl Harness {
                 // someone else's fd, which no library can protect against.
                 let FdRef::Invalid(i) = f else { return };
                 let fd = self.fd(FdRef::Invalid(i));
-                // Known bug (reported with the reliability work): rl_op_close/rl_close wrap a non-negative fd
-                // in an OwnedFd before checking that it is open, and drop it on the error path, so
-                // a never-open number aborts a library built with debug assertions ("IO Safety
-                // violation"). Only negative numbers unless RINGLOOP_FUZZ_CLOSE_UNOPENED=1.
-                if fd >= 0 && !close_unopened() {
-                    return;
-                }
                 let lp = self.lp(r);
                 // SAFETY: an fd number that is never open; nothing is given away.
                 let rc = unsafe {
