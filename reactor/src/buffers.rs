@@ -71,8 +71,9 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
-    /// Validates the option values and maps the region.
-    pub(crate) fn new(size: u32, count: u32) -> io::Result<BufferPool> {
+    /// Checks the option values without mapping anything, so they are refused the same way
+    /// whichever backend would have used them.
+    pub(crate) fn validate(size: u32, count: u32) -> io::Result<()> {
         if size == 0 || size > (1 << 30) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -85,11 +86,15 @@ impl BufferPool {
                 "buffer_count must be a power of two between 1 and 32768",
             ));
         }
-        let total = (size as usize).checked_mul(count as usize).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "buffer region too large")
-        })?;
+        // 2^30 * 2^15 fits in 64 bits: the region size cannot overflow.
+        Ok(())
+    }
+
+    /// Maps the region for `count` buffers of `size` bytes (see [`BufferPool::validate`]).
+    pub(crate) fn new(size: u32, count: u32) -> io::Result<BufferPool> {
+        Self::validate(size, count)?;
         Ok(BufferPool {
-            region: Mapping::new(total)?,
+            region: Mapping::new(size as usize * count as usize)?,
             size: size as usize,
             count: count as usize,
             lent: Vec::with_capacity(count as usize),

@@ -72,6 +72,7 @@ pub(crate) fn create(opts: &Options, wake: Arc<WakeShared>) -> io::Result<Box<dy
             "ring_entries must be a power of two between 1 and 32768",
         ));
     }
+    BufferPool::validate(opts.buffer_size, opts.buffer_count)?;
     match resolve_choice(opts)? {
         BackendChoice::Epoll => Ok(Box::new(epoll::Epoll::new(opts, wake)?)),
         BackendChoice::IoUring => match uring::Uring::new(opts, wake) {
