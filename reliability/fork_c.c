@@ -60,7 +60,7 @@ static int child(rl_loop *inherited)
 {
     rl_event events[8];
     int rc = rl_poll(inherited, 0, events, 8);
-    CHECK(rc < 0, "rl_poll on the inherited loop returned %d", rc);
+    CHECK(rc == RL_ESTATE, "rl_poll on the inherited loop returned %d, not RL_ESTATE", rc);
     fprintf(stderr, "fork_c: child: rl_poll on the inherited loop: %d (%s)\n", rc, rl_strerror(rc));
     rc = rl_run(inherited, RL_RUN_NOWAIT);
     CHECK(rc < 0, "rl_run on the inherited loop returned %d", rc);

@@ -14,11 +14,12 @@ const MAX_ERRNO: c_int = 4095;
 
 /// Maps an `io::Error` from the reactor to the C convention.
 ///
-/// The loop's state errors (re-entering `run`, using a closed loop) are `RL_ESTATE`. OS errors keep their errno. Errors the reactor builds itself carry a kind instead; each kind
+/// The loop's state errors (re-entering `run`, using a closed loop, using a loop inherited across
+/// `fork`) are `RL_ESTATE`. OS errors keep their errno. Errors the reactor builds itself carry a kind instead; each kind
 /// maps to the errno that names the same condition, so C callers only ever see `-errno` or one of
 /// the library's codes.
 pub(crate) fn from_io(err: &io::Error) -> c_int {
-    if ringloop::callback::StateError::is(err) {
+    if ringloop::callback::StateError::is(err) || ringloop::ForkedChildError::is(err) {
         return RL_ESTATE;
     }
     if let Some(errno) = err.raw_os_error() {
@@ -61,7 +62,7 @@ pub(crate) fn strerror(code: c_int) -> &'static CStr {
         RL_EHANDLE => c"RL_EHANDLE: null, stale or foreign handle",
         RL_EPANIC => c"RL_EPANIC: internal panic caught; the operation did not take place",
         RL_EUNSUPPORTED => c"RL_EUNSUPPORTED: the requested backend is unavailable",
-        RL_ESTATE => c"RL_ESTATE: the object is in the wrong state for this call",
+        RL_ESTATE => c"RL_ESTATE: the object is in the wrong state for this call (e.g. re-entered, closed, or a loop inherited across fork)",
         _ => {
             // `c_int::MIN` has no positive counterpart: `checked_abs` keeps it unknown.
             let errno = match code.checked_abs() {

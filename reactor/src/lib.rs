@@ -20,4 +20,4 @@ mod wake;
 
 pub use event::{flags, Event, Interest, OpId, TimerId};
 pub use options::{BackendChoice, BackendKind, Options};
-pub use reactor::{Reactor, Waker};
+pub use reactor::{ForkedChildError, Reactor, Waker};

@@ -44,6 +44,28 @@ use crate::timers::Timers;
 use crate::wake::WakeShared;
 use crate::{BackendKind, Event, Interest, OpId, Options, TimerId};
 
+/// What a reactor reports (wrapped in an `io::Error` of kind `Other`) when it is used in a process
+/// forked after it was created: the parent's ring or epoll set is not the child's to touch.
+#[derive(Debug)]
+pub struct ForkedChildError;
+
+impl ForkedChildError {
+    /// Whether `err` is (wraps) a [`ForkedChildError`].
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref().is_some_and(|e| e.is::<ForkedChildError>())
+    }
+}
+
+impl std::fmt::Display for ForkedChildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "ringloop: this reactor was created before fork(); a forked child must create its own reactor",
+        )
+    }
+}
+
+impl std::error::Error for ForkedChildError {}
+
 /// The reactor. Used from one thread at a time (`Send`, not `Sync`); [`Waker`] is the only handle
 /// other threads use.
 pub struct Reactor {

@@ -106,7 +106,5 @@ pub(crate) fn fork_generation() -> u64 {
 
 /// The error a reactor reports when used in a forked child.
 pub(crate) fn forked_child_error() -> io::Error {
-    io::Error::other(
-        "ringloop: this reactor was created before fork(); a forked child must create its own reactor",
-    )
+    io::Error::other(crate::ForkedChildError)
 }
