@@ -2,13 +2,13 @@
 //! every fd-taking operation: each is refused with an error (`EBADF`), promptly, without the
 //! reactor sizing anything by the number.
 
-mod fault_support;
+mod support;
 
 use std::net::SocketAddr;
 
-use fault_support::*;
 use nix::sys::socket::SockaddrStorage;
 use ringloop::{BackendChoice, Interest, Options};
+use support::*;
 
 /// Numbers above the kernel's hard ceiling for fds (fs.nr_open is at most 2^30).
 const NEVER_OPEN: [i32; 4] = [-1, i32::MIN, 1 << 30, i32::MAX];

@@ -8,15 +8,15 @@
 //! provoked without changing a global sysctl; the reactor treats it exactly like EMFILE
 //! (`accept_error_is_transient`).
 
-mod fault_support;
+mod support;
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Options};
+use support::*;
 
 const CLIENTS: u32 = 300;
 const FREE_FDS: u64 = 8;

@@ -3,7 +3,7 @@
 //! reach the new owner, no byte of the old send may reach the new socket, and the new owner's ops
 //! work normally. Two ways to close: the reactor's close op, and cancel-then-close by the caller.
 
-mod fault_support;
+mod support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use fault_support::*;
 use ringloop::{BackendChoice, Event, Interest, Options, Reactor};
+use support::*;
 
 /// The tests rely on "the lowest free fd number is the one just closed", so no two of them may
 /// open fds at the same time.

@@ -3,15 +3,15 @@
 //! out of scope does) must not touch the parent's ring or epoll set, and a new reactor works. In
 //! the parent, after the child is gone: every armed op still delivers, nothing was cancelled.
 
-mod fault_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Interest, Options, Reactor};
+use support::*;
 
 /// fork() is only sound here with no other test thread forking or holding locks the child
 /// needs; tests of this binary take turns.

@@ -3,15 +3,15 @@
 //! every poll and a batch of expired timers. Nothing may be dropped: every byte arrives, in
 //! order per socket, every stream ends with exactly one EOF, every timer fires once.
 
-mod fault_support;
+mod support;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Interest, Options, Reactor};
+use support::*;
 
 const SOCKETS: usize = 200;
 const BYTES_PER_SOCKET: usize = 32 * 1024;

@@ -3,7 +3,7 @@
 //! side while the reactor is still writing. Each op ends with exactly one final event, no byte is
 //! lost or invented, and the loop keeps working.
 
-mod fault_support;
+mod support;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,8 +11,8 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Options, Reactor};
+use support::*;
 
 fn set_linger_zero(stream: &TcpStream) {
     let linger = libc::linger {

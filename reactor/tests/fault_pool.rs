@@ -3,14 +3,14 @@
 //! buffers of its last batch). The peers' writes back up into the kernel; the reactor must hold
 //! its receives back and resume them: no byte lost or reordered, no `ENOBUFS` seen.
 
-mod fault_support;
+mod support;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Options};
+use support::*;
 
 const CONNECTIONS: usize = 16;
 const BYTES: usize = 192 * 1024;

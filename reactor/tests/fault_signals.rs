@@ -3,7 +3,7 @@
 //! thousands of times while a stream, timers and a signalfd-delivered signal are in flight.
 //! `poll` must never fail, no byte, timer or signal may be lost.
 
-mod fault_support;
+mod support;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fault_support::*;
 use ringloop::{flags, BackendChoice, Event, Options, Reactor};
+use support::*;
 
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 

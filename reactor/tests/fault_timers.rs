@@ -3,10 +3,10 @@
 //! (harmless). The fired set must be exactly the scheduled minus the cancelled, each once, in
 //! deadline order (ties in scheduling order).
 
-mod fault_support;
+mod support;
 
-use fault_support::*;
 use ringloop::{BackendChoice, Event, Options, Reactor, TimerId};
+use support::*;
 
 const TIMERS: usize = 1_000_000;
 const SPREAD_NS: u64 = 300_000_000;

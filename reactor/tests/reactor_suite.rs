@@ -17,77 +17,11 @@ use ringloop::{
     flags, BackendChoice, BackendKind, Event, Interest, OpId, Options, Reactor, TimerId,
 };
 
+mod support;
+
+use support::{make, poll_for, poll_until, random_bytes, tcp_pair, LIMIT};
+
 const WAKE: u64 = u64::MAX;
-/// No test may hang: every wait is bounded by this.
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A reactor on `choice`, or `None` (with the reason printed) when io_uring is unavailable here.
-fn make(choice: BackendChoice, opts: Options) -> Option<Reactor> {
-    let opts = Options {
-        backend: choice,
-        ..opts
-    };
-    match Reactor::new(&opts) {
-        Ok(reactor) => {
-            let expected = match choice {
-                BackendChoice::IoUring => Some(BackendKind::IoUring),
-                BackendChoice::Epoll => Some(BackendKind::Epoll),
-                BackendChoice::Auto => None,
-            };
-            if let Some(kind) = expected {
-                assert_eq!(reactor.backend(), kind);
-            }
-            Some(reactor)
-        }
-        Err(err)
-            if choice == BackendChoice::IoUring
-                && err.kind() == std::io::ErrorKind::Unsupported =>
-        {
-            eprintln!("SKIPPED: io_uring backend unavailable on this kernel: {err}");
-            None
-        }
-        Err(err) => panic!("Reactor::new({choice:?}) failed: {err}"),
-    }
-}
-
-/// Polls until `handle` returns true for some event batch; panics after [`LIMIT`].
-fn poll_until(
-    reactor: &mut Reactor,
-    events: &mut [Event],
-    mut handle: impl FnMut(&mut Reactor, &[Event]) -> bool,
-) {
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < LIMIT,
-            "test did not finish within {LIMIT:?}"
-        );
-        let n = reactor
-            .poll(Some(Duration::from_millis(200)), events)
-            .expect("poll failed");
-        let batch = events[..n].to_vec();
-        if handle(reactor, &batch) {
-            return;
-        }
-    }
-}
-
-/// Polls for `dur` and returns every event seen.
-fn poll_for(reactor: &mut Reactor, dur: Duration) -> Vec<Event> {
-    let mut events = [Event::default(); 64];
-    let mut all = Vec::new();
-    let end = Instant::now() + dur;
-    while Instant::now() < end {
-        let n = reactor
-            .poll(
-                Some(end.saturating_duration_since(Instant::now())),
-                &mut events,
-            )
-            .unwrap();
-        all.extend_from_slice(&events[..n]);
-    }
-    all
-}
 
 fn listener() -> TcpListener {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -107,28 +41,6 @@ fn nonblocking_tcp_socket() -> OwnedFd {
 
 fn sockaddr(addr: SocketAddr) -> SockaddrStorage {
     SockaddrStorage::from(addr)
-}
-
-/// A connected loopback pair: (reactor side, non-blocking; peer side, blocking).
-fn tcp_pair() -> (OwnedFd, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (ours, _) = listener.accept().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    (OwnedFd::from(ours), peer)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 fn fd_flags(fd: RawFd) -> (i32, i32) {

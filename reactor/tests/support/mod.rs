@@ -1,6 +1,6 @@
-//! Helpers shared by the fault-injection tests (`fault_*.rs`): reactor construction per backend,
-//! bounded polling, deterministic data, loopback pairs, and the macro that instantiates a test
-//! for both backends.
+//! Helpers shared by the reactor test binaries (`reactor_suite.rs`, `fault_*.rs`): reactor
+//! construction per backend, bounded polling, deterministic data, loopback pairs, and the macro
+//! that instantiates a test for both backends.
 
 #![allow(dead_code)]
 
