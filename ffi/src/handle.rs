@@ -115,6 +115,8 @@ impl rl_options {
             buffer_count: or_default(self.buffer_count, defaults.buffer_count),
             ring_entries: or_default(self.ring_entries, defaults.ring_entries),
             wake_token: RL_WAKE_TOKEN,
+            // Not settable from C yet: the default.
+            accept_retry_delay: defaults.accept_retry_delay,
         })
     }
 }

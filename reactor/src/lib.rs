@@ -19,5 +19,5 @@ mod timers;
 mod wake;
 
 pub use event::{flags, Event, Interest, OpId, TimerId};
-pub use options::{BackendChoice, BackendKind, Options};
+pub use options::{BackendChoice, BackendKind, Options, DEFAULT_ACCEPT_RETRY_DELAY};
 pub use reactor::{ForkedChildError, Reactor, Waker};

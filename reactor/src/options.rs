@@ -1,5 +1,7 @@
 //! Loop construction options and backend identity.
 
+use std::time::Duration;
+
 /// Which kernel interface a loop runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
@@ -47,7 +49,18 @@ pub struct Options {
     pub ring_entries: u32,
     /// The token of the event a [`crate::Waker`] produces.
     pub wake_token: u64,
+    /// How long a multishot accept pauses after a resource error (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`), as asyncio's `ACCEPT_RETRY_DELAY`: the error is reported once (with
+    /// [`crate::flags::MORE`]), then the listening socket is left alone until the delay has
+    /// passed, so a process whose fd table stays full does not spin. Default 1 s.
+    /// `Duration::ZERO` re-arms at the next `poll` (no back-off). Per-connection errors
+    /// (`ECONNABORTED`, `EPERM`...) never pause accepting. Changeable later with
+    /// [`crate::Reactor::set_accept_retry_delay`].
+    pub accept_retry_delay: Duration,
 }
+
+/// The default [`Options::accept_retry_delay`]: asyncio's `ACCEPT_RETRY_DELAY` (1 s).
+pub const DEFAULT_ACCEPT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 impl Default for Options {
     fn default() -> Options {
@@ -58,6 +71,7 @@ impl Default for Options {
             buffer_count: 512,
             ring_entries: 1024,
             wake_token: u64::MAX,
+            accept_retry_delay: DEFAULT_ACCEPT_RETRY_DELAY,
         }
     }
 }

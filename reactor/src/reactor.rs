@@ -26,6 +26,13 @@
 //!   A multishot recv ends with `result == 0` (EOF) or `-errno`. When the receive-buffer pool runs
 //!   dry the reactor holds the recv back and re-arms it after buffers are recycled: the caller never
 //!   sees `ENOBUFS` and no byte is lost.
+//! * A multishot accept reports per-connection errors (`ECONNABORTED`, `EPERM`...) and resource
+//!   errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) with [`crate::flags::MORE`]: it stays
+//!   alive. After a resource error the reactor does not try the listening socket again until
+//!   [`Options::accept_retry_delay`] has passed (asyncio's `ACCEPT_RETRY_DELAY`), so a process
+//!   whose fd table stays full gets one such event per delay instead of one per `poll`; `poll`
+//!   never waits past the end of a delay. Cancelling a paused accept behaves as cancelling any
+//!   accept (no further event).
 //! * A send completes once with the total bytes sent (all of them, or the count before an error is
 //!   reported as `-errno`); the reactor finishes short sends itself.
 //! * New fds (accept) are non-blocking and close-on-exec.
@@ -285,6 +292,12 @@ impl Reactor {
     pub fn buffer_region(&self) -> (*const u8, usize, usize) {
         let pool = self.backend.buffers();
         (pool.base() as *const u8, pool.size(), pool.count())
+    }
+
+    /// Sets [`Options::accept_retry_delay`] for accepts that hit a resource error from now on
+    /// (`Duration::ZERO`: no back-off). An accept already paused keeps its deadline.
+    pub fn set_accept_retry_delay(&mut self, delay: Duration) {
+        self.backend.set_accept_retry_delay(delay);
     }
 
     /// Number of live ops and timers (what closing would cancel).

@@ -1,7 +1,8 @@
 //! EMFILE during an accept flood: 300 connections wait in the accept queue while the process may
 //! open only 8 more fds. The reactor reports `-EMFILE` (with `MORE`: accepting stays armed), and
 //! each time the test frees the fds it holds — as asyncio backs off and closes connections — the
-//! reactor accepts again, until every connection has been accepted exactly once with its data.
+//! reactor accepts again (after its accept back-off, kept short here), until every connection has
+//! been accepted exactly once with its data.
 //!
 //! The fd limit is process-wide, so the body runs in a child process (this test binary re-run
 //! with a filter), away from the other tests' threads. ENFILE (the system-wide table) cannot be
@@ -14,6 +15,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use ringloop::{flags, BackendChoice, Event, Options};
 use support::*;
@@ -40,7 +42,13 @@ fn set_fd_limit(soft: u64) -> libc::rlimit {
 }
 
 fn flood_child(choice: BackendChoice) {
-    let Some(mut reactor) = make(choice, Options::default()) else {
+    // Each recovery waits out the accept back-off (see `fault_accept_backoff.rs`): keep it short,
+    // as there are dozens of recoveries.
+    let opts = Options {
+        accept_retry_delay: Duration::from_millis(5),
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
         return;
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

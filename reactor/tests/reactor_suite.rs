@@ -687,7 +687,12 @@ fn emfile_child(choice: BackendChoice) {
     if std::env::var_os("RINGLOOP_EMFILE_CHILD").is_none() {
         return;
     }
-    let mut reactor = make(choice, Options::default()).unwrap();
+    // A short accept back-off, so the retry after the limit is raised comes quickly.
+    let opts = Options {
+        accept_retry_delay: Duration::from_millis(20),
+        ..Options::default()
+    };
+    let mut reactor = make(choice, opts).unwrap();
     let listener = listener();
     let addr = listener.local_addr().unwrap();
     const CLIENTS: usize = 12;

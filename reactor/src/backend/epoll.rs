@@ -12,6 +12,10 @@
 //!   `poll` has recycled buffers, so the loop does not spin and no byte leaves the socket before
 //!   there is room for it.
 //! * Everything is level-triggered, so an fd whose events do not fit is simply reported again.
+//! * An accept that hits a resource error (EMFILE...) is "paused": its read interest is dropped
+//!   until the back-off delay has passed (`AcceptBackoff`), so a listener whose connections cannot
+//!   be accepted does not make every `epoll_wait` return at once; `poll` caps its wait at the end
+//!   of the delay.
 
 use std::collections::VecDeque;
 use std::io;
@@ -24,7 +28,9 @@ use nix::sys::epoll::EpollCreateFlags;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{accept4, recv, send, MsgFlags, SockFlag, SockaddrStorage};
 
-use super::{accept_error_is_transient, ready_bits, Backend};
+use super::{
+    accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
+};
 use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable};
 use crate::sys::{
@@ -69,6 +75,8 @@ struct Op {
     kind: Kind,
     /// A recv waiting for free buffers (no read interest meanwhile).
     starved: bool,
+    /// An accept backing off after a resource error (no read interest meanwhile).
+    paused: bool,
 }
 
 pub(crate) struct Epoll {
@@ -80,6 +88,8 @@ pub(crate) struct Epoll {
     free: Vec<u16>,
     ready: VecDeque<(u64, Event)>,
     starved: Vec<u64>,
+    /// Accepts paused after a resource error, resumed when their delay is over.
+    backoff: AcceptBackoff,
     epoll_events: Vec<libc::epoll_event>,
     scratch: Vec<u64>,
     wake: Arc<WakeShared>,
@@ -110,6 +120,7 @@ impl Epoll {
             free,
             ready: VecDeque::with_capacity(1024),
             starved: Vec::new(),
+            backoff: AcceptBackoff::new(opts.accept_retry_delay),
             epoll_events: vec![epoll_event(0, 0); EPOLL_BATCH],
             scratch: Vec::new(),
             wake_token: opts.wake_token,
@@ -145,7 +156,7 @@ impl Epoll {
                 }
                 mask
             }
-            Kind::Recv | Kind::Accept | Kind::Signal { .. } if !op.starved => IN,
+            Kind::Recv | Kind::Accept | Kind::Signal { .. } if !op.starved && !op.paused => IN,
             Kind::Recv | Kind::Accept | Kind::Signal { .. } => 0,
             Kind::Send { .. } => {
                 if self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key) {
@@ -228,6 +239,7 @@ impl Epoll {
             fd,
             kind,
             starved: false,
+            paused: false,
         });
         self.fds.add_op(fd, key);
         self.live += 1;
@@ -241,6 +253,7 @@ impl Epoll {
             fd: -1,
             kind: Kind::Connect,
             starved: false,
+            paused: false,
         });
         self.ops.remove(key);
         self.emit(0, token, result, 0, 0);
@@ -252,6 +265,9 @@ impl Epoll {
             return;
         };
         self.live -= 1;
+        if op.paused {
+            self.backoff.forget(key);
+        }
         self.fds.remove_op(op.fd, key);
         let _ = self.update_interest(op.fd);
     }
@@ -295,7 +311,9 @@ impl Epoll {
                 Kind::Recv if !op.starved && revents & (IN | ERR_HUP) != 0 => {
                     self.do_recv(key, fd, token)
                 }
-                Kind::Accept if revents & (IN | ERR_HUP) != 0 => self.do_accept(key, fd, token),
+                Kind::Accept if !op.paused && revents & (IN | ERR_HUP) != 0 => {
+                    self.do_accept(key, fd, token)
+                }
                 Kind::Send { .. }
                     if revents & (OUT | ERR_HUP) != 0
                         && self.fds.get(fd).and_then(|e| e.sends.front()) == Some(&key) =>
@@ -392,8 +410,15 @@ impl Epoll {
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return,
                 Err(errno) if accept_error_is_transient(errno as i32) => {
-                    // Reported; level-triggered readiness brings the listener back next poll.
+                    // Reported; level-triggered readiness brings the listener back next poll,
+                    // except after a resource error: then its read interest is dropped (by
+                    // `on_ready`'s interest update) until the back-off delay is over.
                     self.emit(key, token, neg_errno_of(errno), flags::MORE, 0);
+                    if accept_error_is_resource(errno as i32) && self.backoff.pause(key) {
+                        if let Some(op) = self.ops.get_mut(key) {
+                            op.paused = true;
+                        }
+                    }
                     return;
                 }
                 Err(errno) => {
@@ -473,6 +498,29 @@ impl Epoll {
         }
     }
 
+    /// Gives accepts whose back-off delay is over their read interest back; one whose listener
+    /// the kernel no longer accepts (closed behind the reactor's back) ends with that error.
+    fn resume_accepts(&mut self) {
+        if self.backoff.is_empty() {
+            return; // every poll of a loop with no paused accept
+        }
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.backoff.take_due(&mut keys);
+        for &key in &keys {
+            let Some(op) = self.ops.get_mut(key) else {
+                continue;
+            };
+            op.paused = false;
+            let fd = op.fd;
+            if let Err(err) = self.update_interest(fd) {
+                self.finish(key, errno_of(&err));
+            }
+        }
+        keys.clear();
+        self.scratch = keys;
+    }
+
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let timeout_ms = match timeout {
             None => -1,
@@ -508,6 +556,7 @@ impl Backend for Epoll {
         for bid in self.pool.take_lent() {
             self.free.push(bid);
         }
+        self.resume_accepts();
         if !self.free.is_empty() && !self.starved.is_empty() {
             let mut starved = std::mem::take(&mut self.starved);
             for &key in &starved {
@@ -529,7 +578,8 @@ impl Backend for Epoll {
                 Some(Duration::ZERO)
             };
             loop {
-                let count = match self.wait(wait) {
+                // A paused accept's delay ends the wait early (like a timer), never later.
+                let count = match self.wait(self.backoff.cap(wait)) {
                     Ok(count) => count,
                     Err(err) if err.raw_os_error() == Some(libc::EINTR) => break,
                     Err(err) => return Err(err),
@@ -549,6 +599,8 @@ impl Backend for Epoll {
                         self.on_ready(data as RawFd, revents);
                     }
                 }
+                // One whose delay is over listens again; the next wait sees its backlog.
+                self.resume_accepts();
                 if !self.ready.is_empty() || wait == Some(Duration::ZERO) {
                     break;
                 }
@@ -698,6 +750,10 @@ impl Backend for Epoll {
 
     fn pending(&self) -> usize {
         self.live
+    }
+
+    fn set_accept_retry_delay(&mut self, delay: Duration) {
+        self.backoff.set_delay(delay);
     }
 }
 

@@ -18,7 +18,9 @@
 //!   pending flag only after consuming the eventfd counter;
 //! * never wait longer than `timeout`, and turn `EINTR` into an early, successful return;
 //! * on drop, cancel everything in flight and wait until the kernel no longer references op or
-//!   caller memory.
+//!   caller memory;
+//! * after an accept reports a resource error ([`accept_error_is_resource`]), leave the listening
+//!   socket alone for the back-off delay ([`AcceptBackoff`]) and never wait past its end.
 //!
 //! Keys returned by the op-starting methods are [`crate::OpId`] values (see `ops.rs`).
 
@@ -27,7 +29,7 @@
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::SockaddrStorage;
@@ -62,6 +64,9 @@ pub(crate) trait Backend: Send {
     fn cancel_token(&mut self, token: u64) -> usize;
     /// Live, caller-visible ops.
     fn pending(&self) -> usize;
+    /// Sets the pause after an accept's resource error (see [`AcceptBackoff`]); accepts already
+    /// paused keep the deadline they had.
+    fn set_accept_retry_delay(&mut self, delay: Duration);
 }
 
 /// Validates `opts` and creates the backend it selects.
@@ -150,4 +155,125 @@ pub(crate) fn accept_error_is_transient(errno: i32) -> bool {
             | libc::EOPNOTSUPP
             | libc::ENETUNREACH
     )
+}
+
+/// Accept errors that say the process or the system is out of a resource rather than that one
+/// connection failed. Retrying at once would fail again (the connection stays queued), so the
+/// accept pauses for [`Options::accept_retry_delay`] after reporting one.
+pub(crate) fn accept_error_is_resource(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+    )
+}
+
+/// Accepts paused after a resource error, each with the instant it may go again: asyncio's
+/// `ACCEPT_RETRY_DELAY`. Both backends keep one; it is empty (and costs one length check per
+/// `poll`, no clock read) unless a listener hit `EMFILE` and friends.
+pub(crate) struct AcceptBackoff {
+    delay: Duration,
+    paused: Vec<(Instant, u64)>,
+}
+
+impl AcceptBackoff {
+    pub(crate) fn new(delay: Duration) -> AcceptBackoff {
+        AcceptBackoff {
+            delay,
+            // Room for a few listeners up front: pausing one need not allocate.
+            paused: Vec::with_capacity(4),
+        }
+    }
+
+    pub(crate) fn set_delay(&mut self, delay: Duration) {
+        self.delay = delay;
+    }
+
+    /// Pauses accept `key` for the delay. `false` when back-off is off (zero delay): the caller
+    /// resumes it at once, as before back-off existed.
+    pub(crate) fn pause(&mut self, key: u64) -> bool {
+        if self.delay.is_zero() {
+            return false;
+        }
+        // Clamped so that the deadline cannot overflow `Instant` (a year is "never" enough).
+        let until = Instant::now() + self.delay.min(Duration::from_secs(365 * 86400));
+        self.paused.push((until, key));
+        true
+    }
+
+    /// No accept is paused.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.paused.is_empty()
+    }
+
+    /// Forgets `key` (cancelled or ended while paused).
+    pub(crate) fn forget(&mut self, key: u64) {
+        if !self.paused.is_empty() {
+            self.paused.retain(|&(_, k)| k != key);
+        }
+    }
+
+    /// `wait`, shortened so that `poll` wakes up when the earliest pause ends.
+    pub(crate) fn cap(&self, wait: Option<Duration>) -> Option<Duration> {
+        let Some(earliest) = self.paused.iter().map(|&(until, _)| until).min() else {
+            return wait;
+        };
+        let left = earliest.saturating_duration_since(Instant::now());
+        Some(wait.map_or(left, |w| w.min(left)))
+    }
+
+    /// Moves the keys whose pause is over into `out`.
+    pub(crate) fn take_due(&mut self, out: &mut Vec<u64>) {
+        let now = Instant::now();
+        self.paused.retain(|&(until, key)| {
+            if until <= now {
+                out.push(key);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_pauses_caps_and_resumes() {
+        let mut off = AcceptBackoff::new(Duration::ZERO);
+        assert!(!off.pause(1), "a zero delay means no back-off");
+        assert_eq!(off.cap(None), None);
+
+        let delay = Duration::from_millis(50);
+        let mut backoff = AcceptBackoff::new(delay);
+        assert_eq!(
+            backoff.cap(Some(Duration::from_secs(9))),
+            Some(Duration::from_secs(9))
+        );
+        assert!(backoff.pause(7));
+        assert!(backoff.pause(8));
+        backoff.forget(8);
+        // A wait forever or a long one ends with the pause; a short one stays.
+        assert!(backoff.cap(None).unwrap() <= delay);
+        assert!(backoff.cap(Some(Duration::from_secs(9))).unwrap() <= delay);
+        assert_eq!(backoff.cap(Some(Duration::ZERO)), Some(Duration::ZERO));
+        let mut due = Vec::new();
+        backoff.take_due(&mut due);
+        assert!(due.is_empty(), "not due before the delay");
+        std::thread::sleep(delay);
+        backoff.take_due(&mut due);
+        assert_eq!(due, [7], "a forgotten key never comes back");
+        assert!(backoff.is_empty());
+    }
+
+    #[test]
+    fn resource_errors_are_the_transient_ones_that_pause() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(accept_error_is_resource(errno) && accept_error_is_transient(errno));
+        }
+        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EPROTO] {
+            assert!(!accept_error_is_resource(errno) && accept_error_is_transient(errno));
+        }
+    }
 }

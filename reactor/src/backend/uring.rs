@@ -10,7 +10,9 @@
 //!   as soon as the ring holds buffers again (lent buffers go back at the start of each `poll`).
 //!   Completions of a cancelled recv that carry bytes go to the fd's stash (see `ops.rs`).
 //! * Accept is multishot with `SOCK_NONBLOCK | SOCK_CLOEXEC`; per-connection and resource errors
-//!   (EMFILE...) are reported with `MORE` and the accept is re-armed at the next `poll`.
+//!   (EMFILE...) are reported with `MORE`. After a per-connection error the accept is re-armed at
+//!   the next `poll`; after a resource error it is re-armed once the back-off delay has passed
+//!   (`AcceptBackoff`), and `poll` caps its wait at that instant.
 //! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
 //!   follow-up SQE can never interleave with the next send's bytes.
 //! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
@@ -31,7 +33,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
-use super::{accept_error_is_transient, ready_bits, Backend};
+use super::{
+    accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
+};
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable};
 use crate::sys::{
@@ -160,6 +164,8 @@ pub(crate) struct Uring {
     rearm: Vec<u64>,
     /// Recvs held back because the pool ran dry; armed again as soon as the ring has buffers.
     starved: Vec<u64>,
+    /// Accepts paused after a resource error (EMFILE...), armed again when their delay is over.
+    backoff: AcceptBackoff,
     /// Buffers currently in the provided-buffer ring (not taken by the kernel).
     in_ring: usize,
     /// CQEs moved out of the CQ to make room while submitting; handled before the CQ.
@@ -276,6 +282,7 @@ impl Uring {
             fds: FdTable::default(),
             rearm: Vec::new(),
             starved: Vec::new(),
+            backoff: AcceptBackoff::new(opts.accept_retry_delay),
             in_ring: count,
             backlog: VecDeque::new(),
             ready: VecDeque::with_capacity(1024),
@@ -433,6 +440,10 @@ impl Uring {
                     }
                 }
             }
+        }
+        if matches!(op.kind, Kind::Accept) {
+            // Cancelled or failed while paused: its back-off must not wake `poll` any more.
+            self.backoff.forget(key);
         }
         if let Kind::Connect { addr } = op.kind {
             self.spare_addrs.push(addr);
@@ -611,7 +622,12 @@ impl Uring {
                 if res >= 0 || accept_error_is_transient(-res) {
                     self.emit(key, token, res, flags::MORE, 0);
                     if !more {
-                        self.rearm.push(key);
+                        // Out of fds (or memory): re-arming now would fail again at once, so
+                        // the accept sleeps for the back-off delay (unless that is zero).
+                        let resource = res < 0 && accept_error_is_resource(-res);
+                        if !(resource && self.backoff.pause(key)) {
+                            self.rearm.push(key);
+                        }
                     }
                 } else if res == -libc::EAGAIN || res == -libc::EINTR {
                     if !more {
@@ -763,6 +779,23 @@ impl Uring {
         self.rearm_starved();
     }
 
+    /// Re-arms accepts whose back-off delay is over (their SQEs go in with the next enter).
+    fn resume_accepts(&mut self) {
+        if self.backoff.is_empty() {
+            return; // every poll of a loop with no paused accept
+        }
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        self.backoff.take_due(&mut keys);
+        for &key in &keys {
+            if let Err(err) = self.arm(key) {
+                self.fail(key, errno_of(&err));
+            }
+        }
+        keys.clear();
+        self.scratch = keys;
+    }
+
     /// Re-arms recvs that ran the pool dry, once the ring holds buffers again.
     fn rearm_starved(&mut self) {
         if self.in_ring == 0 || self.starved.is_empty() {
@@ -904,6 +937,7 @@ impl Backend for Uring {
             return Err(forked_child_error());
         }
         self.recycle_buffers();
+        self.resume_accepts();
         self.rearm_fired();
         let room = events.len();
         self.reap(room);
@@ -921,8 +955,11 @@ impl Backend for Uring {
             // A recv that ran dry during this poll may go again if buffers came back meanwhile
             // (completions it left queued were delivered and recycled by an earlier poll).
             self.rearm_starved();
-            let uninterrupted = self.enter(wait)?;
+            // A paused accept's delay ends the wait early (like a timer), never later.
+            let uninterrupted = self.enter(self.backoff.cap(wait))?;
             self.reap(room);
+            // One whose delay is over goes again, submitted by the next enter.
+            self.resume_accepts();
             if !uninterrupted || !self.ready.is_empty() || wait == Some(Duration::ZERO) {
                 break;
             }
@@ -1083,6 +1120,10 @@ impl Backend for Uring {
 
     fn pending(&self) -> usize {
         self.live
+    }
+
+    fn set_accept_retry_delay(&mut self, delay: Duration) {
+        self.backoff.set_delay(delay);
     }
 }
 

@@ -1686,6 +1686,12 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Sets the pause after an accept's resource error (see
+    /// [`Reactor::set_accept_retry_delay`]).
+    pub fn set_accept_retry_delay(&mut self, delay: std::time::Duration) {
+        self.reactor.set_accept_retry_delay(delay);
+    }
+
     // ----- thread pool -----
 
     /// Sets the most worker threads the pool may run (1..=[`MAX_POOL_SIZE`], default
