@@ -229,9 +229,11 @@ typedef int (*rl_work_fn)(void *data, uint64_t *value);
 /**
  * Loop options. Initialise with `rl_options_init`, then change fields.
  *
- * `size` must be `sizeof(rl_options)` as the caller compiled it: the struct only grows at the
- * end, so a caller built against an older header keeps working (missing fields take their
- * defaults), and a newer caller's extra fields are accepted when they are zero.
+ * `size` must be `sizeof(rl_options)` as the caller compiled it: a caller built against an older
+ * header keeps working (missing fields take their defaults), and a newer caller's extra fields
+ * are accepted when they are zero. Note that `rl_options_init` writes this library's whole
+ * struct: a field added here would be written past the end of an older caller's struct, so
+ * later settings come as functions on the loop instead (`rl_set_accept_retry`).
  */
 typedef struct rl_options {
     /**
@@ -431,7 +433,9 @@ int rl_remove_writer(struct rl_loop *loop, int fd);
  * Accepts connections on the listening socket `fd` (multishot): `cb` is called once per
  * connection with `outcome->result` = the new socket (non-blocking, close-on-exec; the callback
  * owns it and must close it) and `RL_EV_MORE`, and a last time without `RL_EV_MORE` with
- * `-errno` if accepting stops.
+ * `-errno` if accepting stops. Per-connection errors (`-ECONNABORTED`, ...) and resource errors
+ * (`-EMFILE`, `-ENFILE`, `-ENOBUFS`, `-ENOMEM`) come with `RL_EV_MORE`: accepting goes on, after
+ * a resource error only once the back-off delay has passed (`rl_set_accept_retry`, default 1 s).
  *
  * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
  * `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.
@@ -695,6 +699,19 @@ int rl_loop_free(struct rl_loop *loop);
 const char *rl_loop_backend(const struct rl_loop *loop);
 
 /**
+ * Sets how long an accept (`rl_op_accept`, `rl_accept`) pauses after a resource error
+ * (`-EMFILE`, `-ENFILE`, `-ENOBUFS`, `-ENOMEM`), as asyncio's `ACCEPT_RETRY_DELAY`. The error is
+ * delivered once, with `RL_EV_MORE` (the accept stays active); the listening socket is then left
+ * alone for `delay_ns` before accepting is tried again, so a process whose fd table stays full
+ * gets one such event per delay instead of a busy loop. The default is 1 s (1000000000);
+ * 0 retries at the next poll (no back-off). An accept already paused keeps its deadline.
+ * Per-connection errors (`-ECONNABORTED`, `-EPERM`, ...) never pause accepting.
+ *
+ * Returns 0, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_set_accept_retry(struct rl_loop *loop, uint64_t delay_ns);
+
+/**
  * Returns the loop's clock, CLOCK_MONOTONIC in nanoseconds (the clock of `rl_call_at` and
  * `rl_op_timer` deadlines), or 0 for a null, stale or foreign handle. Thread-safe.
  */
@@ -785,6 +802,9 @@ int rl_op_send(struct rl_loop *loop,
  * Starts a multishot accept on the listening socket `fd`: one event per connection with
  * `result` = the new fd (non-blocking, close-on-exec, owned by the caller from then on) and
  * `RL_EV_MORE`; a final event without `RL_EV_MORE` carries `-errno` if accepting stops.
+ * Per-connection errors (`-ECONNABORTED`, ...) and resource errors (`-EMFILE`, `-ENFILE`,
+ * `-ENOBUFS`, `-ENOMEM`) come with `RL_EV_MORE`: accepting goes on, after a resource error only
+ * once the back-off delay has passed (`rl_set_accept_retry`, default 1 s).
  *
  * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
  * `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.

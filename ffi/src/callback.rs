@@ -385,7 +385,9 @@ pub extern "C" fn rl_remove_writer(r#loop: *mut rl_loop, fd: c_int) -> c_int {
 /// Accepts connections on the listening socket `fd` (multishot): `cb` is called once per
 /// connection with `outcome->result` = the new socket (non-blocking, close-on-exec; the callback
 /// owns it and must close it) and `RL_EV_MORE`, and a last time without `RL_EV_MORE` with
-/// `-errno` if accepting stops.
+/// `-errno` if accepting stops. Per-connection errors (`-ECONNABORTED`, ...) and resource errors
+/// (`-EMFILE`, `-ENFILE`, `-ENOBUFS`, `-ENOMEM`) come with `RL_EV_MORE`: accepting goes on, after
+/// a resource error only once the back-off delay has passed (`rl_set_accept_retry`, default 1 s).
 ///
 /// Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
 /// `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.

@@ -27,9 +27,11 @@ pub struct rl_loop {
 
 /// Loop options. Initialise with `rl_options_init`, then change fields.
 ///
-/// `size` must be `sizeof(rl_options)` as the caller compiled it: the struct only grows at the
-/// end, so a caller built against an older header keeps working (missing fields take their
-/// defaults), and a newer caller's extra fields are accepted when they are zero.
+/// `size` must be `sizeof(rl_options)` as the caller compiled it: a caller built against an older
+/// header keeps working (missing fields take their defaults), and a newer caller's extra fields
+/// are accepted when they are zero. Note that `rl_options_init` writes this library's whole
+/// struct: a field added here would be written past the end of an older caller's struct, so
+/// later settings come as functions on the loop instead (`rl_set_accept_retry`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct rl_options {
@@ -115,7 +117,7 @@ impl rl_options {
             buffer_count: or_default(self.buffer_count, defaults.buffer_count),
             ring_entries: or_default(self.ring_entries, defaults.ring_entries),
             wake_token: RL_WAKE_TOKEN,
-            // Not settable from C yet: the default.
+            // Not in the struct (see `rl_options`): set with `rl_set_accept_retry`.
             accept_retry_delay: defaults.accept_retry_delay,
         })
     }
@@ -420,6 +422,23 @@ pub extern "C" fn rl_loop_backend(r#loop: *const rl_loop) -> *const c_char {
     })
 }
 
+/// Sets how long an accept (`rl_op_accept`, `rl_accept`) pauses after a resource error
+/// (`-EMFILE`, `-ENFILE`, `-ENOBUFS`, `-ENOMEM`), as asyncio's `ACCEPT_RETRY_DELAY`. The error is
+/// delivered once, with `RL_EV_MORE` (the accept stays active); the listening socket is then left
+/// alone for `delay_ns` before accepting is tried again, so a process whose fd table stays full
+/// gets one such event per delay instead of a busy loop. The default is 1 s (1000000000);
+/// 0 retries at the next poll (no back-off). An accept already paused keeps its deadline.
+/// Per-connection errors (`-ECONNABORTED`, `-EPERM`, ...) never pause accepting.
+///
+/// Returns 0, `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+#[no_mangle]
+pub extern "C" fn rl_set_accept_retry(r#loop: *mut rl_loop, delay_ns: u64) -> c_int {
+    with_loop(r#loop, |lp| {
+        lp.set_accept_retry_delay(std::time::Duration::from_nanos(delay_ns));
+        0
+    })
+}
+
 /// Returns the loop's clock, CLOCK_MONOTONIC in nanoseconds (the clock of `rl_call_at` and
 /// `rl_op_timer` deadlines), or 0 for a null, stale or foreign handle. Thread-safe.
 #[no_mangle]
@@ -493,6 +512,7 @@ mod tests {
         assert!(!o.honor_env);
         assert_eq!(o.buffer_count, Options::default().buffer_count);
         assert_eq!(o.wake_token, RL_WAKE_TOKEN);
+        assert_eq!(o.accept_retry_delay, ringloop::DEFAULT_ACCEPT_RETRY_DELAY);
     }
 
     #[test]

@@ -247,6 +247,9 @@ pub unsafe extern "C" fn rl_op_send(
 /// Starts a multishot accept on the listening socket `fd`: one event per connection with
 /// `result` = the new fd (non-blocking, close-on-exec, owned by the caller from then on) and
 /// `RL_EV_MORE`; a final event without `RL_EV_MORE` carries `-errno` if accepting stops.
+/// Per-connection errors (`-ECONNABORTED`, ...) and resource errors (`-EMFILE`, `-ENFILE`,
+/// `-ENOBUFS`, `-ENOMEM`) come with `RL_EV_MORE`: accepting goes on, after a resource error only
+/// once the back-off delay has passed (`rl_set_accept_retry`, default 1 s).
 ///
 /// Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
 /// `RL_ESTATE`, `-errno`. The listening fd stays the caller's. Loop thread only.

@@ -767,6 +767,11 @@ fn main() {
         .unwrap()
         .to_owned();
     println!("backend {backend}");
+    // SAFETY: a valid loop, and a null handle (an error, not a crash).
+    unsafe {
+        check(rl_set_accept_retry(lp, 50_000_000), "rl_set_accept_retry");
+        assert_eq!(rl_set_accept_retry(ptr::null_mut(), 0), RL_EHANDLE);
+    }
     raw_timers(lp);
     raw_echo(lp);
     raw_wake(lp);
