@@ -14,7 +14,7 @@ import os
 import struct
 import weakref
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 __all__ = [
     "EVENT_SIZE",
@@ -243,8 +243,12 @@ class Reactor:
         if total and base.value:
             region = (ctypes.c_ubyte * total).from_address(base.value)
             self.buffers = memoryview(region).cast("B").toreadonly()
+            # The same memory as a char array: slicing it makes a bytes object in one step
+            # (a third of the cost of bytes(memoryview slice)), for data_received().
+            self.buffer_bytes: Any = (ctypes.c_char * total).from_address(base.value)
         else:
             self.buffers = memoryview(b"")
+            self.buffer_bytes = b""
 
         self.capacity = capacity
         self._event_array = (ctypes.c_ubyte * (capacity * EVENT_SIZE))()

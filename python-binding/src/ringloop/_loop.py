@@ -28,6 +28,11 @@ from ._transport import RingStreamTransport
 
 __all__ = ["Loop"]
 
+
+def _run_handle(handle: events.Handle) -> None:
+    # A readiness event's reader/writer handle, run during the I/O phase of the iteration.
+    handle._run()
+
 # BaseEventLoop's tuning of its timer heap and longest wait, kept identical.
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
@@ -84,6 +89,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             selector.close()
             reactor.free()
             raise
+        selector._remove_reader = self._remove_reader
+        selector._remove_writer = self._remove_writer
 
     @property
     def backend(self) -> str:
@@ -171,19 +178,16 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 heapq.heappop(scheduled)._scheduled = False
 
         ready = self._ready
-        if ready or self._stopping:
+        selector = self._selector
+        if ready or self._stopping or selector._pending is not None:
             timeout: Optional[float] = 0
         elif scheduled:
             timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
         else:
             timeout = None
 
-        selector = self._selector
         already_ready = len(ready)
-        event_list = selector.select(timeout)
-        if event_list:
-            self._process_events(event_list)
-        event_list = None
+        selector.select(timeout)
 
         end_time = self.time() + self._clock_resolution
         while scheduled and scheduled[0]._when < end_time:
@@ -192,6 +196,9 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             ready.append(timer)
         timer = None
 
+        # asyncio's order: the callbacks that were ready before the poll, then the I/O callbacks
+        # (here the poll's events, dispatched in one pass: completion handlers and readiness
+        # handles alike), then the expired timers. Whatever these schedule runs next iteration.
         ntodo = len(ready)
         if self._debug:
             self._run_debug(already_ready, ntodo)
@@ -201,7 +208,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             handle = popleft()
             if not handle._cancelled:
                 handle._run()
-        selector.dispatch_completions()
+        selector.dispatch(_run_handle)
         for _ in range(ntodo - already_ready):
             handle = popleft()
             if not handle._cancelled:
@@ -214,12 +221,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         for _ in range(already_ready):
             self._run_timed(ready.popleft())
         t0 = self.time()
-        count = self._selector.dispatch_completions()
+        self._selector.dispatch(self._run_timed)
         dt = self.time() - t0
-        if count and dt >= self.slow_callback_duration:
-            base_events.logger.warning(
-                "Executing %d I/O completion callback(s) took %.3f seconds", count, dt
-            )
+        if dt >= self.slow_callback_duration:
+            base_events.logger.warning("Executing I/O callbacks took %.3f seconds", dt)
         for _ in range(ntodo - already_ready):
             self._run_timed(ready.popleft())
 

@@ -14,7 +14,8 @@ import math
 import selectors
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ._lib import EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
+from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
+from ._transport import RingStreamTransport
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -58,8 +59,9 @@ class _KeyMapping(Mapping):
 class RingSelector(selectors.BaseSelector):
     """Readiness through ringloop watches; completion events go to ``handlers[token]``.
 
-    ``handlers`` maps a token either to an ``int`` (a watch: ``fd << 1 | is_write``) or to a
-    callable taking ``(result, flags, aux)``. A handler removed from the map drops any event for
+    ``handlers`` maps a token to an ``int`` (a watch: ``fd << 1 | is_write``), to a
+    :class:`RingStreamTransport` (its multishot receive), or to a callable taking
+    ``(result, flags, aux)``. A handler removed from the map drops any event for
     its token that the current ``poll`` already returned.
     """
 
@@ -87,10 +89,17 @@ class RingSelector(selectors.BaseSelector):
         self._watches: Dict[int, List[Optional[Tuple[int, int]]]] = {}
         self._iter_unpack = EVENT_STRUCT.iter_unpack
         self._events = reactor.events
-        self._completions: List[Tuple[int, int, int, int]] = []
+        self._buffer_bytes = reactor.buffer_bytes
+        self._buffer_size = reactor.buffer_size
+        # The events of the last poll not yet delivered (an iterator over the event array).
+        self._pending: Optional[Any] = None
+        self._pending_count = 0
+        # The loop's remove_reader/remove_writer, for a readiness event whose handle was cancelled.
+        self._remove_reader: Callable[[Any], Any] = lambda fileobj: None
+        self._remove_writer: Callable[[Any], Any] = lambda fileobj: None
         #: Counts polls: lets a handler tell whether two events came from the same poll.
         self.iteration = 0
-        #: True while dispatch_completions() runs: events of the batch may still be queued.
+        #: True while dispatch() runs: events of the batch may still be queued.
         self.dispatching = False
         self._retired: List[int] = []
         self._closed = False
@@ -201,9 +210,13 @@ class RingSelector(selectors.BaseSelector):
 
     # -- the one foreign call per iteration ---------------------------------------------------
 
-    def select(self, timeout: Optional[float] = None) -> List[Tuple[selectors.SelectorKey, int]]:
-        """The iteration's one ``rl_poll``: returns readiness as ``(key, mask)`` pairs and queues
-        completion events for :meth:`dispatch_completions`."""
+    def select(self, timeout: Optional[float] = None) -> int:
+        """The iteration's one ``rl_poll``; returns how many events it brought, which
+        :meth:`dispatch` then delivers. A batch left unfinished (a callback raised
+        ``KeyboardInterrupt`` or ``SystemExit`` mid-batch) is finished first: no poll happens,
+        and so no receive buffer of that batch is recycled, until every event was delivered."""
+        if self._pending is not None:
+            return self._pending_count
         if timeout is None:
             timeout_ns = -1
         elif timeout <= 0:
@@ -225,56 +238,90 @@ class RingSelector(selectors.BaseSelector):
         if n < 0:
             n = reactor.poll_failed(n)
         self.iteration += 1
-        ready: List[Tuple[selectors.SelectorKey, int]] = []
-        if not n:
-            return ready
-        completions = self._completions
-        handlers = self._handlers
-        fd_to_key = self._fd_to_key
-        for event in self._iter_unpack(self._events[: n * EVENT_SIZE]):
-            handler = handlers.get(event[0])
-            if handler is None:
-                continue  # a watch or op removed since (asyncio's removals take effect at once)
-            if type(handler) is int:
-                key = fd_to_key.get(handler >> 1)
-                if key is not None:
-                    ready.append((key, EVENT_WRITE if handler & 1 else EVENT_READ))
-            else:
-                completions.append(event)
-        return ready
+        if n:
+            self._pending = self._iter_unpack(self._events[: n * EVENT_SIZE])
+            self._pending_count = n
+        return n
 
     def retire(self, token: int) -> None:
         """Unregisters ``token``'s handler once the current batch has been dispatched (for an op
         cancelled while events of that batch may still be queued for it)."""
         self._retired.append(token)
 
-    def dispatch_completions(self) -> int:
-        """Runs the handlers of the completion events the last :meth:`select` returned; returns
-        how many events there were.
+    def dispatch(self, run_ready: Callable[[Any], None]) -> None:
+        """Delivers the events of the last :meth:`select`, in order, in one pass: a completion
+        event goes to its handler, ``handler(result, flags, aux)``; a readiness event's reader or
+        writer handle goes to ``run_ready`` (as asyncio's selector loop runs I/O callbacks).
 
-        The handler is looked up again at dispatch time: one removed by an earlier handler of the
-        same batch (a transport closed meanwhile) no longer receives events. Received buffers stay
-        valid until the next ``select``.
+        The handler is looked up at delivery time: one removed by an earlier callback of the same
+        batch (a transport closed meanwhile) no longer receives events. Received buffers stay
+        valid until the next ``select``. An exception from a handler goes to ``on_error`` and the
+        batch goes on; ``KeyboardInterrupt``/``SystemExit`` propagate and the rest of the batch
+        is delivered on the next call.
         """
-        completions = self._completions
-        count = len(completions)
-        if not count:
-            return 0
+        events = self._pending
+        if events is None:
+            return
         handlers = self._handlers
+        iteration = self.iteration
+        buffer_bytes = self._buffer_bytes
+        buffer_size = self._buffer_size
+        transport_type = RingStreamTransport
+        handler: Any = None
         self.dispatching = True
         try:
-            for token, result, flags, aux in completions:
-                handler = handlers.get(token)
-                if handler is None:
-                    continue
+            while True:
                 try:
-                    handler(result, flags, aux)
+                    for token, result, flags, aux in events:
+                        handler = handlers.get(token)
+                        if handler is None:
+                            continue  # removed since (asyncio's removals take effect at once)
+                        if type(handler) is transport_type:
+                            if result > 0 and flags & EV_MORE and handler._receiving:
+                                # The stream transports' steady state, inline: bytes straight
+                                # from the receive buffer to data_received().
+                                handler._data_iteration = iteration
+                                start = aux * buffer_size
+                                handler._protocol.data_received(
+                                    buffer_bytes[start : start + result]
+                                )
+                            else:
+                                handler._on_recv(result, flags, aux)
+                        elif type(handler) is int:
+                            self._ready_event(handler, run_ready)
+                        else:
+                            handler(result, flags, aux)
+                    break
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
-                    self._on_error(exc, handler)
+                    if type(handler) is transport_type:
+                        # What the transport does with any failure of its protocol.
+                        handler._fatal_error(
+                            exc, "Fatal error: protocol.data_received() call failed."
+                        )
+                    else:
+                        self._on_error(exc, handler)
+                    handler = None
+            self._pending = None
+            self._pending_count = 0
         finally:
             self.dispatching = False
-            completions.clear()
-            handler = None  # noqa: F841 (a surviving frame object must not keep it alive)
-        return count
+            handler = None  # a surviving frame object must not keep it alive
+
+    def _ready_event(self, watch: int, run_ready: Callable[[Any], None]) -> None:
+        # What BaseSelectorEventLoop._process_events does for one (key, mask) pair, except that
+        # the handle runs now instead of being queued for later in this iteration.
+        key = self._fd_to_key.get(watch >> 1)
+        if key is None:
+            return
+        handle = key.data[watch & 1]
+        if handle is None:
+            return
+        if handle._cancelled:
+            if watch & 1:
+                self._remove_writer(key.fileobj)
+            else:
+                self._remove_reader(key.fileobj)
+        else:
+            run_ready(handle)

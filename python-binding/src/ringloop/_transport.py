@@ -26,6 +26,7 @@ from ._lib import EV_MORE, READABLE
 logger = logging.getLogger("asyncio")
 
 _ECANCELED = errno.ECANCELED
+_os_write = os.write
 
 
 def _server_hooks_take_transport() -> bool:
@@ -77,6 +78,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._sock_fd = sock.fileno()
         self._reactor = loop._reactor
         self._buffers = loop._reactor.buffers
+        self._buffer_bytes = loop._reactor.buffer_bytes
         self._buffer_size = loop._reactor.buffer_size
         self._handlers = loop._handlers
 
@@ -107,9 +109,14 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._paused = False
         self._eof = False
         self._empty_waiter: Optional[futures.Future] = None
+        # not (write_size or eof or conn_lost or closing or empty_waiter): write() may go
+        # straight to the socket. Cleared by every change that ends that state, recomputed where it may return.
+        self._write_idle = True
 
         self._protocol_connected = False
         self._buffered = False
+        # not (closing or paused or buffered): the one test of the receive fast path.
+        self._receiving = False
         self._deliver = self._deliver_data
         self.set_protocol(protocol)
 
@@ -154,6 +161,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._deliver = self._deliver_buffered if self._buffered else self._deliver_data
         self._protocol = protocol
+        self._refresh_receiving()
         self._protocol_connected = True
 
     def get_protocol(self) -> protocols.BaseProtocol:
@@ -171,6 +179,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
+        self._receiving = False
         self._stop_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
@@ -179,6 +188,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._refresh_receiving()
         if self._held or (self._multishot and self._selector.dispatching):
             # On the loop's next turn: data that arrived after the pause goes first (asyncio
             # never calls back into the protocol from resume_reading() itself), and a new
@@ -189,6 +199,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._start_reading()
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
+
+    def _refresh_receiving(self) -> None:
+        self._receiving = not (self._closing or self._paused or self._buffered)
 
     def _start_reading(self) -> None:
         while self._held:
@@ -205,7 +218,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         try:
             if self._multishot:
                 self._recv_op = self._reactor.recv(self._sock_fd, token)
-                self._handlers[token] = self._on_recv
+                # The transport itself: RingSelector.dispatch() runs the data path inline.
+                self._handlers[token] = self
             else:
                 self._recv_op = self._reactor.watch(self._sock_fd, READABLE, token)
                 self._handlers[token] = self._on_readable
@@ -235,6 +249,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 pass  # the loop is gone: nothing left to cancel
 
     def _on_recv(self, result: int, flags: int, aux: int) -> None:
+        # Every receive event but the steady state's (a chunk for a reading Protocol transport,
+        # which RingSelector.dispatch() hands to data_received() itself).
         if not flags & EV_MORE:
             # The multishot receive ended by itself (EOF, error): no new one is armed meanwhile,
             # since re-arming waits until the batch is dispatched.
@@ -392,6 +408,24 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         return self._write_size
 
     def write(self, data: Any) -> None:
+        if self._write_idle and type(data) is bytes and data:
+            # The steady state, kept short: nothing queued, so the bytes go to the socket now.
+            # os.write on the transport's own fd (closed only by the transport, which clears
+            # _write_idle first) costs less than socket.send's argument parsing.
+            try:
+                n = _os_write(self._sock_fd, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if n == len(data):
+                return
+            self._submit(data[n:] if n else data)
+            self._maybe_pause_protocol()
+            return
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -431,6 +465,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self.write(b"".join(list_of_data))
 
     def _submit(self, chunk: bytes) -> None:
+        self._write_idle = False
         self._inflight = chunk
         self._write_size += len(chunk)
         try:
@@ -483,6 +518,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 if self._inflight is None:
                     return  # the submission failed and closed the transport
         self._maybe_resume_protocol()  # may write more
+        self._refresh_write_idle()
         if not self._write_size:
             if self._empty_waiter is not None:
                 self._empty_waiter.set_result(None)
@@ -495,6 +531,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._eof:
             return
         self._eof = True
+        self._write_idle = False
         if not self._write_size:
             self._sock.shutdown(socket.SHUT_WR)
 
@@ -507,6 +544,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing:
             return
         self._closing = True
+        self._receiving = False
+        self._write_idle = False
         self._stop_reading()
         if not self._write_size:
             self._conn_lost += 1
@@ -545,8 +584,11 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                     pass
         if not self._closing:
             self._closing = True
+            self._receiving = False
+            self._write_idle = False
             self._stop_reading()
         self._conn_lost += 1
+        self._write_idle = False
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
@@ -577,9 +619,21 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
+        self._write_idle = False
         if not self._write_size:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 
     def _reset_empty_waiter(self) -> None:
         self._empty_waiter = None
+        self._refresh_write_idle()
+
+    def _refresh_write_idle(self) -> None:
+        # Never once closing: the socket (and so the fd number) may be gone.
+        self._write_idle = not (
+            self._write_size
+            or self._eof
+            or self._conn_lost
+            or self._closing
+            or self._empty_waiter is not None
+        )
