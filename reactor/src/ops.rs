@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::buffers::BufferPool;
+
 struct Slot<T> {
     generation: u32,
     value: Option<T>,
@@ -112,15 +114,44 @@ pub(crate) struct FdEntry {
     pub(crate) ops: Vec<u64>,
     pub(crate) sends: VecDeque<u64>,
     pub(crate) registered: u32,
-    stash: Vec<(u16, i32)>,
+    stash: Vec<Stashed>,
     stash_identity: (u64, u64),
+}
+
+/// Stashed bytes: `len` bytes at offset `off` of pool buffer `bid`. Only the head of a stash can
+/// have `off > 0`: a one-shot receive smaller than it took its first bytes (see
+/// [`FdTable::next_stashed`]).
+#[derive(Clone, Copy)]
+struct Stashed {
+    bid: u16,
+    off: u32,
+    len: i32,
+}
+
+/// What [`FdTable::next_stashed`] found.
+pub(crate) enum Unstashed {
+    /// No stash: receive from the socket.
+    Empty,
+    /// The stash came from a socket the fd no longer names: release it
+    /// ([`FdTable::release_stash`]), then receive from the socket.
+    Stale,
+    /// The head's buffer still holds bytes lent to the caller (the previous chunk of it): nothing
+    /// can be delivered before the next `poll` recycles that lend, and the socket must wait too.
+    Busy,
+    /// Deliver `len` bytes in place from the start of buffer `bid`, as a normal buffer event.
+    Chunk { bid: u16, len: i32 },
 }
 
 /// Fd-indexed table of [`FdEntry`]. Fd numbers are small and dense, so a vector beats a hash map,
 /// and entries keep their capacity when an fd number is reused: no allocation in steady state.
+///
+/// `pinned` lists stash buffers whose first bytes are out with the caller (lent by a `poll`, or
+/// queued to be) while the rest of them stays stashed: when the lend ends the backend must not
+/// recycle such a buffer ([`FdTable::unpin`]), and the rest moves to its start only then.
 #[derive(Default)]
 pub(crate) struct FdTable {
     entries: Vec<FdEntry>,
+    pinned: Vec<u16>,
 }
 
 impl FdTable {
@@ -176,20 +207,82 @@ impl FdTable {
                 None => return false,
             }
         }
-        entry.stash.push((bid, len));
+        entry.stash.push(Stashed { bid, off: 0, len });
         true
     }
 
-    /// Takes `fd`'s stash. The flag says whether `fd` is still the socket the bytes came from
-    /// (deliver them) or not (recycle them).
-    pub(crate) fn take_stash(&mut self, fd: RawFd) -> Option<(Vec<(u16, i32)>, bool)> {
-        let entry = self.get_mut(fd)?;
-        if entry.stash.is_empty() {
-            return None;
+    /// Whether `fd` has stashed bytes (no system call).
+    pub(crate) fn has_stash(&self, fd: RawFd) -> bool {
+        self.get(fd).is_some_and(|entry| !entry.stash.is_empty())
+    }
+
+    /// Takes the next chunk of at most `max` bytes off `fd`'s stash, to be delivered in place.
+    ///
+    /// A head longer than `max` is split: its first `max` bytes are delivered from the start of
+    /// its buffer, which stays stashed (and pinned) with the rest; once the lend has ended (see
+    /// [`FdTable::unpin`]) the rest is moved to the start of the buffer and can go out in turn.
+    pub(crate) fn next_stashed(&mut self, fd: RawFd, max: usize, pool: &BufferPool) -> Unstashed {
+        let Some(entry) = self.entries.get_mut(fd as usize) else {
+            return Unstashed::Empty;
+        };
+        let Some(head) = entry.stash.first_mut() else {
+            return Unstashed::Empty;
+        };
+        if crate::sys::file_identity(fd) != Some(entry.stash_identity) {
+            return Unstashed::Stale;
         }
-        let stash = std::mem::take(&mut entry.stash);
-        let same = crate::sys::file_identity(fd) == Some(entry.stash_identity);
-        Some((stash, same))
+        if head.off > 0 {
+            if self.pinned.contains(&head.bid) {
+                return Unstashed::Busy;
+            }
+            let start = pool.buffer_ptr(head.bid);
+            // SAFETY: `off + len <= size`, so both ranges lie inside buffer `bid`, which the stash
+            // owns: neither the kernel nor the caller holds it (not pinned, so no lend is
+            // running). `copy` allows the overlap.
+            unsafe { std::ptr::copy(start.add(head.off as usize), start, head.len as usize) };
+            head.off = 0;
+        }
+        let bid = head.bid;
+        let max = i32::try_from(max).unwrap_or(i32::MAX).max(1);
+        if head.len <= max {
+            let len = head.len;
+            entry.stash.remove(0);
+            return Unstashed::Chunk { bid, len };
+        }
+        head.off = max as u32;
+        head.len -= max;
+        self.pinned.push(bid);
+        Unstashed::Chunk { bid, len: max }
+    }
+
+    /// Empties `fd`'s stash (its socket is closing or gone), handing each buffer nobody holds to
+    /// `recycle`. A pinned buffer is only unpinned: the lend of its first bytes recycles it.
+    pub(crate) fn release_stash(&mut self, fd: RawFd, mut recycle: impl FnMut(u16)) {
+        let Some(entry) = self.entries.get_mut(fd as usize) else {
+            return;
+        };
+        for Stashed { bid, .. } in entry.stash.drain(..) {
+            if let Some(pos) = self.pinned.iter().position(|&b| b == bid) {
+                self.pinned.swap_remove(pos);
+            } else {
+                recycle(bid);
+            }
+        }
+    }
+
+    /// Called for every buffer whose lend ends: `true` when `bid` is pinned (still stashed, must
+    /// not be recycled); it is unpinned, so the rest of its bytes can go out.
+    pub(crate) fn unpin(&mut self, bid: u16) -> bool {
+        if self.pinned.is_empty() {
+            return false;
+        }
+        match self.pinned.iter().position(|&b| b == bid) {
+            Some(pos) => {
+                self.pinned.swap_remove(pos);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Copies the keys of the ops on `fd` into `out` (cleared first).

@@ -14,14 +14,21 @@
 //! * Cancelling ([`Reactor::cancel`], [`Reactor::cancel_token`]) takes effect before it returns: no
 //!   later event is delivered for the op, EXCEPT ops that hold caller memory (send), which deliver
 //!   exactly one final event (bytes sent or `-ECANCELED`) once the kernel no longer touches that
-//!   memory. It also takes effect in the kernel before it returns (io_uring: the cancel is
+//!   memory, and a one-shot recv, whose one event (`-ECANCELED`) is queued by the cancel. It also takes effect in the kernel before it returns (io_uring: the cancel is
 //!   submitted at once), so a cancelled op no longer holds its file open; likewise the fd given to
 //!   [`Reactor::close`] is closed (or its close submitted) before `close` returns.
 //! * Cancelling a recv loses no byte of the stream: bytes the reactor already took out of the
 //!   socket for it (queued events, completions racing with the cancel) are kept and delivered as
-//!   the first events of the next [`Reactor::recv_multi`] on the same open socket (a new socket
-//!   that reuses the fd number does not get them; [`Reactor::close`] discards them). So
-//!   cancel + re-arm is a lossless pause/resume.
+//!   the first events of the next [`Reactor::recv_multi`] or [`Reactor::recv_once`] on the same
+//!   open socket (a new socket that reuses the fd number does not get them; [`Reactor::close`]
+//!   discards them). So cancel + re-arm is a lossless pause/resume. A recv_once takes at most its
+//!   `max_len` of them and leaves the rest stashed, in order.
+//! * A one-shot recv ([`Reactor::recv_once`]) produces exactly one event, never
+//!   [`crate::flags::MORE`]: bytes (`> 0`, with [`crate::flags::BUFFER`]), `0` at end of stream,
+//!   or `-errno`. Cancelling it while it waits delivers that event at once as `-ECANCELED`;
+//!   bytes the kernel hands over for it after the cancel go to the stash. Once its event is
+//!   queued the op is over: cancelling it then is a stale id and the event (bytes included) is
+//!   still delivered. Pool exhaustion holds it back like a multishot recv (no `ENOBUFS`).
 //! * Multishot ops (recv, accept, signals) set [`crate::flags::MORE`] on every event but their last.
 //!   A multishot recv ends with `result == 0` (EOF) or `-errno`. When the receive-buffer pool runs
 //!   dry the reactor holds the recv back and re-arms it after buffers are recycled: the caller never
@@ -195,6 +202,17 @@ impl Reactor {
     /// `aux` = buffer id, `result` = byte count; read the bytes with [`Reactor::event_data`].
     pub fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
         self.backend.recv_multi(fd, token).map(OpId)
+    }
+
+    /// One receive of at most `max_len` bytes from `fd` into a reactor-owned buffer (`0`, and any
+    /// value above the pool's buffer size, mean the buffer size). Exactly one event: `result > 0`
+    /// with [`crate::flags::BUFFER`] and `aux` = buffer id (read it with
+    /// [`Reactor::event_data`]), `0` at end of stream, or `-errno` (`-ECANCELED` after
+    /// [`Reactor::cancel`]); never [`crate::flags::MORE`]. Bytes stashed by a cancelled recv on
+    /// the socket come first (see the module contract); they may complete it before `poll`, in
+    /// which case the returned id is already stale.
+    pub fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<OpId> {
+        self.backend.recv_once(fd, max_len, token).map(OpId)
     }
 
     /// Sends `len` bytes starting at `buf`. One event: total bytes sent, or `-errno`.

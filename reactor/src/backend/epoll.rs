@@ -4,7 +4,8 @@
 //!   need (a reader watch and a writer watch on one fd, a recv plus a send...). The mask is
 //!   recomputed whenever an op on the fd starts, ends or changes state, and `epoll_ctl` is only
 //!   called when it changes.
-//! * Work is done when the fd is ready: `recv` into a free pool buffer, `accept4` with
+//! * Work is done when the fd is ready: `recv` into a free pool buffer (a one-shot recv reads at
+//!   most its limit, EAGAIN keeps it waiting), `accept4` with
 //!   `SOCK_NONBLOCK | SOCK_CLOEXEC`, finish a send, read `SO_ERROR` for a connect, read the
 //!   signalfd. A send and a connect are tried at once; if they finish, their event is queued for
 //!   the next `poll`.
@@ -32,7 +33,7 @@ use super::{
     accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
 };
 use crate::buffers::BufferPool;
-use crate::ops::{FdTable, OpTable};
+use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
     errno_of, fork_generation, forked_child_error, from_nix, neg_errno, neg_errno_of,
 };
@@ -57,6 +58,10 @@ enum Kind {
         interest: Interest,
     },
     Recv,
+    /// One receive of at most `max` bytes (already capped at the buffer size).
+    RecvOnce {
+        max: u32,
+    },
     Send {
         buf: *const u8,
         len: usize,
@@ -77,6 +82,9 @@ struct Op {
     starved: bool,
     /// An accept backing off after a resource error (no read interest meanwhile).
     paused: bool,
+    /// A recv waiting for its fd's stash to be deliverable (no read interest meanwhile, so no
+    /// newer byte overtakes the stashed ones).
+    waiting: bool,
 }
 
 pub(crate) struct Epoll {
@@ -88,6 +96,8 @@ pub(crate) struct Epoll {
     free: Vec<u16>,
     ready: VecDeque<(u64, Event)>,
     starved: Vec<u64>,
+    /// Recvs waiting for their fd's stash (`Unstashed::Busy`), served at the start of `poll`.
+    stash_waiters: Vec<u64>,
     /// Accepts paused after a resource error, resumed when their delay is over.
     backoff: AcceptBackoff,
     epoll_events: Vec<libc::epoll_event>,
@@ -120,6 +130,7 @@ impl Epoll {
             free,
             ready: VecDeque::with_capacity(1024),
             starved: Vec::new(),
+            stash_waiters: Vec::new(),
             backoff: AcceptBackoff::new(opts.accept_retry_delay),
             epoll_events: vec![epoll_event(0, 0); EPOLL_BATCH],
             scratch: Vec::new(),
@@ -156,8 +167,12 @@ impl Epoll {
                 }
                 mask
             }
-            Kind::Recv | Kind::Accept | Kind::Signal { .. } if !op.starved && !op.paused => IN,
-            Kind::Recv | Kind::Accept | Kind::Signal { .. } => 0,
+            Kind::Recv | Kind::RecvOnce { .. } | Kind::Accept | Kind::Signal { .. }
+                if !op.starved && !op.paused && !op.waiting =>
+            {
+                IN
+            }
+            Kind::Recv | Kind::RecvOnce { .. } | Kind::Accept | Kind::Signal { .. } => 0,
             Kind::Send { .. } => {
                 if self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key) {
                     OUT
@@ -240,6 +255,7 @@ impl Epoll {
             kind,
             starved: false,
             paused: false,
+            waiting: false,
         });
         self.fds.add_op(fd, key);
         self.live += 1;
@@ -254,6 +270,7 @@ impl Epoll {
             kind: Kind::Connect,
             starved: false,
             paused: false,
+            waiting: false,
         });
         self.ops.remove(key);
         self.emit(0, token, result, 0, 0);
@@ -308,8 +325,13 @@ impl Epoll {
                         self.emit(key, token, bits as i32, flags::MORE, 0);
                     }
                 }
-                Kind::Recv if !op.starved && revents & (IN | ERR_HUP) != 0 => {
+                Kind::Recv if !op.starved && !op.waiting && revents & (IN | ERR_HUP) != 0 => {
                     self.do_recv(key, fd, token)
+                }
+                &Kind::RecvOnce { max }
+                    if !op.starved && !op.waiting && revents & (IN | ERR_HUP) != 0 =>
+                {
+                    self.do_recv_once(key, fd, token, max)
                 }
                 Kind::Accept if !op.paused && revents & (IN | ERR_HUP) != 0 => {
                     self.do_accept(key, fd, token)
@@ -403,6 +425,43 @@ impl Epoll {
         }
     }
 
+    fn do_recv_once(&mut self, key: u64, fd: RawFd, token: u64, max: u32) {
+        loop {
+            let Some(bid) = self.free.pop() else {
+                if let Some(op) = self.ops.get_mut(key) {
+                    op.starved = true;
+                    self.starved.push(key);
+                }
+                return;
+            };
+            // SAFETY: a free buffer is referenced by nobody else; it lies inside the pool, and
+            // `max <= size` (see `recv_once_cap`).
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut(self.pool.buffer_ptr(bid), max as usize) };
+            match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    self.free.push(bid);
+                    self.finish(key, 0);
+                }
+                Ok(n) => {
+                    // Its one event; the op is over.
+                    self.emit(0, token, n as i32, flags::BUFFER, u64::from(bid));
+                    self.discard(key);
+                }
+                Err(Errno::EINTR) => {
+                    self.free.push(bid);
+                    continue;
+                }
+                Err(Errno::EAGAIN) => self.free.push(bid),
+                Err(errno) => {
+                    self.free.push(bid);
+                    self.finish(key, neg_errno_of(errno));
+                }
+            }
+            return;
+        }
+    }
+
     fn do_accept(&mut self, key: u64, fd: RawFd, token: u64) {
         for _ in 0..ACCEPT_BURST {
             match accept4(fd, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
@@ -482,20 +541,95 @@ impl Epoll {
         }
     }
 
-    /// Delivers the stash of `fd` (see `FdEntry`) as the first events of recv `key`, or recycles
-    /// it when `fd` is no longer the socket it came from (or `key` is `None`: the fd is closing).
-    fn unstash(&mut self, fd: RawFd, key: Option<u64>, token: u64) {
-        let Some((stash, same_socket)) = self.fds.take_stash(fd) else {
-            return;
+    /// Recycles `fd`'s stash (closing, or no longer the socket the bytes came from).
+    fn release_stash(&mut self, fd: RawFd) {
+        let free = &mut self.free;
+        self.fds.release_stash(fd, |bid| free.push(bid));
+    }
+
+    /// Delivers the stash of recv `key`'s fd first — all of it for a multishot, one chunk (which
+    /// completes it) for a one-shot. `true` when the recv needs no read interest now: completed,
+    /// or waiting (`Unstashed::Busy`, until the next `poll`).
+    fn serve_stash(&mut self, key: u64) -> bool {
+        let Some(op) = self.ops.get(key) else {
+            return true;
         };
-        for (bid, len) in stash {
-            match key {
-                Some(key) if same_socket => {
+        let (fd, token) = (op.fd, op.token);
+        let once = match op.kind {
+            Kind::RecvOnce { max } => Some(max as usize),
+            _ => None,
+        };
+        while self.fds.has_stash(fd) {
+            match self
+                .fds
+                .next_stashed(fd, once.unwrap_or(usize::MAX), &self.pool)
+            {
+                Unstashed::Empty => break,
+                Unstashed::Stale => self.release_stash(fd),
+                Unstashed::Busy => {
+                    if let Some(op) = self.ops.get_mut(key) {
+                        op.waiting = true;
+                    }
+                    self.stash_waiters.push(key);
+                    return true;
+                }
+                Unstashed::Chunk { bid, len } if once.is_some() => {
+                    self.emit(0, token, len, flags::BUFFER, u64::from(bid));
+                    self.discard(key);
+                    return true;
+                }
+                Unstashed::Chunk { bid, len } => {
                     self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid))
                 }
-                _ => self.free.push(bid),
             }
         }
+        false
+    }
+
+    /// Serves the recvs that waited for a stash, giving them their read interest back.
+    fn serve_stash_waiters(&mut self) {
+        if self.stash_waiters.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.stash_waiters);
+        for &key in &keys {
+            let Some(op) = self.ops.get_mut(key) else {
+                continue;
+            };
+            if !op.waiting {
+                continue;
+            }
+            op.waiting = false;
+            let fd = op.fd;
+            if !self.serve_stash(key) {
+                if let Err(err) = self.update_interest(fd) {
+                    self.finish(key, errno_of(&err));
+                }
+            }
+        }
+        keys.clear();
+        let again = std::mem::replace(&mut self.stash_waiters, keys);
+        self.stash_waiters.extend(again);
+    }
+
+    /// Adds a recv: its fd's stash goes first (see [`Epoll::serve_stash`]), then it listens.
+    fn start_recv(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        self.fds.check(fd)?;
+        let once = matches!(kind, Kind::RecvOnce { .. });
+        let key = self.insert(fd, token, kind);
+        if self.serve_stash(key) {
+            return Ok(key);
+        }
+        if let Err(err) = self.sync_interest(fd, true) {
+            self.discard(key);
+            if once && err.raw_os_error() == Some(libc::EPERM) {
+                // epoll refuses regular files and directories; a receive from one is what the
+                // io_uring backend reports for it.
+                return Ok(self.completed_now(token, -libc::ENOTSOCK));
+            }
+            return Err(err);
+        }
+        Ok(key)
     }
 
     /// Gives accepts whose back-off delay is over their read interest back; one whose listener
@@ -554,8 +688,12 @@ impl Backend for Epoll {
             return Err(forked_child_error());
         }
         for bid in self.pool.take_lent() {
-            self.free.push(bid);
+            // A pinned buffer is still stashed behind the chunk the caller just had.
+            if !self.fds.unpin(bid) {
+                self.free.push(bid);
+            }
         }
+        self.serve_stash_waiters();
         self.resume_accepts();
         if !self.free.is_empty() && !self.starved.is_empty() {
             let mut starved = std::mem::take(&mut self.starved);
@@ -637,10 +775,13 @@ impl Backend for Epoll {
     }
 
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
-        let key = self.start(fd, token, Kind::Recv)?;
         // Bytes an earlier, cancelled recv on this socket took out of it come first.
-        self.unstash(fd, Some(key), token);
-        Ok(key)
+        self.start_recv(fd, token, Kind::Recv)
+    }
+
+    fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64> {
+        let max = super::recv_once_cap(max_len, self.pool.size());
+        self.start_recv(fd, token, Kind::RecvOnce { max })
     }
 
     unsafe fn send(
@@ -698,7 +839,7 @@ impl Backend for Epoll {
         }
         keys.clear();
         self.scratch = keys;
-        self.unstash(raw, None, token);
+        self.release_stash(raw);
         let result = match nix::unistd::close(fd.into_raw_fd()) {
             Ok(()) => 0,
             Err(errno) => neg_errno_of(errno),
@@ -721,6 +862,7 @@ impl Backend for Epoll {
             matches!(op.kind, Kind::Recv),
             matches!(op.kind, Kind::Accept),
         );
+        let once = matches!(op.kind, Kind::RecvOnce { .. });
         let send_result = match op.kind {
             Kind::Send { sent, .. } if sent > 0 => Some(sent.min(i32::MAX as usize) as i32),
             Kind::Send { .. } => Some(-libc::ECANCELED),
@@ -730,6 +872,11 @@ impl Backend for Epoll {
         if let Some(result) = send_result {
             // The one final event a send owes; the caller's memory is no longer read.
             self.emit(0, token, result, 0, 0);
+        }
+        if once {
+            // Its one event. Nothing was taken from the socket for it: a one-shot's bytes end
+            // it at once.
+            self.emit(0, token, -libc::ECANCELED, 0, 0);
         }
         self.discard(key);
         true

@@ -11,8 +11,10 @@
 //! * make `cancel` take effect before it returns (drop anything queued or later completed for the
 //!   op, returning buffers and closing accepted fds nobody will see), except that a send produces
 //!   exactly one final event once the kernel no longer reads caller memory;
-//! * recycle the buffers lent by the previous `poll` at the start of the next one, hold a multishot
-//!   recv back while the pool is dry and re-arm it afterwards (never report `ENOBUFS`);
+//! * recycle the buffers lent by the previous `poll` at the start of the next one (except buffers
+//!   still stashed behind a chunk, see `FdTable::unpin`), hold a recv (multishot or one-shot)
+//!   back while the pool is dry and re-arm it afterwards (never report `ENOBUFS`);
+//! * start every recv with its fd's stash: nothing newer from the socket may overtake it;
 //! * keep what does not fit in `events` for the next `poll`, never drop it;
 //! * report a wake (the eventfd in [`WakeShared`]) as one event with the wake token, clearing the
 //!   pending flag only after consuming the eventfd counter;
@@ -48,6 +50,8 @@ pub(crate) trait Backend: Send {
     fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize>;
     fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64>;
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
+    /// One receive of at most `max_len` bytes (see [`recv_once_cap`]); one final event.
+    fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64>;
     /// # Safety
     /// `buf..buf+len` stays valid and unmodified until the op's final event has been returned by
     /// `poll` (the caller's promise in [`crate::Reactor::send`]).
@@ -116,6 +120,17 @@ fn resolve_choice(opts: &Options) -> io::Result<BackendChoice> {
             io::ErrorKind::InvalidInput,
             "RINGLOOP_BACKEND is not valid UTF-8",
         )),
+    }
+}
+
+/// The byte limit of a one-shot recv: `max_len`, with 0 meaning and larger values capped at the
+/// pool's buffer size (never 0: the pool validates sizes of at least 1 byte, at most 1 GiB).
+pub(crate) fn recv_once_cap(max_len: u32, buffer_size: usize) -> u32 {
+    let size = u32::try_from(buffer_size).unwrap_or(u32::MAX);
+    if max_len == 0 {
+        size
+    } else {
+        max_len.min(size)
     }
 }
 

@@ -9,6 +9,11 @@
 //!   that the kernel ends without an error the caller should see (ENOBUFS, CQ overflow) is re-armed
 //!   as soon as the ring holds buffers again (lent buffers go back at the start of each `poll`).
 //!   Completions of a cancelled recv that carry bytes go to the fd's stash (see `ops.rs`).
+//! * A one-shot recv is `RECV` with `IOSQE_BUFFER_SELECT` from the same ring and `len` = its limit
+//!   (for a selected buffer the kernel reads at most `min(len, buffer length)`); `ENOBUFS` holds it
+//!   back like a multishot. A recv starts with its fd's stash and is armed only once the stash is
+//!   delivered; stashed bytes that turn up while a one-shot is armed complete it instead (its
+//!   request is cancelled and what it still receives is stashed behind them).
 //! * Accept is multishot with `SOCK_NONBLOCK | SOCK_CLOEXEC`; per-connection and resource errors
 //!   (EMFILE...) are reported with `MORE`. After a per-connection error the accept is re-armed at
 //!   the next `poll`; after a resource error it is re-armed once the back-off delay has passed
@@ -37,7 +42,7 @@ use super::{
     accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
 };
 use crate::buffers::{BufferPool, Mapping};
-use crate::ops::{FdTable, OpTable};
+use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
     errno_of, file_identity, fork_generation, forked_child_error, is_always_ready_file,
 };
@@ -68,6 +73,10 @@ enum Kind {
         interest: Interest,
     },
     Recv,
+    /// One receive of at most `max` bytes (already capped at the buffer size).
+    RecvOnce {
+        max: u32,
+    },
     Send {
         buf: *const u8,
         len: usize,
@@ -88,6 +97,7 @@ enum Kind {
 enum Next {
     Watch(Interest),
     Recv,
+    RecvOnce,
     Accept,
     Send { len: usize, sent: usize },
     Final,
@@ -164,6 +174,9 @@ pub(crate) struct Uring {
     rearm: Vec<u64>,
     /// Recvs held back because the pool ran dry; armed again as soon as the ring has buffers.
     starved: Vec<u64>,
+    /// Recvs (not armed) waiting for their fd's stash to be deliverable (`Unstashed::Busy`);
+    /// served at the start of the next `poll`, after the lend they wait for has ended.
+    stash_waiters: Vec<u64>,
     /// Accepts paused after a resource error (EMFILE...), armed again when their delay is over.
     backoff: AcceptBackoff,
     /// Buffers currently in the provided-buffer ring (not taken by the kernel).
@@ -282,6 +295,7 @@ impl Uring {
             fds: FdTable::default(),
             rearm: Vec::new(),
             starved: Vec::new(),
+            stash_waiters: Vec::new(),
             backoff: AcceptBackoff::new(opts.accept_retry_delay),
             in_ring: count,
             backlog: VecDeque::new(),
@@ -315,6 +329,12 @@ impl Uring {
                 opcode::PollAdd::new(fd, mask).build()
             }
             Kind::Recv => opcode::RecvMulti::new(fd, BUF_GROUP).build(),
+            // With a selected buffer the kernel reads min(len, buffer length) bytes (len 0: the
+            // whole buffer); `max` is never 0 here.
+            Kind::RecvOnce { max } => opcode::Recv::new(fd, std::ptr::null_mut(), *max)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
             Kind::Send { buf, len, sent } => {
                 let chunk = (len - sent).min(u32::MAX as usize) as u32;
                 // `sent <= len`, so the pointer stays inside the caller's buffer.
@@ -382,6 +402,16 @@ impl Uring {
     }
 
     fn start(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        let key = self.insert(fd, token, kind)?;
+        if let Err(err) = self.arm(key) {
+            self.discard(key);
+            return Err(err);
+        }
+        Ok(key)
+    }
+
+    /// Adds an op without arming it.
+    fn insert(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
         self.fds.check(fd)?;
         let op = Op {
             token,
@@ -398,10 +428,6 @@ impl Uring {
         }
         if counted {
             self.live += 1;
-        }
-        if let Err(err) = self.arm(key) {
-            self.discard(key);
-            return Err(err);
         }
         Ok(key)
     }
@@ -517,7 +543,7 @@ impl Uring {
                 _ => None,
             };
             let accepted_fd = matches!(op.kind, Kind::Accept) && res >= 0;
-            let received = matches!(op.kind, Kind::Recv) && res > 0;
+            let received = matches!(op.kind, Kind::Recv | Kind::RecvOnce { .. }) && res > 0;
             let (fd, still_armed, identity) = (op.fd, op.armed, op.identity);
             if let Some(bid) = buffer {
                 if received {
@@ -552,6 +578,7 @@ impl Uring {
         let next = match &mut op.kind {
             Kind::Watch { interest } => Next::Watch(*interest),
             Kind::Recv => Next::Recv,
+            Kind::RecvOnce { .. } => Next::RecvOnce,
             Kind::Accept => Next::Accept,
             Kind::Send { len, sent, .. } => {
                 if res > 0 {
@@ -615,6 +642,28 @@ impl Uring {
                     if let Some(bid) = buffer {
                         self.pool.lend(bid);
                     }
+                    self.fail(key, res);
+                }
+            }
+            Next::RecvOnce => {
+                if res > 0 {
+                    let Some(bid) = buffer else {
+                        self.fail(key, -libc::EIO);
+                        return;
+                    };
+                    // Its one event; the op is over (a one-shot has no further completion).
+                    self.emit(0, token, res, flags::BUFFER, u64::from(bid));
+                    self.discard(key);
+                } else if res == -libc::ENOBUFS {
+                    // Pool dry: wait for buffers, the bytes stay in the socket (as a multishot).
+                    self.starved.push(key);
+                } else if res == -libc::EAGAIN || res == -libc::EINTR {
+                    self.rearm.push(key);
+                } else {
+                    if let Some(bid) = buffer {
+                        self.pool.lend(bid);
+                    }
+                    // 0 (end of stream) or -errno.
                     self.fail(key, res);
                 }
             }
@@ -755,6 +804,10 @@ impl Uring {
         let size = self.pool.size();
         let mut any = false;
         for bid in self.pool.take_lent() {
+            if self.fds.unpin(bid) {
+                // Still stashed behind the chunk the caller just had (see `FdTable`).
+                continue;
+            }
             // `bid < count`: ids only come from the kernel's buffer selection.
             self.buf_ring
                 .push(bid, base.wrapping_add(bid as usize * size), size);
@@ -796,14 +849,15 @@ impl Uring {
         self.scratch = keys;
     }
 
-    /// Re-arms recvs that ran the pool dry, once the ring holds buffers again.
+    /// Re-arms recvs that ran the pool dry, once the ring holds buffers again (bytes stashed for
+    /// their fd meanwhile go first).
     fn rearm_starved(&mut self) {
         if self.in_ring == 0 || self.starved.is_empty() {
             return;
         }
         let mut keys = std::mem::take(&mut self.starved);
         for &key in &keys {
-            if let Err(err) = self.arm(key) {
+            if let Err(err) = self.serve_or_arm(key) {
                 self.fail(key, errno_of(&err));
             }
         }
@@ -821,7 +875,8 @@ impl Uring {
         }
         op.cancelled = true;
         let armed = op.armed;
-        if armed && matches!(op.kind, Kind::Recv) {
+        let is_once = matches!(op.kind, Kind::RecvOnce { .. });
+        if armed && (is_once || matches!(op.kind, Kind::Recv)) {
             op.identity = file_identity(op.fd);
         }
         let (fd, is_recv, is_accept) = (
@@ -833,6 +888,10 @@ impl Uring {
         let token = op.token;
         self.live -= 1;
         self.purge_ready(key, fd, is_recv, is_accept);
+        if is_once {
+            // Its one event, due now: bytes the kernel still hands over for it go to the stash.
+            self.emit(0, token, -libc::ECANCELED, 0, 0);
+        }
         if armed {
             let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
             // If even this cannot be queued the ring is broken; the op's completion (whenever it
@@ -883,43 +942,145 @@ impl Uring {
         }
     }
 
-    /// Hands bytes a cancelled recv received to the live recv on the same fd, if the caller
-    /// already started a new one (its events follow these in the CQ), or stashes them.
+    /// Hands bytes a cancelled recv received to the live multishot recv on the same fd, if the
+    /// caller already started a new one (its events follow these in the CQ) and nothing is
+    /// stashed before them, or stashes them. A one-shot recv the kernel is still working on
+    /// would read bytes that come after these: it completes from the stash instead.
     fn keep_received(&mut self, fd: RawFd, identity: Option<(u64, u64)>, bid: u16, len: i32) {
         if identity.is_none() || file_identity(fd) != identity {
             // The caller closed the socket: nobody can read these bytes any more.
             self.pool.lend(bid);
             return;
         }
-        let live_recv = self.fds.get(fd).and_then(|entry| {
-            entry.ops.iter().copied().find(|&k| {
-                self.ops
-                    .get(k)
-                    .is_some_and(|op| matches!(op.kind, Kind::Recv) && !op.cancelled)
-            })
-        });
+        let live_recv = if self.fds.has_stash(fd) {
+            None
+        } else {
+            self.live_recv_on(fd, |kind| matches!(kind, Kind::Recv))
+        };
         if let Some(key) = live_recv {
             let token = self.ops.get(key).map_or(0, |op| op.token);
             self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid));
-        } else if !self.fds.stash(fd, bid, len) {
+            return;
+        }
+        if !self.fds.stash(fd, bid, len) {
             self.pool.lend(bid);
+            return;
+        }
+        if let Some(key) = self.live_recv_on(fd, |kind| matches!(kind, Kind::RecvOnce { .. })) {
+            self.retarget(key, identity);
         }
     }
 
-    /// Delivers the stash of `fd` (see `FdEntry`) as the first events of recv `key`, or recycles
-    /// it when `fd` is no longer the socket it came from (or `key` is `None`: the fd is closing).
-    fn unstash(&mut self, fd: RawFd, key: Option<u64>, token: u64) {
-        let Some((stash, same_socket)) = self.fds.take_stash(fd) else {
+    /// A live (not cancelled) recv on `fd` whose kind matches.
+    fn live_recv_on(&self, fd: RawFd, kind: impl Fn(&Kind) -> bool) -> Option<u64> {
+        let entry = self.fds.get(fd)?;
+        entry.ops.iter().copied().find(|&k| {
+            self.ops
+                .get(k)
+                .is_some_and(|op| kind(&op.kind) && !op.cancelled)
+        })
+    }
+
+    /// Completes the armed one-shot recv `key` from its fd's stash and retires its kernel
+    /// request: whatever that still receives is stashed after the bytes delivered now.
+    fn retarget(&mut self, key: u64, identity: Option<(u64, u64)>) {
+        let Some(op) = self.ops.get(key) else { return };
+        let Kind::RecvOnce { max } = op.kind else {
             return;
         };
-        for (bid, len) in stash {
-            match key {
-                Some(key) if same_socket => {
+        if !op.armed {
+            return; // waiting for buffers or for the stash: it reads the stash first anyway
+        }
+        let (fd, token) = (op.fd, op.token);
+        if let Unstashed::Chunk { bid, len } = self.fds.next_stashed(fd, max as usize, &self.pool) {
+            self.emit(0, token, len, flags::BUFFER, u64::from(bid));
+            if let Some(op) = self.ops.get_mut(key) {
+                op.cancelled = true;
+                op.identity = identity;
+                self.live -= 1;
+            }
+            let cancel = opcode::AsyncCancel::new(key).build().user_data(CANCEL_TAG);
+            // If it cannot be queued, the request's completion still goes to the stash.
+            let _ = self.push(&cancel);
+        }
+    }
+
+    /// Recycles `fd`'s stash (closing, or no longer the socket the bytes came from).
+    fn release_stash(&mut self, fd: RawFd) {
+        let pool = &mut self.pool;
+        self.fds.release_stash(fd, |bid| pool.lend(bid));
+    }
+
+    /// Starts recv `key` (not armed yet): delivers its fd's stash first — all of it for a
+    /// multishot, one chunk (which completes it) for a one-shot — then arms it. When the stash
+    /// cannot go out before the next `poll` (`Unstashed::Busy`) the recv waits unarmed, so no
+    /// newer byte can overtake the stashed ones.
+    fn serve_or_arm(&mut self, key: u64) -> io::Result<()> {
+        let Some(op) = self.ops.get(key) else {
+            return Ok(());
+        };
+        if op.armed || op.cancelled {
+            return Ok(());
+        }
+        let (fd, token) = (op.fd, op.token);
+        let once = match op.kind {
+            Kind::RecvOnce { max } => Some(max as usize),
+            _ => None,
+        };
+        while self.fds.has_stash(fd) {
+            match self
+                .fds
+                .next_stashed(fd, once.unwrap_or(usize::MAX), &self.pool)
+            {
+                Unstashed::Empty => break,
+                Unstashed::Stale => self.release_stash(fd),
+                Unstashed::Busy => {
+                    self.stash_waiters.push(key);
+                    return Ok(());
+                }
+                Unstashed::Chunk { bid, len } if once.is_some() => {
+                    self.emit(0, token, len, flags::BUFFER, u64::from(bid));
+                    self.discard(key);
+                    return Ok(());
+                }
+                Unstashed::Chunk { bid, len } => {
                     self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid))
                 }
-                _ => self.pool.lend(bid),
             }
         }
+        self.arm(key)
+    }
+
+    /// Serves the recvs that waited for a stash (see [`Uring::serve_or_arm`]).
+    fn serve_stash_waiters(&mut self) {
+        if self.stash_waiters.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.stash_waiters);
+        for &key in &keys {
+            if self
+                .ops
+                .get(key)
+                .is_some_and(|op| !op.cancelled && !op.armed)
+            {
+                if let Err(err) = self.serve_or_arm(key) {
+                    self.fail(key, errno_of(&err));
+                }
+            }
+        }
+        keys.clear();
+        let again = std::mem::replace(&mut self.stash_waiters, keys);
+        self.stash_waiters.extend(again);
+    }
+
+    /// Adds a recv and starts it (see [`Uring::serve_or_arm`]).
+    fn start_recv(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        let key = self.insert(fd, token, kind)?;
+        if let Err(err) = self.serve_or_arm(key) {
+            self.discard(key);
+            return Err(err);
+        }
+        Ok(key)
     }
 }
 
@@ -937,6 +1098,7 @@ impl Backend for Uring {
             return Err(forked_child_error());
         }
         self.recycle_buffers();
+        self.serve_stash_waiters();
         self.resume_accepts();
         self.rearm_fired();
         let room = events.len();
@@ -998,10 +1160,13 @@ impl Backend for Uring {
     }
 
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
-        let key = self.start(fd, token, Kind::Recv)?;
         // Bytes an earlier, cancelled recv on this socket took out of it come first.
-        self.unstash(fd, Some(key), token);
-        Ok(key)
+        self.start_recv(fd, token, Kind::Recv)
+    }
+
+    fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64> {
+        let max = super::recv_once_cap(max_len, self.pool.size());
+        self.start_recv(fd, token, Kind::RecvOnce { max })
     }
 
     unsafe fn send(
@@ -1075,7 +1240,7 @@ impl Backend for Uring {
         }
         keys.clear();
         self.scratch = keys;
-        self.unstash(raw, None, token);
+        self.release_stash(raw);
         // The kernel closes the fd from here on; a request still holding the file keeps only the
         // file, not the fd number.
         let raw = fd.into_raw_fd();
