@@ -1,6 +1,7 @@
 //! Proves the steady-state hot path allocates nothing: an echo over loopback (recv into pool
 //! buffers, send from caller memory, buffers recycled by the next poll, a timer per round trip)
-//! runs under a counting global allocator, on both backends. Its own test binary, so the counter
+//! runs under a counting global allocator, on both backends; once with multishot receives and once
+//! with a one-shot `recv_once` per chunk (a small limit, so each message takes several). Its own test binary, so the counter
 //! sees only this.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -59,6 +60,16 @@ const SERVER_SEND: u64 = 3;
 const SERVER_RECV: u64 = 4;
 const TICK: u64 = 5;
 const MSG: usize = 100;
+/// The recv_once limit: each 100-byte message arrives in at least four pieces.
+const ONCE_MAX: u32 = 30;
+
+/// How the echo receives.
+#[derive(Clone, Copy, PartialEq)]
+enum Recv {
+    Multishot,
+    /// One `recv_once` per chunk, started again after each of its events.
+    Once,
+}
 
 /// Runs `rounds` echo round trips; returns how many completed. Allocation-free by construction on
 /// the test's side: fixed arrays only.
@@ -68,6 +79,7 @@ fn echo_rounds(
     server: &OwnedFd,
     rounds: usize,
     round_base: usize,
+    mode: Recv,
 ) {
     let mut events = [Event::default(); 16];
     let mut request = [0u8; MSG];
@@ -97,6 +109,9 @@ fn echo_rounds(
                         client_sent = true;
                     }
                     SERVER_RECV => {
+                        if mode == Recv::Once {
+                            assert!(ev.result > 0 && ev.result <= ONCE_MAX as i32);
+                        }
                         let data = reactor.event_data(ev).unwrap();
                         echo[echo_len..echo_len + data.len()].copy_from_slice(data);
                         echo_len += data.len();
@@ -106,6 +121,11 @@ fn echo_rounds(
                                 reactor.send(server.as_raw_fd(), echo.as_ptr(), MSG, SERVER_SEND)
                             }
                             .unwrap();
+                        }
+                        if mode == Recv::Once {
+                            reactor
+                                .recv_once(server.as_raw_fd(), ONCE_MAX, SERVER_RECV)
+                                .unwrap();
                         }
                     }
                     SERVER_SEND => {
@@ -117,6 +137,11 @@ fn echo_rounds(
                         let data = reactor.event_data(ev).unwrap();
                         assert_eq!(data, &request[got_back..got_back + data.len()]);
                         got_back += data.len();
+                        if mode == Recv::Once {
+                            reactor
+                                .recv_once(client.as_raw_fd(), ONCE_MAX, CLIENT_RECV)
+                                .unwrap();
+                        }
                     }
                     TICK => ticked = true,
                     other => panic!("unexpected token {other}"),
@@ -127,7 +152,7 @@ fn echo_rounds(
     assert_eq!(got_back, MSG);
 }
 
-fn steady_state_allocates_nothing(choice: BackendChoice) {
+fn steady_state_allocates_nothing(choice: BackendChoice, mode: Recv) {
     let mut reactor = match Reactor::new(&Options {
         backend: choice,
         ..Options::default()
@@ -147,18 +172,36 @@ fn steady_state_allocates_nothing(choice: BackendChoice) {
     client.set_nodelay(true).unwrap();
     server.set_nodelay(true).unwrap();
     let (client, server) = (OwnedFd::from(client), OwnedFd::from(server));
-    reactor.recv_multi(client.as_raw_fd(), CLIENT_RECV).unwrap();
-    reactor.recv_multi(server.as_raw_fd(), SERVER_RECV).unwrap();
+    match mode {
+        Recv::Multishot => {
+            reactor.recv_multi(client.as_raw_fd(), CLIENT_RECV).unwrap();
+            reactor.recv_multi(server.as_raw_fd(), SERVER_RECV).unwrap();
+        }
+        Recv::Once => {
+            reactor
+                .recv_once(client.as_raw_fd(), ONCE_MAX, CLIENT_RECV)
+                .unwrap();
+            reactor
+                .recv_once(server.as_raw_fd(), ONCE_MAX, SERVER_RECV)
+                .unwrap();
+        }
+    }
     // Warm-up: lets every internal table reach its steady-state capacity.
-    echo_rounds(&mut reactor, &client, &server, 200, 0);
+    echo_rounds(&mut reactor, &client, &server, 200, 0, mode);
     ALLOCATIONS.store(0, Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
-    echo_rounds(&mut reactor, &client, &server, 2000, 200);
+    echo_rounds(&mut reactor, &client, &server, 2000, 200, mode);
     COUNTING.with(|c| c.set(false));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
-        allocations, 0,
-        "{choice:?}: {allocations} heap allocations in 2000 steady-state echo round trips"
+        allocations,
+        0,
+        "{choice:?}: {allocations} heap allocations in 2000 steady-state echo round trips ({})",
+        if mode == Recv::Once {
+            "recv_once"
+        } else {
+            "multishot recv"
+        }
     );
 }
 
@@ -171,6 +214,8 @@ fn steady_state_echo_allocates_nothing_on_either_backend() {
     COUNTING.with(|c| c.set(false));
     drop(boxed);
     assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 1);
-    steady_state_allocates_nothing(BackendChoice::IoUring);
-    steady_state_allocates_nothing(BackendChoice::Epoll);
+    for mode in [Recv::Multishot, Recv::Once] {
+        steady_state_allocates_nothing(BackendChoice::IoUring, mode);
+        steady_state_allocates_nothing(BackendChoice::Epoll, mode);
+    }
 }
