@@ -14,8 +14,9 @@
 //! * Cancelling ([`Reactor::cancel`], [`Reactor::cancel_token`]) takes effect before it returns: no
 //!   later event is delivered for the op, EXCEPT ops that hold caller memory (send), which deliver
 //!   exactly one final event (bytes sent or `-ECANCELED`) once the kernel no longer touches that
-//!   memory, and a one-shot recv, whose one event (`-ECANCELED`) is queued by the cancel. It also takes effect in the kernel before it returns (io_uring: the cancel is
-//!   submitted at once), so a cancelled op no longer holds its file open; likewise the fd given to
+//!   memory, and a one-shot recv, whose one event (`-ECANCELED`) is queued by the cancel. It
+//!   also takes effect in the kernel before it returns (io_uring: the cancel is submitted at
+//!   once), so a cancelled op no longer holds its file open; likewise the fd given to
 //!   [`Reactor::close`] is closed (or its close submitted) before `close` returns.
 //! * Cancelling a recv loses no byte of the stream: bytes the reactor already took out of the
 //!   socket for it (queued events, completions racing with the cancel) are kept and delivered as
