@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 1
+#define RL_VERSION_MINOR 2
 
 /**
  * Patch version (fixes only).
@@ -777,6 +777,40 @@ int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token,
 int rl_op_recv(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
 
 /**
+ * One receive of at most `max_len` bytes from the stream socket `fd` into a loop-owned buffer
+ * (`max_len` 0 means the loop's buffer size; larger values are capped at it). The receive goes
+ * to the kernel with the next `rl_poll`; no readiness round trip.
+ *
+ * Exactly one event carries `token`, never with `RL_EV_MORE`: `result > 0` is the byte count,
+ * with `RL_EV_BUFFER` and `aux` = the buffer id (bytes at `base + aux * buffer_size`, see
+ * `rl_buffers`, until the next `rl_poll`); `result` 0 is end of stream; `result < 0` is `-errno`,
+ * `-ECANCELED` after `rl_op_cancel` / `rl_op_cancel_token` (that event is queued by the cancel
+ * itself). When the loop runs out of buffers the receive waits for the next `rl_poll`: no
+ * `-ENOBUFS`, no lost bytes.
+ *
+ * Lossless with cancels: bytes a cancelled receive on this socket (`rl_op_recv` or
+ * `rl_op_recv_once`) had already taken from it come first, at most `max_len` of them (the rest
+ * stays for the next receive, in order); such a receive may complete before `rl_poll`, its id
+ * already stale. Bytes the kernel hands over after the cancel are kept the same way. Once its
+ * event is queued the op is over: `rl_op_cancel` then returns `-ENOENT` and the event, bytes
+ * included, is still delivered. Run one receive at a time per socket: two at once get the bytes
+ * in an unspecified split.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (reserved token),
+ * `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. An fd the kernel cannot receive from completes
+ * with its error as the event (`-ENOTSOCK`; `-ENOTCONN` for a listening socket, on the epoll
+ * backend once a connection is pending). The fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_recv_once(struct rl_loop *loop,
+                    int fd,
+                    uint32_t max_len,
+                    uint64_t token,
+                    uint64_t *op_out);
+
+/**
  * Sends `len` bytes from `buf` on the stream socket `fd`. One event: the total bytes sent (the
  * loop finishes short writes itself), or `-errno` if the send failed (bytes sent before the
  * error are not reported separately).
@@ -878,7 +912,8 @@ int rl_op_timer(struct rl_loop *loop, uint64_t deadline_ns, uint64_t token, uint
  *
  * Takes effect before it returns: no event of the op is delivered afterwards, except for a send,
  * which delivers exactly one final event (`-ECANCELED` or the bytes sent) once the kernel no
- * longer reads its buffer. Returns 0, `-ENOENT` for an op that already ended or was cancelled
+ * longer reads its buffer, and an `rl_op_recv_once`, whose one event (`-ECANCELED`) is queued by
+ * the cancel. Returns 0, `-ENOENT` for an op that already ended or was cancelled
  * (harmless: ids carry a generation and never name another op), `RL_EHANDLE`, `RL_ESTATE`.
  *
  * Loop thread only.

@@ -79,6 +79,7 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const ENOENT: i32 = 2;
     pub const ECANCELED: i32 = 125;
+    pub const EBADF: i32 = 9;
 }
 
 fn raw_timers(lp: *mut rl_loop) {
@@ -232,6 +233,78 @@ fn raw_echo(lp: *mut rl_loop) {
         "raw echo: {} bytes echoed byte for byte, EOF after close",
         payload.len()
     );
+}
+
+/// `rl_op_recv_once`: one event per op, at most `max_len` bytes, `-ECANCELED` on cancel, EOF 0.
+fn raw_recv_once(lp: *mut rl_loop) {
+    let (a, mut b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    // SAFETY: valid loop; out pointers are locals or NULL; buffer bytes are read before the next
+    // rl_poll.
+    unsafe {
+        let mut base: *const u8 = ptr::null();
+        let mut size = 0u32;
+        check(
+            rl_buffers(lp, &mut base, &mut size, ptr::null_mut()),
+            "rl_buffers",
+        );
+        // Cancelled before any byte: exactly one -ECANCELED event.
+        let mut op = 0u64;
+        check(
+            rl_op_recv_once(lp, a.as_raw_fd(), 10, 30, &mut op),
+            "rl_op_recv_once",
+        );
+        assert!(poll(lp, 0).is_empty());
+        check(rl_op_cancel(lp, op), "rl_op_cancel");
+        let evs = poll(lp, 0);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(
+            (evs[0].token, evs[0].result, evs[0].flags),
+            (30, -libc_errno::ECANCELED, 0)
+        );
+        assert_eq!(rl_op_cancel(lp, op), -libc_errno::ENOENT, "stale op id");
+
+        // 25 bytes through max_len 10: 10 + 10 + 5, one event each, never RL_EV_MORE.
+        let payload: Vec<u8> = (0..25u8).collect();
+        b.write_all(&payload).unwrap();
+        let mut received = Vec::new();
+        while received.len() < payload.len() {
+            check(
+                rl_op_recv_once(lp, a.as_raw_fd(), 10, 31, ptr::null_mut()),
+                "rl_op_recv_once",
+            );
+            let evs = poll(lp, -1);
+            assert_eq!(evs.len(), 1, "{evs:?}");
+            let ev = evs[0];
+            assert_eq!(ev.token, 31);
+            assert!(ev.result > 0 && ev.result <= 10, "{ev:?}");
+            assert_eq!(ev.flags, RL_EV_BUFFER, "{ev:?}");
+            received.extend_from_slice(std::slice::from_raw_parts(
+                base.add(ev.aux as usize * size as usize),
+                ev.result as usize,
+            ));
+        }
+        assert_eq!(received, payload);
+
+        // End of stream: one event with 0. Bad fds are refused.
+        drop(b);
+        check(
+            rl_op_recv_once(lp, a.as_raw_fd(), 0, 32, ptr::null_mut()),
+            "rl_op_recv_once",
+        );
+        let evs = poll(lp, -1);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!((evs[0].token, evs[0].result, evs[0].flags), (32, 0, 0));
+        assert_eq!(
+            rl_op_recv_once(lp, -1, 0, 33, ptr::null_mut()),
+            -libc_errno::EBADF
+        );
+        assert_eq!(
+            rl_op_recv_once(ptr::null_mut(), a.as_raw_fd(), 0, 33, ptr::null_mut()),
+            RL_EHANDLE
+        );
+    }
+    println!("raw recv_once: cancel, 25 bytes in pieces of <= 10, EOF");
 }
 
 fn raw_wake(lp: *mut rl_loop) {
@@ -774,6 +847,7 @@ fn main() {
     }
     raw_timers(lp);
     raw_echo(lp);
+    raw_recv_once(lp);
     raw_wake(lp);
     callback_mode(lp);
     mixed_modes(lp);
