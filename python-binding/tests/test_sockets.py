@@ -103,6 +103,66 @@ def test_cancelled_sock_recv_does_not_consume_data(loop):
     run(loop, main())
 
 
+def test_sock_recv_cancelled_as_data_arrives_loses_nothing(loop):
+    # Cancel receives at every point of their life (before the bytes come, in the iteration they
+    # come, after): whatever the loop took from the socket must reach a later sock_recv, in order.
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            sent = bytearray()
+            received = bytearray()
+            for i in range(300):
+                chunk = os.urandom(1 + (i * 37) % 3000)
+                pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
+                await asyncio.sleep(0)
+                await loop.sock_sendall(client, chunk)
+                sent += chunk
+                for _ in range(i % 3):
+                    await asyncio.sleep(0)
+                pending.cancel()
+                try:
+                    received += await pending
+                except asyncio.CancelledError:
+                    pass
+            client.shutdown(socket.SHUT_WR)
+            while True:
+                data = await loop.sock_recv(server_side, 4096)
+                if not data:
+                    break
+                received += data
+            assert len(received) == len(sent)
+            assert received == sent
+
+    run(loop, main())
+
+
+def test_sock_recv_into_cancelled_keeps_the_bytes_for_the_next_receive(loop):
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            buffer = bytearray(8)
+            payload = b"abcdefghijklmnopqrstuvwxyz"
+            pending = asyncio.ensure_future(loop.sock_recv_into(server_side, buffer))
+            await asyncio.sleep(0)
+            await loop.sock_sendall(client, payload)
+            await asyncio.sleep(0.01)
+            pending.cancel()
+            got = bytearray()
+            try:
+                got += buffer[: await pending]
+            except asyncio.CancelledError:
+                pass
+            client.shutdown(socket.SHUT_WR)
+            while True:
+                n = await loop.sock_recv_into(server_side, buffer)
+                if not n:
+                    break
+                got += buffer[:n]
+            assert got == payload
+
+    run(loop, main())
+
+
 def test_sock_connect_refused(loop):
     async def main():
         with socket.socket() as probe:

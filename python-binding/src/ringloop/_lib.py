@@ -126,6 +126,17 @@ class Library:
             func.restype = restype
             func.argtypes = argtypes
             setattr(self, name, func)
+        # Newer than the rest (library version 0.2): None when RINGLOOP_LIBRARY names an older
+        # build, and the loop then receives through readiness as asyncio does.
+        self.rl_op_recv_once: Optional[Any] = None
+        try:
+            func = pydll.rl_op_recv_once
+        except AttributeError:
+            pass
+        else:
+            func.restype = _i32
+            func.argtypes = [_ptr, _i32, _u32, _u64, _ptr]
+            self.rl_op_recv_once = func
         # rl_poll with a zero timeout never blocks: that call may keep the GIL.
         self.rl_poll_nowait = pydll.rl_poll
         self.rl_poll_nowait.restype = _SIGNATURES["rl_poll"][0]
@@ -262,6 +273,9 @@ class Reactor:
         self._poll_nowait = lib.rl_poll_nowait
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
+        self._recv_once = lib.rl_op_recv_once
+        #: Whether :meth:`recv_once` exists in this library.
+        self.has_recv_once = lib.rl_op_recv_once is not None
         self._send = lib.rl_op_send
         self._cancel = lib.rl_op_cancel
         self._wake = lib.rl_wake
@@ -325,6 +339,14 @@ class Reactor:
 
     def recv(self, fd: int, token: int) -> int:
         rc = self._recv(self._handle, fd, token, self._out_addr)
+        if rc < 0:
+            raise self._lib.error(rc)
+        return self._out.value
+
+    def recv_once(self, fd: int, max_len: int, token: int) -> int:
+        """One receive of at most ``max_len`` bytes (capped at the buffer size) into a receive
+        buffer; exactly one event carries ``token``."""
+        rc = self._recv_once(self._handle, fd, max_len, token, self._out_addr)
         if rc < 0:
             raise self._lib.error(rc)
         return self._out.value

@@ -16,13 +16,23 @@ on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
 from __future__ import annotations
 
 import contextvars
+import errno
 import heapq
 import itertools
 import os
 import time
-from asyncio import base_events, constants, events, format_helpers, sslproto, unix_events
+import weakref
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    exceptions,
+    format_helpers,
+    sslproto,
+    unix_events,
+)
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._lib import WAKE_TOKEN, Reactor
 from ._selector import RingSelector
@@ -36,6 +46,7 @@ def _run_handle(handle: events.Handle) -> None:
     handle._run()
 
 
+_NEG_ECANCELED = -errno.ECANCELED
 _Handle = events.Handle
 _TimerHandle = events.TimerHandle
 _new_object = object.__new__
@@ -123,6 +134,12 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         selector._remove_reader = self._remove_reader
         selector._remove_writer = self._remove_writer
         self._bind_fast_methods()
+        # sock_recv/sock_recv_into as one completion op each (rl_op_recv_once) where the
+        # library has it. Bytes that such a receive brought in after its caller was cancelled wait
+        # here for the next sock_recv*/ on the same socket object (never on a socket that merely
+        # reuses its fd number), so that none is lost.
+        self._recv_once = reactor.has_recv_once
+        self._sock_leftovers: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
 
     @property
     def backend(self) -> str:
@@ -401,6 +418,113 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 "exception": exc,
             }
         )
+
+    # -- completion-based socket receive ---------------------------------------------------------
+
+    async def sock_recv(self, sock: Any, n: int) -> bytes:
+        """asyncio's ``sock_recv``, as one receive op: no readiness round trip, no ``recv()``
+        attempted first (the kernel completes the op as soon as bytes are there)."""
+        if not self._recv_once or n <= 0 or sock.fileno() < 0:
+            return await super().sock_recv(sock, n)
+        fut, op = self._start_recv(sock, n, None)
+        try:
+            return await fut
+        except exceptions.CancelledError:
+            self._abandon_recv(sock, fut, op, None)
+            raise
+
+    async def sock_recv_into(self, sock: Any, buf: Any) -> int:
+        """asyncio's ``sock_recv_into``, as one receive op copied into ``buf``."""
+        if not self._recv_once or sock.fileno() < 0:
+            return await super().sock_recv_into(sock, buf)
+        target = memoryview(buf).cast("B")
+        if not target.nbytes:
+            return await super().sock_recv_into(sock, buf)
+        fut, op = self._start_recv(sock, target.nbytes, target)
+        try:
+            return await fut  # type: ignore[no-any-return]
+        except exceptions.CancelledError:
+            self._abandon_recv(sock, fut, op, target)
+            raise
+
+    def _start_recv(self, sock: Any, n: int, target: Any) -> Tuple[Any, int]:
+        # The future of one receive of at most n bytes (into target when given), and its op
+        # (0 when the bytes were already here).
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        if self._sock_leftovers:
+            early = self._sock_leftovers.pop(sock, None)
+            if early is not None:
+                if len(early) > n:
+                    self._sock_leftovers[sock] = early[n:]
+                    early = early[:n]
+                if target is None:
+                    fut.set_result(early)
+                else:
+                    target[: len(early)] = early
+                    fut.set_result(len(early))
+                return fut, 0
+        reactor = self._reactor
+        token = self._new_token()
+        handlers = self._handlers
+        buffer_bytes = reactor.buffer_bytes
+        buffer_size = reactor.buffer_size
+        leftovers = self._sock_leftovers
+        sock_ref = weakref.ref(sock)
+
+        def on_received(result: int, flags: int, aux: int) -> None:
+            del handlers[token]
+            if result > 0:
+                start = aux * buffer_size
+                data = buffer_bytes[start : start + result]
+                if fut.done():
+                    # The caller gave up after the kernel took these bytes: keep them for the
+                    # next receive on this socket.
+                    owner = sock_ref()
+                    if owner is not None:
+                        leftovers[owner] = leftovers.get(owner, b"") + data
+                elif target is None:
+                    fut.set_result(data)
+                else:
+                    target[:result] = data
+                    fut.set_result(result)
+            elif fut.done():
+                return
+            elif result == 0:
+                fut.set_result(b"" if target is None else 0)
+            elif result != _NEG_ECANCELED:
+                fut.set_exception(OSError(-result, os.strerror(-result)))
+
+        handlers[token] = on_received
+        try:
+            op = reactor.recv_once(fd, min(n, 0xFFFFFFFF), token)
+        except BaseException:
+            del handlers[token]
+            raise
+        return fut, op
+
+    def _abandon_recv(self, sock: Any, fut: Any, op: int, target: Any) -> None:
+        # The caller was cancelled. If the bytes had already arrived (the future holds them and
+        # only the task's wakeup was pending), they are kept for the next receive on the socket;
+        # otherwise the op is cancelled, and its event still comes (cancelled, or with bytes if
+        # the kernel was first) to its handler, which stays registered until then.
+        if fut.done() and not fut.cancelled():
+            if fut.exception() is not None:
+                return
+            result = fut.result()
+            data = result if target is None else bytes(target[:result])
+            if data:
+                self._sock_leftovers[sock] = self._sock_leftovers.get(sock, b"") + data
+            return
+        if op:
+            try:
+                self._reactor.cancel(op)
+            except (OSError, RuntimeError):
+                pass
 
     # -- transports ----------------------------------------------------------------------------
 
