@@ -77,6 +77,7 @@ test-rust-checks:
 test-rust: test-rust-checks
 	$(CARGO) test --workspace
 	RINGLOOP_BACKEND=epoll $(CARGO) test --workspace
+	RINGLOOP_TEST_SINGLE_THREAD=1 $(CARGO) test -p ringloop
 
 test-c: build
 	$(MAKE) -C ffi check-header

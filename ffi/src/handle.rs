@@ -14,7 +14,7 @@ use crate::guard::{guard, guard_or};
 use crate::registry::{Kind, Registry};
 use crate::{
     RL_BACKEND_AUTO, RL_BACKEND_EPOLL, RL_BACKEND_IO_URING, RL_EHANDLE, RL_ESTATE,
-    RL_OPT_IGNORE_ENV, RL_WAKE_TOKEN,
+    RL_OPT_IGNORE_ENV, RL_OPT_SINGLE_THREAD, RL_WAKE_TOKEN,
 };
 
 /// An event loop. Opaque: created by `rl_loop_new`, destroyed by `rl_loop_free`.
@@ -105,7 +105,7 @@ impl rl_options {
             RL_BACKEND_EPOLL => BackendChoice::Epoll,
             _ => return Err(-libc::EINVAL),
         };
-        if self.flags & !RL_OPT_IGNORE_ENV != 0 {
+        if self.flags & !(RL_OPT_IGNORE_ENV | RL_OPT_SINGLE_THREAD) != 0 {
             return Err(-libc::EINVAL);
         }
         let defaults = Options::default();
@@ -119,6 +119,7 @@ impl rl_options {
             wake_token: RL_WAKE_TOKEN,
             // Not in the struct (see `rl_options`): set with `rl_set_accept_retry`.
             accept_retry_delay: defaults.accept_retry_delay,
+            single_thread: self.flags & RL_OPT_SINGLE_THREAD != 0,
         })
     }
 }
@@ -513,6 +514,13 @@ mod tests {
         assert_eq!(o.buffer_count, Options::default().buffer_count);
         assert_eq!(o.wake_token, RL_WAKE_TOKEN);
         assert_eq!(o.accept_retry_delay, ringloop::DEFAULT_ACCEPT_RETRY_DELAY);
+        assert!(!o.single_thread);
+        let single = rl_options {
+            flags: RL_OPT_SINGLE_THREAD,
+            ..rl_options::default()
+        };
+        let o = single.to_options().unwrap();
+        assert!(o.single_thread && o.honor_env);
     }
 
     #[test]

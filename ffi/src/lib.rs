@@ -88,6 +88,12 @@ pub const RL_BACKEND_IO_URING: u32 = 1;
 pub const RL_BACKEND_EPOLL: u32 = 2;
 /// `rl_options.flags` bit: ignore the `RINGLOOP_BACKEND` environment variable.
 pub const RL_OPT_IGNORE_ENV: u32 = 1;
+/// `rl_options.flags` bit: the loop is only ever run, submitted to and freed on one thread (the
+/// first that polls or submits; it may be created on another). Thread-safe functions stay
+/// thread-safe. Lets io_uring use `SINGLE_ISSUER | DEFER_TASKRUN` (falls back where the kernel
+/// lacks them); using the loop from a second thread then fails (`-EEXIST`), and freeing it on a
+/// second thread leaks the memory of operations still in flight.
+pub const RL_OPT_SINGLE_THREAD: u32 = 2;
 
 /// `rl_run` mode: run until `rl_stop` is called or no work is left that could wake the loop.
 pub const RL_RUN_DEFAULT: c_int = 0;

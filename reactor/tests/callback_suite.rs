@@ -28,6 +28,8 @@ fn make(choice: BackendChoice) -> Option<EventLoop> {
     let opts = Options {
         backend: choice,
         honor_env: false,
+        // See reactor/tests/support: the same switch, for the suite run with a bound ring.
+        single_thread: std::env::var_os("RINGLOOP_TEST_SINGLE_THREAD").is_some_and(|v| v == "1"),
         ..Options::default()
     };
     match EventLoop::new(&opts) {

@@ -1400,3 +1400,34 @@ mod default_backend {
         custom_wake_token(BackendChoice::Auto);
     }
 }
+
+/// A loop created with `single_thread` binds its io_uring ring to the thread that first polls it:
+/// a second thread gets `EEXIST` from the kernel (no crash, nothing lost), and the loop still
+/// works and drops cleanly back on its own thread.
+#[test]
+fn single_thread_loop_refuses_a_second_thread() {
+    let opts = Options {
+        single_thread: true,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(BackendChoice::IoUring, opts) else {
+        return;
+    };
+    let mut events = [Event::default(); 4];
+    let waker = reactor.waker();
+    waker.wake();
+    assert_eq!(reactor.poll(Some(LIMIT), &mut events).unwrap(), 1);
+    let mut reactor = std::thread::spawn(move || {
+        let mut events = [Event::default(); 4];
+        let err = reactor
+            .poll(Some(Duration::from_millis(1)), &mut events)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+        reactor
+    })
+    .join()
+    .unwrap();
+    waker.wake();
+    assert_eq!(reactor.poll(Some(LIMIT), &mut events).unwrap(), 1);
+    assert_eq!(events[0].token, u64::MAX);
+}

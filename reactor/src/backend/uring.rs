@@ -21,10 +21,13 @@
 //! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
 //!   follow-up SQE can never interleave with the next send's bytes.
 //! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
-//!   `SINGLE_ISSUER`/`DEFER_TASKRUN` are deliberately not used: a reactor may be created on one
-//!   thread, polled from another and dropped on a third (Python and the C ABI do exactly this),
-//!   and those flags bind the ring to one submitting task. A registered ring fd is per-thread for
-//!   the same reason and not used.
+//!   `SINGLE_ISSUER`/`DEFER_TASKRUN` bind the ring to one submitting task, while a reactor may be
+//!   created on one thread, polled from another and dropped on a third (Python and the C ABI do
+//!   exactly this): they are used only when [`Options::single_thread`] promises one thread. The
+//!   ring is then created disabled (`R_DISABLED`) and enabled by the first `io_uring_enter`, so
+//!   the issuer is the thread that runs the loop, not the one that created it; with
+//!   `DEFER_TASKRUN` completion work runs only inside an enter with `GETEVENTS`, which is why
+//!   [`Uring::flush`] asks for it. A registered ring fd is per-thread and not used.
 
 use std::collections::VecDeque;
 use std::io;
@@ -53,6 +56,8 @@ use crate::{flags, BackendKind, Event, Interest, Options};
 const BUF_GROUP: u16 = 0;
 /// user_data of async-cancel requests (generation 0: never an op).
 const CANCEL_TAG: u64 = 0;
+/// `io_uring_enter` flag: wait for / run completions (linux/io_uring.h).
+const IORING_ENTER_GETEVENTS: u32 = 1;
 /// How many CQEs one batch copies out of the ring.
 const REAP_BATCH: usize = 64;
 
@@ -197,6 +202,10 @@ pub(crate) struct Uring {
     live: usize,
     armed: usize,
     fork_generation: u64,
+    /// Set up with `SINGLE_ISSUER | DEFER_TASKRUN` (see the module doc).
+    single_issuer: bool,
+    /// Created `R_DISABLED` and not enabled yet: the first enter enables it.
+    disabled: bool,
 }
 
 // SAFETY: the raw pointers inside (caller send buffers, mappings) are only handed to the kernel or
@@ -204,31 +213,52 @@ pub(crate) struct Uring {
 // except `WakeShared`, which is `Sync`.
 unsafe impl Send for Uring {}
 
-fn build_ring(opts: &Options) -> io::Result<IoUring> {
+/// Builds the ring; the flag says whether it is single-issuer (created disabled, see
+/// [`Uring::enable`]).
+fn build_ring(opts: &Options) -> io::Result<(IoUring, bool)> {
     let cq_entries = (opts.ring_entries * 4).clamp(4096, 65536);
     // dontfork: a forked child never uses the parent's ring (poll refuses), so its mappings
     // need not be copied into the child.
-    let fast = IoUring::builder()
-        .dontfork()
-        .setup_cqsize(cq_entries)
-        .setup_submit_all()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(opts.ring_entries);
-    match fast {
-        Ok(ring) => Ok(ring),
-        // Older kernels reject flags they do not know with EINVAL; retry without them.
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+    let fast = |single: bool| {
+        let mut builder = IoUring::builder();
+        builder
             .dontfork()
             .setup_cqsize(cq_entries)
-            .build(opts.ring_entries),
+            .setup_submit_all()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag();
+        if single {
+            builder
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_r_disabled();
+        }
+        builder.build(opts.ring_entries)
+    };
+    let is_einval = |err: &io::Error| err.raw_os_error() == Some(libc::EINVAL);
+    if opts.single_thread {
+        match fast(true) {
+            Ok(ring) => return Ok((ring, true)),
+            // Kernels before 6.1 reject SINGLE_ISSUER/DEFER_TASKRUN with EINVAL.
+            Err(err) if is_einval(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    match fast(false) {
+        Ok(ring) => Ok((ring, false)),
+        // Older kernels reject flags they do not know with EINVAL; retry without them.
+        Err(err) if is_einval(&err) => IoUring::builder()
+            .dontfork()
+            .setup_cqsize(cq_entries)
+            .build(opts.ring_entries)
+            .map(|ring| (ring, false)),
         Err(err) => Err(err),
     }
 }
 
 impl Uring {
     pub(crate) fn new(opts: &Options, wake: Arc<WakeShared>) -> Result<Uring, SetupError> {
-        let ring = build_ring(opts)
+        let (ring, single_issuer) = build_ring(opts)
             .map_err(|e| SetupError::Unavailable(format!("io_uring_setup failed: {e}")))?;
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(SetupError::Unavailable(
@@ -308,6 +338,8 @@ impl Uring {
             live: 0,
             armed: 0,
             fork_generation: fork_generation(),
+            single_issuer,
+            disabled: single_issuer,
         };
         uring
             .start(wake.fd(), 0, Kind::Wake)
@@ -379,9 +411,36 @@ impl Uring {
         }
     }
 
-    /// Submits the SQ without waiting.
+    /// Enables a ring created `R_DISABLED` (single-issuer): the calling thread becomes its
+    /// issuer. Must precede every enter.
+    fn enable(&mut self) -> io::Result<()> {
+        if self.disabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.disabled = false;
+        }
+        Ok(())
+    }
+
+    /// Submits the SQ without waiting. On a `DEFER_TASKRUN` ring the enter also carries
+    /// `GETEVENTS` (with nothing to wait for), so the completion work of what it submitted runs
+    /// now: a cancelled request drops its file reference before `cancel`/`close` return.
     fn submit_now(&mut self) -> io::Result<()> {
-        match self.ring.submit() {
+        self.enable()?;
+        let result = if self.single_issuer {
+            let queued = self.ring.submission().len() as u32;
+            // SAFETY: no argument pointer is passed (size 0, `None`).
+            unsafe {
+                self.ring.submitter().enter::<libc::sigset_t>(
+                    queued,
+                    0,
+                    IORING_ENTER_GETEVENTS,
+                    None,
+                )
+            }
+        } else {
+            self.ring.submit()
+        };
+        match result {
             Ok(_) => Ok(()),
             // The kernel holds overflowed completions and refuses new work until the CQ has room:
             // move the CQ into the backlog (handled before the CQ, so order is kept).
@@ -767,6 +826,7 @@ impl Uring {
 
     /// Submits and waits for at least one completion, at most `timeout`. `EINTR` ends the wait.
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.enable()?;
         let result = match timeout {
             Some(d) if d.is_zero() => {
                 let needs_enter = {

@@ -13,10 +13,18 @@ use ringloop::{BackendChoice, BackendKind, Event, Options, Reactor};
 /// No test may hang: every wait is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
+/// `RINGLOOP_TEST_SINGLE_THREAD=1` runs the tests with [`Options::single_thread`] set (the
+/// io_uring ring then uses `SINGLE_ISSUER | DEFER_TASKRUN`); tests that use a reactor from a
+/// second thread leave it off.
+pub fn single_thread_from_env() -> bool {
+    std::env::var_os("RINGLOOP_TEST_SINGLE_THREAD").is_some_and(|v| v == "1")
+}
+
 /// A reactor on `choice`, or `None` (with the reason printed) when io_uring is unavailable here.
 pub fn make(choice: BackendChoice, opts: Options) -> Option<Reactor> {
     let opts = Options {
         backend: choice,
+        single_thread: opts.single_thread || single_thread_from_env(),
         ..opts
     };
     match Reactor::new(&opts) {
