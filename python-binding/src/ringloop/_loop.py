@@ -332,7 +332,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
     ) -> events.Handle:
         """asyncio's ``call_soon``; outside debug mode it builds the handle in place."""
         if self._debug or not _LEAN_HANDLES:
-            return super().call_soon(callback, *args, context=context)
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]  # this frame: the caller's comes last
+            return handle
         if self._closed:
             raise RuntimeError("Event loop is closed")
         handle = _new_object(_Handle)
@@ -351,7 +354,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
     ) -> events.TimerHandle:
         """asyncio's ``call_at``; outside debug mode it builds the handle in place."""
         if self._debug or not _LEAN_HANDLES or when is None:
-            return super().call_at(when, callback, *args, context=context)
+            timer = super().call_at(when, callback, *args, context=context)
+            if timer._source_traceback:
+                del timer._source_traceback[-1]  # this frame: the caller's comes last
+            return timer
         if self._closed:
             raise RuntimeError("Event loop is closed")
         timer = _new_object(_TimerHandle)
