@@ -260,24 +260,15 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         if self._debug:
             self._run_debug(already_ready, ntodo)
             return
-        popleft = ready.popleft
-        # Handle._run() inlined for asyncio's own handle types (one Python frame less per
-        # callback); any other handle type runs its own _run().
-        for _ in range(already_ready):
-            handle = popleft()
-            if handle._cancelled:
-                continue
-            if type(handle) is _Handle or type(handle) is _TimerHandle:
-                try:
-                    handle._context.run(handle._callback, *handle._args)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    _report_callback_error(handle, exc)
-            else:
-                handle._run()
+        self._run_ready(already_ready)
         selector.dispatch(_run_handle)
-        for _ in range(ntodo - already_ready):
+        self._run_ready(ntodo - already_ready)
+
+    def _run_ready(self, count: int) -> None:
+        # The next `count` ready handles, with Handle._run() inlined for asyncio's own handle
+        # types (one Python frame less per callback); any other handle type runs its own _run().
+        popleft = self._ready.popleft
+        for _ in range(count):
             handle = popleft()
             if handle._cancelled:
                 continue
@@ -386,19 +377,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             handle = self._call_soon(callback, args, context)
             if handle._source_traceback:
                 del handle._source_traceback[-1]
-        elif _LEAN_HANDLES:
-            handle = _new_object(_Handle)
-            handle._callback = callback
-            handle._args = args
-            handle._cancelled = False
-            handle._loop = self
-            handle._source_traceback = None
-            handle._repr = None
-            handle._context = _copy_context() if context is None else context
-            self._ready.append(handle)
         else:
-            handle = events.Handle(callback, args, self, context)
-            self._ready.append(handle)
+            handle = self.call_soon(callback, *args, context=context)
         if not self._wake_pending:
             self._write_to_self()
         return handle
