@@ -122,6 +122,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._handlers,
             self._new_token,
             self._dispatch_error,
+            self._remove_reader,
+            self._remove_writer,
             flush_cancels=not self._multishot_recv,
         )
         try:
@@ -131,15 +133,14 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             selector.close()
             reactor.free()
             raise
-        selector._remove_reader = self._remove_reader
-        selector._remove_writer = self._remove_writer
         self._bind_fast_methods()
         # sock_recv/sock_recv_into as one completion op each (rl_op_recv_once) where the
         # library has it. Bytes that such a receive brought in after its caller was cancelled wait
         # here for the next sock_recv*/ on the same socket object (never on a socket that merely
-        # reuses its fd number), so that none is lost.
+        # reuses its fd number), so that none is lost. Keyed by a weak reference to the socket,
+        # dropped with it; a plain dict, so that "no leftovers" is one C-level truth test.
         self._recv_once = reactor.has_recv_once
-        self._sock_leftovers: "weakref.WeakKeyDictionary[Any, bytes]" = weakref.WeakKeyDictionary()
+        self._sock_leftovers: Dict[Any, bytes] = {}
 
     @property
     def backend(self) -> str:
@@ -443,11 +444,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
         if self._sock_leftovers:
-            early = self._sock_leftovers.pop(sock, None)
-            if early is not None:
-                if len(early) > n:
-                    self._sock_leftovers[sock] = early[n:]
-                    early = early[:n]
+            early = self._take_leftovers(sock, n)
+            if early:
                 if target is None:
                     fut.set_result(early)
                 else:
@@ -459,8 +457,6 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         handlers = self._handlers
         buffer_bytes = reactor.buffer_bytes
         buffer_size = reactor.buffer_size
-        leftovers = self._sock_leftovers
-        sock_ref = weakref.ref(sock)
 
         def on_received(result: int, flags: int, aux: int) -> None:
             del handlers[token]
@@ -468,11 +464,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 start = aux * buffer_size
                 data = buffer_bytes[start : start + result]
                 if fut.done():
-                    # The caller gave up after the kernel took these bytes: keep them for the
-                    # next receive on this socket.
-                    owner = sock_ref()
-                    if owner is not None:
-                        leftovers[owner] = leftovers.get(owner, b"") + data
+                    # The caller gave up after the kernel took these bytes.
+                    self._keep_leftovers(sock, data)
                 elif target is None:
                     fut.set_result(data)
                 else:
@@ -502,15 +495,31 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             if fut.exception() is not None:
                 return
             result = fut.result()
-            data = result if target is None else bytes(target[:result])
-            if data:
-                self._sock_leftovers[sock] = self._sock_leftovers.get(sock, b"") + data
+            self._keep_leftovers(sock, result if target is None else bytes(target[:result]))
             return
         if op:
             try:
                 self._reactor.cancel(op)
             except (OSError, RuntimeError):
                 pass
+
+    def _keep_leftovers(self, sock: Any, data: bytes) -> None:
+        # Bytes received for sock whose receiver gave up: after any kept before, for the next
+        # receive on sock.
+        if data:
+            leftovers = self._sock_leftovers
+            key = weakref.ref(sock, lambda key: leftovers.pop(key, None))
+            leftovers[key] = leftovers.get(key, b"") + data
+
+    def _take_leftovers(self, sock: Any, n: int) -> bytes:
+        # At most n of the bytes kept for sock (b"" when there are none); the rest stays.
+        leftovers = self._sock_leftovers
+        key = weakref.ref(sock)
+        early = leftovers.pop(key, b"")
+        if len(early) > n:
+            self._keep_leftovers(sock, early[n:])
+            early = early[:n]
+        return early
 
     # -- transports ----------------------------------------------------------------------------
 

@@ -71,6 +71,8 @@ class RingSelector(selectors.BaseSelector):
         handlers: Dict[int, Any],
         new_token: Callable[[], int],
         on_error: Callable[[BaseException, Any], None],
+        remove_reader: Callable[[Any], Any],
+        remove_writer: Callable[[Any], Any],
         flush_cancels: bool = False,
     ) -> None:
         self._reactor = reactor
@@ -95,8 +97,8 @@ class RingSelector(selectors.BaseSelector):
         self._pending: Optional[Any] = None
         self._pending_count = 0
         # The loop's remove_reader/remove_writer, for a readiness event whose handle was cancelled.
-        self._remove_reader: Callable[[Any], Any] = lambda fileobj: None
-        self._remove_writer: Callable[[Any], Any] = lambda fileobj: None
+        self._remove_reader = remove_reader
+        self._remove_writer = remove_writer
         #: Counts polls: lets a handler tell whether two events came from the same poll.
         self.iteration = 0
         #: True while dispatch() runs: events of the batch may still be queued.
