@@ -7,30 +7,11 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ringloop::{flags, BackendChoice, Event, Options, Reactor};
 use support::*;
-
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid option value of the right size on a socket the test owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-}
 
 fn loop_still_works(reactor: &mut Reactor) {
     reactor.add_timer(Reactor::now_ns(), 99);

@@ -19,7 +19,7 @@ use ringloop::{
 
 mod support;
 
-use support::{make, poll_for, poll_until, random_bytes, tcp_pair, LIMIT};
+use support::{make, poll_for, poll_until, random_bytes, set_linger_zero, tcp_pair, LIMIT};
 
 const WAKE: u64 = u64::MAX;
 
@@ -483,21 +483,7 @@ fn peer_reset_mid_stream(choice: BackendChoice) {
     });
     assert_eq!(got, b"first");
     // SO_LINGER 0 + close sends RST.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid option value of the right size on a socket the test owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            peer.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    set_linger_zero(&peer);
     drop(peer);
     let mut final_result = None;
     poll_until(&mut reactor, &mut events, |_, batch| {

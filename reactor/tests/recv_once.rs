@@ -182,21 +182,7 @@ fn eof_once_and_reset(choice: BackendChoice) {
 
     // Reset: SO_LINGER 0 + close sends RST.
     let (ours, peer) = tcp_pair();
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid option value of the right size on a socket the test owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            peer.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    set_linger_zero(&peer);
     reactor.recv_once(ours.as_raw_fd(), 100, 10).unwrap();
     drop(peer);
     let ev = only_event(&mut reactor, 10);

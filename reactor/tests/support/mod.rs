@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ringloop::{BackendChoice, BackendKind, Event, Options, Reactor};
@@ -118,6 +118,25 @@ pub fn tcp_pair() -> (OwnedFd, TcpStream) {
     let (ours, _) = listener.accept().unwrap();
     ours.set_nonblocking(true).unwrap();
     (OwnedFd::from(ours), peer)
+}
+
+/// SO_LINGER 0: closing `stream` then sends RST (a peer reset) instead of FIN.
+pub fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid option value of the right size on a socket the test owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
 }
 
 /// Number of open fds of this process.
