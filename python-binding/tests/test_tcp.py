@@ -260,6 +260,60 @@ def test_buffered_protocol_get_buffer_failure_is_reported(loop):
     assert any(isinstance(c.get("exception"), RuntimeError) for c in contexts)
 
 
+def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop):
+    # A 100-byte buffer and a pause after every fill: most receives end with bytes that did not
+    # fit, which must wait for resume_reading() and then arrive first, in order.
+    class Pausing(CollectingBufferedProtocol):
+        def get_buffer(self, sizehint):
+            self.sizehints.append(sizehint)
+            return memoryview(self.storage)[:100]
+
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.transport.pause_reading()
+            loop.call_later(0.0005 if len(self.sizehints) % 7 else 0, self.transport.resume_reading)
+
+    async def main():
+        server, address = await start_echo_server(loop)
+        payload = random_payload(200_000, 11)
+        transport, protocol = await loop.create_connection(lambda: Pausing(loop), *address)
+        transport.write(payload)
+        await asyncio.sleep(0.05)
+        transport.write_eof()
+        received = await asyncio.wait_for(protocol.done, 30)
+        assert len(received) == len(payload)
+        assert received == payload
+        if -1 not in protocol.sizehints:  # a loop that says how much came: some did not fit
+            assert any(hint > 100 for hint in protocol.sizehints)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_buffered_protocol_buffer_updated_failure_is_reported_and_closes(loop):
+    contexts = []
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
+
+    class Broken(CollectingBufferedProtocol):
+        def buffer_updated(self, nbytes):
+            raise ValueError("cannot take it")
+
+    async def main():
+        server, address = await start_echo_server(loop)
+        transport, protocol = await loop.create_connection(lambda: Broken(loop), *address)
+        transport.write(b"hello")
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(protocol.done, 10)
+        assert transport.is_closing()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert any(isinstance(c.get("exception"), ValueError) for c in contexts)
+    assert any("buffer_updated" in c.get("message", "") for c in contexts)
+
+
 async def stream_echo_handler(reader, writer):
     try:
         while True:

@@ -15,7 +15,7 @@ import selectors
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
-from ._transport import RingStreamTransport
+from ._transport import RECEIVING_DATA, RingStreamTransport
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -93,6 +93,7 @@ class RingSelector(selectors.BaseSelector):
         self._events = reactor.events
         self._buffer_bytes = reactor.buffer_bytes
         self._buffer_size = reactor.buffer_size
+        self._buffers = reactor.buffers
         # The events of the last poll not yet delivered (an iterator over the event array).
         self._pending: Optional[Any] = None
         self._pending_count = 0
@@ -268,6 +269,8 @@ class RingSelector(selectors.BaseSelector):
         iteration = self.iteration
         buffer_bytes = self._buffer_bytes
         buffer_size = self._buffer_size
+        buffers = self._buffers
+        receiving_data = RECEIVING_DATA
         transport_type = RingStreamTransport
         handler: Any = None
         self.dispatching = True
@@ -279,14 +282,19 @@ class RingSelector(selectors.BaseSelector):
                         if handler is None:
                             continue  # removed since (asyncio's removals take effect at once)
                         if type(handler) is transport_type:
-                            if result > 0 and flags & EV_MORE and handler._receiving:
+                            receiving = handler._receiving
+                            if receiving and result > 0 and flags & EV_MORE:
                                 # The stream transports' steady state, inline: bytes straight
-                                # from the receive buffer to data_received().
+                                # from the receive buffer to data_received(), or copied into
+                                # a BufferedProtocol's buffer.
                                 handler._data_iteration = iteration
                                 start = aux * buffer_size
-                                handler._protocol.data_received(
-                                    buffer_bytes[start : start + result]
-                                )
+                                if receiving == receiving_data:
+                                    handler._protocol.data_received(
+                                        buffer_bytes[start : start + result]
+                                    )
+                                else:
+                                    handler._deliver_buffered(buffers[start : start + result])
                             else:
                                 handler._on_recv(result, flags, aux)
                         elif type(handler) is int:

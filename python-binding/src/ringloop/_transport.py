@@ -42,6 +42,11 @@ def _server_hooks_take_transport() -> bool:
 _SERVER_HOOKS_TAKE_TRANSPORT = _server_hooks_take_transport()
 
 
+#: RingStreamTransport._receiving while reading: which receive fast path dispatch() takes.
+RECEIVING_DATA = 1
+RECEIVING_BUFFERED = 2
+
+
 class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
     """asyncio stream transport on ringloop completions."""
 
@@ -115,8 +120,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 
         self._protocol_connected = False
         self._buffered = False
-        # not (closing or paused or buffered): the one test of the receive fast path.
-        self._receiving = False
+        # The one test of the receive fast path: RECEIVING_DATA (a Protocol) or
+        # RECEIVING_BUFFERED (a BufferedProtocol) while neither closing nor paused, else 0.
+        self._receiving = 0
         self._deliver = self._deliver_data
         self.set_protocol(protocol)
 
@@ -179,7 +185,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._receiving = False
+        self._receiving = 0
         self._stop_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
@@ -201,7 +207,10 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             logger.debug("%r resumes reading", self)
 
     def _refresh_receiving(self) -> None:
-        self._receiving = not (self._closing or self._paused or self._buffered)
+        if self._closing or self._paused:
+            self._receiving = 0
+        else:
+            self._receiving = RECEIVING_BUFFERED if self._buffered else RECEIVING_DATA
 
     def _start_reading(self) -> None:
         while self._held:
@@ -361,30 +370,50 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _deliver_buffered(self, view: Any) -> None:
-        view = memoryview(view)
+        # ``view``: bytes or a byte-format memoryview. Usually one get_buffer() holds it all; a
+        # smaller buffer gets what fits, and get_buffer() is asked again for the rest.
         protocol = self._protocol
-        while view:
+        remaining = len(view)
+        while True:
             try:
-                buf = protocol.get_buffer(len(view))
-                target = memoryview(buf).cast("B")
-                if not len(target):
+                target = protocol.get_buffer(remaining)
+                # A bytearray or a flat byte memoryview takes the bytes as it is (same-length
+                # slice assignment copies in place); anything else through a byte view of it.
+                kind = type(target)
+                if not (
+                    kind is bytearray
+                    or (kind is memoryview and target.ndim == 1 and target.format == "B")
+                ):
+                    target = memoryview(target).cast("B")
+                space = len(target)
+                if not space:
                     raise RuntimeError("get_buffer() returned an empty buffer")
+                if space >= remaining:
+                    target[:remaining] = view
+                    count = remaining
+                else:
+                    target[:] = view[:space]
+                    count = space
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
-            n = min(len(target), len(view))
-            target[:n] = view[:n]
-            view = view[n:]
+            finally:
+                target = None  # no export of the protocol's buffer outlives the copy
+            if count < remaining:
+                view = view[count:]
+            remaining -= count
             try:
-                protocol.buffer_updated(n)
+                protocol.buffer_updated(count)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return
-            if view and (self._closing or self._paused):
+            if not remaining:
+                return
+            if self._closing or self._paused:
                 if not self._closing:
                     self._held.insert(0, bytes(view))
                 return
@@ -544,7 +573,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing:
             return
         self._closing = True
-        self._receiving = False
+        self._receiving = 0
         self._write_idle = False
         self._stop_reading()
         if not self._write_size:
@@ -584,7 +613,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                     pass
         if not self._closing:
             self._closing = True
-            self._receiving = False
+            self._receiving = 0
             self._write_idle = False
             self._stop_reading()
         self._conn_lost += 1
