@@ -5,8 +5,9 @@ Run with the project venv's python (uvloop and matplotlib come from there):
 
     .venv/bin/python benches/run_matrix.py            # or: make -C benches bench VPY=...
 
-The server runs pinned to CPU 0 and echoload to CPU 1; each cell is measured BENCH_REPEAT times
-and the run with the median requests/s is kept. Writes benches/out/results.json,
+The server runs pinned to CPU 0 and echoload to CPU 1. All servers are started first; each cell
+is then measured in BENCH_REPEAT rounds, every server once per round, and the run with the median
+requests/s is kept. A ratio column is the median of the per-round ratios. Writes benches/out/results.json,
 benches/out/results.md and the chart benches/out/echo.svg/.png (copied to benches/results/).
 
 Environment knobs (defaults fit the whole matrix in about 10 minutes on 2 cores):
@@ -17,6 +18,7 @@ Environment knobs (defaults fit the whole matrix in about 10 minutes on 2 cores)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -104,59 +106,62 @@ def main() -> int:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
     done_runs = 0
-    for spec in servers:
-        row_status = None
-        try:
-            server = RunningServer(spec, cpu=SERVER_CPU)
-        except ServerUnavailable as exc:
-            row_status = str(exc)
-            server = None
-        if server is None:
-            print(f"  {spec.name:<34} missing ({row_status[:100]})", flush=True)
-            for size, conns in cells:
-                results.append(cell_record(spec, size, conns, "missing", [], detail=row_status))
-            done_runs += len(cells) * repeat
-            continue
-        with server:
-            for size, conns in cells:
-                runs = []
-                status = "ok"
-                detail = ""
-                for r in range(repeat):
+    with contextlib.ExitStack() as stack:
+        running = []
+        for spec in servers:
+            try:
+                running.append(stack.enter_context(RunningServer(spec, cpu=SERVER_CPU)))
+            except ServerUnavailable as exc:
+                print(f"  {spec.name:<34} missing ({str(exc)[:100]})", flush=True)
+                for size, conns in cells:
+                    results.append(cell_record(spec, size, conns, "missing", [], detail=str(exc)))
+                done_runs += len(cells) * repeat
+        # Every server of a cell runs once per round, one after another, so that each run is
+        # compared with its baselines' runs of the same round, taken seconds apart: the host's
+        # speed drifts over minutes on a shared machine, and a cell's ratios should not.
+        dead: dict[str, str] = {}
+        for size, conns in cells:
+            runs: dict[str, list] = {server.spec.name: [] for server in running}
+            failed: dict[str, tuple[str, str]] = {}
+            for r in range(repeat):
+                for server in running:
+                    name = server.spec.name
+                    if name in dead or name in failed:
+                        continue
                     if not server.alive():
-                        status, detail = "died", f"server exited: {server.stderr_tail()}"
-                        break
+                        dead[name] = f"server exited: {server.stderr_tail()}"
+                        failed[name] = ("died", dead[name])
+                        continue
                     report = benchlib.echoload(
                         server.port, size=size, connections=conns, duration=duration, warmup=warmup,
                         server_pid=server.pid, cpu=CLIENT_CPU, seed=r + 1,
                     )
-                    runs.append(report)
+                    runs[name].append(report)
                     if report.get("exit_code") != 0:
-                        status = "errors"
                         detail = report.get("first_error") or report.get("stderr") or "echoload failed"
-                        break
-                done_runs += repeat
-                record = cell_record(spec, size, conns, status, runs, detail=detail)
-                results.append(record)
+                        failed[name] = ("errors", detail)
+                done_runs += len(running)
                 elapsed = time.monotonic() - started
                 eta = elapsed / max(done_runs, 1) * (total_runs - done_runs)
-                shown = (
-                    f"{fmt_rate(record['rps']):>9} req/s  p99 {record['p99_us']:>8.0f} µs  "
-                    f"srv {record['server_us_per_rt']:.1f} µs/rt"
-                    if status == "ok"
-                    else f"{status.upper()}: {detail[:90]}"
-                )
                 print(
-                    f"  [{done_runs:>4}/{total_runs}] {spec.name:<34} {human_size(size):>7} x{conns:<4} {shown}  (eta {eta:.0f} s)",
+                    f"  [{done_runs:>4}/{total_runs}] {human_size(size):>7} x{conns:<4} round {r + 1}/{repeat} "
+                    f"of {len(running)} servers  (eta {eta:.0f} s)",
                     flush=True,
                 )
-                if status == "died":
-                    break
-        reached = {(r["size"], r["connections"]) for r in results if r["server"] == spec.name}
-        for size, conns in cells:
-            if (size, conns) not in reached:
-                results.append(cell_record(spec, size, conns, "died", [], detail="the server died earlier"))
-                done_runs += repeat
+            for server in running:
+                name = server.spec.name
+                status, detail = failed.get(name, ("ok", ""))
+                if name in dead and not runs[name]:
+                    status, detail = "died", dead[name]
+                record = cell_record(server.spec, size, conns, status, runs[name], detail=detail)
+                results.append(record)
+                shown = (
+                    f"{fmt_rate(record['rps']):>9} req/s  p99 {record['p99_us']:>8.0f} µs  "
+                    f"srv {record['server_us_per_rt']:.1f} µs/rt  srv {record['server_cpu_share'] * 100:.0f}%"
+                    if record["status"] == "ok"
+                    else f"{record['status'].upper()}: {detail[:90]}"
+                )
+                print(f"         {name:<34} {human_size(size):>7} x{conns:<4} {shown}", flush=True)
 
     add_ratios(results)
     machine = benchlib.machine()
@@ -214,6 +219,8 @@ def baselines(record: dict) -> tuple[tuple[str, str], tuple[str, str]]:
 
 
 def add_ratios(results: list) -> None:
+    # A ratio is the median of the per-round ratios (run r against the baseline's run r, measured
+    # moments apart), not a ratio of medians taken minutes apart.
     index = {(r["server"], r["size"], r["connections"]): r for r in results}
     for record in results:
         record["ratios"] = {}
@@ -221,8 +228,14 @@ def add_ratios(results: list) -> None:
             continue
         for base_name, label in baselines(record):
             base = index.get((base_name, record["size"], record["connections"]))
-            if base and base["rps"]:
-                record["ratios"][label] = record["rps"] / base["rps"]
+            if not (base and base["rps"]):
+                continue
+            paired = [
+                mine["requests_per_s"] / theirs["requests_per_s"]
+                for mine, theirs in zip(record["runs"], base["runs"])
+                if mine.get("requests_per_s") and theirs.get("requests_per_s")
+            ]
+            record["ratios"][label] = statistics.median(paired) if paired else record["rps"] / base["rps"]
 
 
 def render_markdown(summary: dict, cells: list) -> str:
@@ -232,7 +245,8 @@ def render_markdown(summary: dict, cells: list) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
         f"uvloop {m.get('uvloop')}, libuv {m['libuv']}, liburing {m['liburing']}, ringloop {m['ringloop_commit']}; {m['date']}; "
         f"load average {m.get('loadavg_at_start', ['?'])[0]} at the start, {m.get('loadavg_1_5_15', ['?'])[0]} at the end.",
-        f"Each cell: median of {c['repeat']} runs of {c['duration_s']:g} s after {c['warmup_s']:g} s warm-up, "
+        f"Each cell: median of {c['repeat']} rounds (every server once per round) of {c['duration_s']:g} s after "
+        f"{c['warmup_s']:g} s warm-up; ratios are medians of the per-round ratios; "
         f"1 message in flight per connection, server on CPU {c['server_cpu']}, echoload on CPU {c['client_cpu']}. "
         "p99 in µs; srv µs/rt = server CPU time per round trip; srv% = server's share of its core.",
         "",
