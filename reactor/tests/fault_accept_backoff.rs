@@ -36,35 +36,9 @@ const CHILD_ENV: &str = "RINGLOOP_FAULT_BACKOFF_CHILD";
 const ACCEPT: u64 = 1;
 const CONN: u64 = 1000;
 
-/// Sets the soft fd limit; returns the previous limits.
-fn set_fd_limit(soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with valid pointers.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
-    }
-    old
-}
-
-fn restore_fd_limit(old: &libc::rlimit) {
-    // SAFETY: restoring limits getrlimit returned.
-    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, old), 0) };
-}
-
 /// Lowers the soft limit to the lowest free fd number: the table is full from here on.
 fn fill_fd_table() -> libc::rlimit {
-    let probe = std::fs::File::open("/dev/null").unwrap();
-    let lowest_free = probe.as_raw_fd() as u64;
-    drop(probe);
-    set_fd_limit(lowest_free)
+    set_fd_limit(lowest_free_fd())
 }
 
 fn backlogged_listener() -> TcpListener {
@@ -281,24 +255,7 @@ fn cancel_child(choice: BackendChoice) {
 }
 
 fn run_child(module: &str, child: &str, marker: &str) -> String {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            &format!("{module}::{child}"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && stdout.contains(marker),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_in_child(&format!("{module}::{child}"), CHILD_ENV, marker);
     for line in stdout.lines().filter(|l| l.contains("BACKOFF-")) {
         eprintln!("{module}: {line}");
     }

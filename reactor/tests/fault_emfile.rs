@@ -24,23 +24,6 @@ const CLIENTS: u32 = 300;
 const FREE_FDS: u64 = 8;
 const CHILD_ENV: &str = "RINGLOOP_FAULT_EMFILE_CHILD";
 
-fn set_fd_limit(soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with valid pointers.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let new = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
-    }
-    old
-}
-
 fn flood_child(choice: BackendChoice) {
     // Each recovery waits out the accept back-off (see `fault_accept_backoff.rs`): keep it short,
     // as there are dozens of recoveries.
@@ -64,10 +47,7 @@ fn flood_child(choice: BackendChoice) {
         })
         .collect();
     reactor.accept_multi(listener.as_raw_fd(), 1).unwrap();
-    let probe = std::fs::File::open("/dev/null").unwrap();
-    let lowest_free = probe.as_raw_fd() as u64;
-    drop(probe);
-    let old = set_fd_limit(lowest_free + FREE_FDS);
+    let old = set_fd_limit(lowest_free_fd() + FREE_FDS);
 
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut seen = HashSet::new();
@@ -111,8 +91,7 @@ fn flood_child(choice: BackendChoice) {
         }
         seen.len() == CLIENTS as usize
     });
-    // SAFETY: restoring the original limit.
-    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
+    restore_fd_limit(&old);
     assert!(emfile_events > 0, "the flood never hit the fd limit");
     assert!(recoveries > 0);
     drop(clients);
@@ -126,24 +105,7 @@ fn emfile_flood(choice: BackendChoice, module: &str) {
     if make(choice, Options::default()).is_none() {
         return;
     }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            &format!("{module}::child"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("EMFILE-CHILD-OK"),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_in_child(&format!("{module}::child"), CHILD_ENV, "EMFILE-CHILD-OK");
     let line = stdout
         .lines()
         .find(|l| l.contains("EMFILE-CHILD-OK"))

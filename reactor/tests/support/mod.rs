@@ -144,6 +144,61 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Sets the soft fd limit (`RLIMIT_NOFILE`) of this process; returns the previous limits.
+pub fn set_fd_limit(soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+    }
+    old
+}
+
+/// Puts back limits [`set_fd_limit`] returned.
+pub fn restore_fd_limit(old: &libc::rlimit) {
+    // SAFETY: restoring limits getrlimit returned.
+    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, old), 0) };
+}
+
+/// The lowest fd number not in use.
+pub fn lowest_free_fd() -> u64 {
+    let probe = std::fs::File::open("/dev/null").unwrap();
+    probe.as_raw_fd() as u64
+}
+
+/// Runs the ignored test `test_path` of this test binary alone in a child process with
+/// `child_env=1` set, for bodies that change process-wide state (the fd limit); asserts that the
+/// child succeeded and printed `marker`, and returns its stdout.
+pub fn run_in_child(test_path: &str, child_env: &str, marker: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            test_path,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(child_env, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains(marker),
+        "child {test_path} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Instantiates each listed `fn name(choice: BackendChoice)` as a test per backend:
 /// `uring::name` and `epoll::name`.
 #[macro_export]
