@@ -166,12 +166,20 @@ impl FdTable {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn entry(&mut self, fd: RawFd) -> &mut FdEntry {
         let index = fd as usize;
         if index >= self.entries.len() {
-            self.entries.resize_with(index + 1, FdEntry::default);
+            self.grow(index);
         }
         &mut self.entries[index]
+    }
+
+    /// Makes room for fd number `index` (rare: only the first time a number that high is seen).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, index: usize) {
+        self.entries.resize_with(index + 1, FdEntry::default);
     }
 
     pub(crate) fn get(&self, fd: RawFd) -> Option<&FdEntry> {
@@ -186,15 +194,48 @@ impl FdTable {
         self.entry(fd).ops.push(key);
     }
 
+    /// Removes `key` from `fd`'s op list and from its send FIFO.
     pub(crate) fn remove_op(&mut self, fd: RawFd, key: u64) {
+        self.remove_indexed(fd, key);
+        self.remove_send(fd, key);
+    }
+
+    /// Removes `key` from `fd`'s op list only.
+    pub(crate) fn remove_indexed(&mut self, fd: RawFd, key: u64) {
         if let Some(entry) = self.get_mut(fd) {
             if let Some(pos) = entry.ops.iter().position(|&k| k == key) {
                 entry.ops.swap_remove(pos);
             }
-            if let Some(pos) = entry.sends.iter().position(|&k| k == key) {
-                entry.sends.remove(pos);
-            }
         }
+    }
+
+    /// Appends send `key` to `fd`'s send FIFO; `true` when it is the head (may go out now).
+    #[inline]
+    pub(crate) fn push_send(&mut self, fd: RawFd, key: u64) -> bool {
+        let sends = &mut self.entry(fd).sends;
+        sends.push_back(key);
+        sends.len() == 1
+    }
+
+    /// Takes send `key` out of `fd`'s send FIFO. When it was the head (the usual case: sends end
+    /// in order, and the head is taken without a search), returns the new head, which may go out
+    /// now.
+    #[inline]
+    pub(crate) fn remove_send(&mut self, fd: RawFd, key: u64) -> Option<u64> {
+        let sends = &mut self.get_mut(fd)?.sends;
+        if sends.front() == Some(&key) {
+            sends.pop_front();
+            return sends.front().copied();
+        }
+        if let Some(pos) = sends.iter().position(|&k| k == key) {
+            sends.remove(pos);
+        }
+        None
+    }
+
+    /// Whether send `key` is the head of `fd`'s send FIFO (the one allowed in flight).
+    pub(crate) fn is_send_head(&self, fd: RawFd, key: u64) -> bool {
+        self.get(fd).and_then(|e| e.sends.front()) == Some(&key)
     }
 
     /// Keeps buffer `bid` holding `len` bytes of a cancelled recv on `fd` for the next recv on the
@@ -285,11 +326,15 @@ impl FdTable {
         }
     }
 
-    /// Copies the keys of the ops on `fd` into `out` (cleared first).
-    pub(crate) fn ops_on(&self, fd: RawFd, out: &mut Vec<u64>) {
+    /// Copies the keys of the ops on `fd` into `out` (cleared first), followed by its queued
+    /// sends when `with_sends` (for a backend that keeps sends out of the op list).
+    pub(crate) fn ops_on(&self, fd: RawFd, out: &mut Vec<u64>, with_sends: bool) {
         out.clear();
         if let Some(entry) = self.get(fd) {
             out.extend_from_slice(&entry.ops);
+            if with_sends {
+                out.extend(entry.sends.iter().copied());
+            }
         }
     }
 }

@@ -52,6 +52,16 @@ use crate::sys::{
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
 
+/// The SQE that sends the rest of a caller's buffer: `len - sent` bytes from `buf + sent` (at
+/// most 4 GiB - 1 at a time; the completion handler sends the rest).
+fn send_entry(fd: RawFd, buf: *const u8, len: usize, sent: usize) -> squeue::Entry {
+    let chunk = (len - sent).min(u32::MAX as usize) as u32;
+    // `sent <= len`, so the pointer stays inside the caller's buffer.
+    opcode::Send::new(types::Fd(fd), buf.wrapping_add(sent), chunk)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+}
+
 /// Provided-buffer group id of the pool.
 const BUF_GROUP: u16 = 0;
 /// user_data of async-cancel requests (generation 0: never an op).
@@ -129,9 +139,14 @@ impl Op {
         !matches!(self.kind, Kind::Wake)
     }
 
-    /// Ops on a caller fd, indexed by fd for `close` and the send queue.
+    /// Ops in their fd's op list (for `close` and for finding a live recv). Sends are indexed
+    /// by their fd's send FIFO alone: they start and end in order, so adding and removing one is
+    /// a push and a pop, never a search.
     fn indexed(&self) -> bool {
-        !matches!(self.kind, Kind::Wake | Kind::Close | Kind::Signal { .. })
+        !matches!(
+            self.kind,
+            Kind::Wake | Kind::Close | Kind::Signal { .. } | Kind::Send { .. }
+        )
     }
 }
 
@@ -347,7 +362,8 @@ impl Uring {
         Ok(uring)
     }
 
-    fn entry_for(&self, key: u64, op: &Op) -> squeue::Entry {
+    /// The SQE that arms `op`; `wake_counter` is the read target of the wake op.
+    fn entry_for(key: u64, op: &Op, wake_counter: *mut u64) -> squeue::Entry {
         let fd = types::Fd(op.fd);
         let entry = match &op.kind {
             Kind::Watch { interest } => {
@@ -367,13 +383,7 @@ impl Uring {
                 .buf_group(BUF_GROUP)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
-            Kind::Send { buf, len, sent } => {
-                let chunk = (len - sent).min(u32::MAX as usize) as u32;
-                // `sent <= len`, so the pointer stays inside the caller's buffer.
-                opcode::Send::new(fd, buf.wrapping_add(*sent), chunk)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            }
+            Kind::Send { buf, len, sent } => send_entry(op.fd, *buf, *len, *sent),
             Kind::Accept => opcode::AcceptMulti::new(fd)
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
                 .build(),
@@ -387,9 +397,7 @@ impl Uring {
             Kind::Signal { signalfd } => {
                 opcode::PollAdd::new(types::Fd(signalfd.as_raw_fd()), libc::POLLIN as u32).build()
             }
-            Kind::Wake => {
-                opcode::Read::new(fd, &*self.wake_counter as *const u64 as *mut u8, 8).build()
-            }
+            Kind::Wake => opcode::Read::new(fd, wake_counter.cast::<u8>(), 8).build(),
         };
         entry.user_data(key)
     }
@@ -492,37 +500,45 @@ impl Uring {
     }
 
     fn arm(&mut self, key: u64) -> io::Result<()> {
-        let Some(op) = self.ops.get(key) else {
+        let wake_counter: *mut u64 = &mut *self.wake_counter;
+        let Some(op) = self.ops.get_mut(key) else {
             return Ok(());
         };
         if op.armed || op.cancelled {
             return Ok(());
         }
-        let entry = self.entry_for(key, op);
-        self.push(&entry)?;
-        if let Some(op) = self.ops.get_mut(key) {
-            op.armed = true;
-            self.armed += 1;
+        let entry = Self::entry_for(key, op, wake_counter);
+        // Marked before the push (which never looks at ops), undone if it fails.
+        op.armed = true;
+        if let Err(err) = self.push(&entry) {
+            if let Some(op) = self.ops.get_mut(key) {
+                op.armed = false;
+            }
+            return Err(err);
         }
+        self.armed += 1;
         Ok(())
     }
 
     /// Removes an op for good and starts the next queued send on its fd.
     fn discard(&mut self, key: u64) {
-        let Some(op) = self.ops.remove(key) else {
-            return;
-        };
+        if let Some(op) = self.ops.remove(key) {
+            self.forget(key, op);
+        }
+    }
+
+    /// Cleans up after op `key`, already taken out of the table (see [`Uring::discard`]).
+    fn forget(&mut self, key: u64, op: Op) {
         if op.counted() && !op.cancelled {
             self.live -= 1;
         }
         if op.indexed() {
-            let was_send_head = self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key);
-            self.fds.remove_op(op.fd, key);
-            if was_send_head {
-                if let Some(&next) = self.fds.get(op.fd).and_then(|e| e.sends.front()) {
-                    if let Err(err) = self.arm(next) {
-                        self.fail(next, errno_of(&err));
-                    }
+            self.fds.remove_indexed(op.fd, key);
+        } else if matches!(op.kind, Kind::Send { .. }) {
+            // The head of the FIFO ended: the next send may go out now.
+            if let Some(next) = self.fds.remove_send(op.fd, key) {
+                if let Err(err) = self.arm(next) {
+                    self.fail(next, errno_of(&err));
                 }
             }
         }
@@ -550,9 +566,13 @@ impl Uring {
     /// Ends an op with a final event `result`.
     fn fail(&mut self, key: u64, result: i32) {
         let Some(op) = self.ops.get(key) else { return };
-        let token = op.token;
+        let (token, armed) = (op.token, op.armed);
         self.emit(0, token, result, 0, 0);
-        self.end(key);
+        if armed {
+            self.end(key);
+        } else if let Some(op) = self.ops.remove(key) {
+            self.forget(key, op);
+        }
     }
 
     /// Ends an op that produced its final event: forgotten now, or once the kernel lets go.
@@ -1243,25 +1263,28 @@ impl Backend for Uring {
                 "send from a null buffer",
             ));
         }
-        let op = Op {
+        // Only the head of the fd's send FIFO is in flight (see the module doc): a send with
+        // nothing queued ahead goes out now, armed as it is added.
+        let sends = &mut self.fds.entry(fd).sends;
+        let head = sends.is_empty();
+        let key = self.ops.insert(Op {
             token,
             fd,
             kind: Kind::Send { buf, len, sent: 0 },
-            armed: false,
+            armed: head,
             cancelled: false,
             identity: None,
-        };
-        let key = self.ops.insert(op);
-        self.fds.add_op(fd, key);
-        self.live += 1;
-        let sends = &mut self.fds.entry(fd).sends;
+        });
         sends.push_back(key);
-        if sends.len() == 1 {
-            if let Err(err) = self.arm(key) {
-                self.discard(key);
+        if head {
+            if let Err(err) = self.push(&send_entry(fd, buf, len, 0).user_data(key)) {
+                self.ops.remove(key);
+                self.fds.remove_send(fd, key);
                 return Err(err);
             }
+            self.armed += 1;
         }
+        self.live += 1;
         Ok(key)
     }
 
@@ -1294,7 +1317,7 @@ impl Backend for Uring {
     fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {
         let raw = fd.as_raw_fd();
         let mut keys = std::mem::take(&mut self.scratch);
-        self.fds.ops_on(raw, &mut keys);
+        self.fds.ops_on(raw, &mut keys, true);
         for &key in &keys {
             self.cancel_op(key);
         }
