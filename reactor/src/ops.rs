@@ -103,7 +103,9 @@ impl<T> OpTable<T> {
 
 /// What the reactor tracks per caller fd: the ops on it (for `close` and, on epoll, for combining
 /// interests), the FIFO of sends (only the head is ever in flight, so bytes of two sends on one
-/// stream never interleave), the epoll registration mask (unused by io_uring), and the stash.
+/// stream never interleave; the head is kept apart, so the usual lone send is queued and taken
+/// off without touching the queue), the epoll registration mask (unused by io_uring), and the
+/// stash.
 ///
 /// The stash keeps bytes a cancelled recv had already taken out of the socket (buffers queued
 /// for delivery, or completions that raced with the cancel): a stream must not lose them, so the
@@ -112,7 +114,10 @@ impl<T> OpTable<T> {
 #[derive(Default)]
 pub(crate) struct FdEntry {
     pub(crate) ops: Vec<u64>,
-    pub(crate) sends: VecDeque<u64>,
+    /// The head of the send FIFO, 0 when no send is queued (keys are never 0).
+    send_head: u64,
+    /// The sends behind the head, in order.
+    send_queue: VecDeque<u64>,
     pub(crate) registered: u32,
     stash: Vec<Stashed>,
     stash_identity: (u64, u64),
@@ -121,6 +126,26 @@ pub(crate) struct FdEntry {
 /// Stashed bytes: `len` bytes at offset `off` of pool buffer `bid`. Only the head of a stash can
 /// have `off > 0`: a one-shot receive smaller than it took its first bytes (see
 /// [`FdTable::next_stashed`]).
+impl FdEntry {
+    /// No send is queued on the fd: a new one would be the head.
+    #[inline]
+    pub(crate) fn send_idle(&self) -> bool {
+        self.send_head == 0
+    }
+
+    /// Appends send `key` to the FIFO; `true` when it is the head (may go out now).
+    #[inline]
+    pub(crate) fn push_send(&mut self, key: u64) -> bool {
+        if self.send_head == 0 {
+            self.send_head = key;
+            true
+        } else {
+            self.send_queue.push_back(key);
+            false
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Stashed {
     bid: u16,
@@ -212,9 +237,7 @@ impl FdTable {
     /// Appends send `key` to `fd`'s send FIFO; `true` when it is the head (may go out now).
     #[inline]
     pub(crate) fn push_send(&mut self, fd: RawFd, key: u64) -> bool {
-        let sends = &mut self.entry(fd).sends;
-        sends.push_back(key);
-        sends.len() == 1
+        self.entry(fd).push_send(key)
     }
 
     /// Takes send `key` out of `fd`'s send FIFO. When it was the head (the usual case: sends end
@@ -222,20 +245,20 @@ impl FdTable {
     /// now.
     #[inline]
     pub(crate) fn remove_send(&mut self, fd: RawFd, key: u64) -> Option<u64> {
-        let sends = &mut self.get_mut(fd)?.sends;
-        if sends.front() == Some(&key) {
-            sends.pop_front();
-            return sends.front().copied();
+        let entry = self.get_mut(fd)?;
+        if entry.send_head == key {
+            entry.send_head = entry.send_queue.pop_front().unwrap_or(0);
+            return (entry.send_head != 0).then_some(entry.send_head);
         }
-        if let Some(pos) = sends.iter().position(|&k| k == key) {
-            sends.remove(pos);
+        if let Some(pos) = entry.send_queue.iter().position(|&k| k == key) {
+            entry.send_queue.remove(pos);
         }
         None
     }
 
     /// Whether send `key` is the head of `fd`'s send FIFO (the one allowed in flight).
     pub(crate) fn is_send_head(&self, fd: RawFd, key: u64) -> bool {
-        self.get(fd).and_then(|e| e.sends.front()) == Some(&key)
+        self.get(fd).is_some_and(|e| e.send_head == key)
     }
 
     /// Keeps buffer `bid` holding `len` bytes of a cancelled recv on `fd` for the next recv on the
@@ -332,8 +355,9 @@ impl FdTable {
         out.clear();
         if let Some(entry) = self.get(fd) {
             out.extend_from_slice(&entry.ops);
-            if with_sends {
-                out.extend(entry.sends.iter().copied());
+            if with_sends && entry.send_head != 0 {
+                out.push(entry.send_head);
+                out.extend(entry.send_queue.iter().copied());
             }
         }
     }

@@ -1265,8 +1265,8 @@ impl Backend for Uring {
         }
         // Only the head of the fd's send FIFO is in flight (see the module doc): a send with
         // nothing queued ahead goes out now, armed as it is added.
-        let sends = &mut self.fds.entry(fd).sends;
-        let head = sends.is_empty();
+        let entry = self.fds.entry(fd);
+        let head = entry.send_idle();
         let key = self.ops.insert(Op {
             token,
             fd,
@@ -1275,7 +1275,7 @@ impl Backend for Uring {
             cancelled: false,
             identity: None,
         });
-        sends.push_back(key);
+        entry.push_send(key);
         if head {
             if let Err(err) = self.push(&send_entry(fd, buf, len, 0).user_data(key)) {
                 self.ops.remove(key);
