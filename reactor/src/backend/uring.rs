@@ -62,6 +62,60 @@ fn send_entry(fd: RawFd, buf: *const u8, len: usize, sent: usize) -> squeue::Ent
         .build()
 }
 
+/// The caller's events array while [`Backend::poll`] runs, empty at all other times: an event
+/// produced while nothing waits in `ready` is written straight into it (and its buffer lent
+/// at once, as when it is taken out of `ready`), which spares most events the queue. Events
+/// beyond `cap` go to `ready`, and so does every event after them, so order is kept; a
+/// non-empty `ready` therefore always means a full sink.
+struct Sink {
+    ptr: *mut Event,
+    cap: usize,
+    len: usize,
+}
+
+impl Sink {
+    const NONE: Sink = Sink {
+        ptr: std::ptr::null_mut(),
+        cap: 0,
+        len: 0,
+    };
+}
+
+/// Empties the sink when `poll` ends, by return, error or panic: the array it points into is
+/// only borrowed for that call.
+struct Polling<'a>(&'a mut Uring);
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.sink = Sink::NONE;
+    }
+}
+
+/// Hands `event` (of op `key`) out: into the sink while it has room and nothing is queued ahead,
+/// else to the back of `ready`. A free function so that it can be called while an op is
+/// borrowed.
+#[inline]
+fn deliver(
+    sink: &mut Sink,
+    ready: &mut VecDeque<(u64, Event)>,
+    pool: &mut BufferPool,
+    key: u64,
+    event: Event,
+) {
+    if sink.len < sink.cap && ready.is_empty() {
+        // SAFETY: `cap > 0` only while `poll` runs (`Polling` empties the sink when it ends),
+        // and then `ptr..ptr+cap` is the caller's `&mut [Event]` of that call, which nothing
+        // else uses meanwhile; `len < cap`.
+        unsafe { sink.ptr.add(sink.len).write(event) };
+        sink.len += 1;
+        if event.flags & flags::BUFFER != 0 {
+            pool.lend(event.aux as u16);
+        }
+    } else {
+        ready.push_back((key, event));
+    }
+}
+
 /// Provided-buffer group id of the pool.
 const BUF_GROUP: u16 = 0;
 /// user_data of async-cancel requests (generation 0: never an op).
@@ -203,8 +257,10 @@ pub(crate) struct Uring {
     in_ring: usize,
     /// CQEs moved out of the CQ to make room while submitting; handled before the CQ.
     backlog: VecDeque<(u64, i32, u32)>,
-    /// Events produced but not yet handed out, with the key of their op.
+    /// Events produced but not yet handed out, with the key of their op. Only events that do not
+    /// fit in the caller's array (or come outside `poll`) wait here: see [`Sink`].
     ready: VecDeque<(u64, Event)>,
+    sink: Sink,
     scratch: Vec<u64>,
     /// Connect address boxes of finished connects, reused so connects stop allocating. The
     /// boxes matter: an address must not move while the kernel reads it, and this vector grows.
@@ -345,6 +401,7 @@ impl Uring {
             in_ring: count,
             backlog: VecDeque::new(),
             ready: VecDeque::with_capacity(1024),
+            sink: Sink::NONE,
             scratch: Vec::new(),
             spare_addrs: Vec::new(),
             wake_token: opts.wake_token,
@@ -552,15 +609,18 @@ impl Uring {
     }
 
     fn emit(&mut self, key: u64, token: u64, result: i32, flags: u32, aux: u64) {
-        self.ready.push_back((
-            key,
-            Event {
-                token,
-                result,
-                flags,
-                aux,
-            },
-        ));
+        let event = Event {
+            token,
+            result,
+            flags,
+            aux,
+        };
+        deliver(&mut self.sink, &mut self.ready, &mut self.pool, key, event);
+    }
+
+    /// Events produced by this `poll` so far: in the caller's array and queued.
+    fn produced(&self) -> usize {
+        self.sink.len + self.ready.len()
     }
 
     /// Ends an op with a final event `result`.
@@ -680,7 +740,7 @@ impl Uring {
                             flags: flags::MORE,
                             aux: 0,
                         };
-                        self.ready.push_back((key, event));
+                        deliver(&mut self.sink, &mut self.ready, &mut self.pool, key, event);
                     }
                 }
                 Next::Signal
@@ -798,6 +858,50 @@ impl Uring {
         }
     }
 
+    /// The body of `poll`, once the caller's array is the sink: recycles, submits, waits, reaps.
+    fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.serve_stash_waiters();
+        self.resume_accepts();
+        self.rearm_fired();
+        let room = self.sink.cap;
+        self.reap(room);
+        // Only a finite, non-zero timeout needs a deadline to keep waiting against.
+        let deadline = match timeout {
+            Some(d) if !d.is_zero() => Instant::now().checked_add(d),
+            _ => None,
+        };
+        let mut wait = if self.produced() == 0 && room > 0 {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        loop {
+            // A recv that ran dry during this poll may go again if buffers came back meanwhile
+            // (completions it left queued were delivered and recycled by an earlier poll).
+            self.rearm_starved();
+            // A paused accept's delay ends the wait early (like a timer), never later.
+            let uninterrupted = self.enter(self.backoff.cap(wait))?;
+            self.reap(room);
+            // One whose delay is over goes again, submitted by the next enter.
+            self.resume_accepts();
+            if !uninterrupted || self.produced() > 0 || wait == Some(Duration::ZERO) {
+                break;
+            }
+            // Only completions without news arrived (cancel acknowledgements, a watch whose
+            // readiness did not match): keep waiting for the rest of the timeout.
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                wait = Some(deadline - now);
+            } else if timeout.is_some() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Handles completions until `room` events are ready or none are left.
     fn reap(&mut self, room: usize) {
         // The idle case (nothing held back, nothing in the CQ) is every zero-timeout poll of a
@@ -809,8 +913,8 @@ impl Uring {
             return;
         }
         let mut batch = [(0u64, 0i32, 0u32); REAP_BATCH];
-        while self.ready.len() < room {
-            let want = (room - self.ready.len()).min(REAP_BATCH);
+        while self.produced() < room {
+            let want = (room - self.produced()).min(REAP_BATCH);
             let mut got = 0;
             while got < want {
                 let Some(cqe) = self.backlog.pop_front() else {
@@ -1177,48 +1281,11 @@ impl Backend for Uring {
         if self.fork_generation != fork_generation() {
             return Err(forked_child_error());
         }
+        // The lend of the previous poll's buffers ends first, then events still queued go out
+        // ahead of new ones.
         self.recycle_buffers();
-        self.serve_stash_waiters();
-        self.resume_accepts();
-        self.rearm_fired();
-        let room = events.len();
-        self.reap(room);
-        // Only a finite, non-zero timeout needs a deadline to keep waiting against.
-        let deadline = match timeout {
-            Some(d) if !d.is_zero() => Instant::now().checked_add(d),
-            _ => None,
-        };
-        let mut wait = if self.ready.is_empty() && room > 0 {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        loop {
-            // A recv that ran dry during this poll may go again if buffers came back meanwhile
-            // (completions it left queued were delivered and recycled by an earlier poll).
-            self.rearm_starved();
-            // A paused accept's delay ends the wait early (like a timer), never later.
-            let uninterrupted = self.enter(self.backoff.cap(wait))?;
-            self.reap(room);
-            // One whose delay is over goes again, submitted by the next enter.
-            self.resume_accepts();
-            if !uninterrupted || !self.ready.is_empty() || wait == Some(Duration::ZERO) {
-                break;
-            }
-            // Only completions without news arrived (cancel acknowledgements, a watch whose
-            // readiness did not match): keep waiting for the rest of the timeout.
-            if let Some(deadline) = deadline {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                wait = Some(deadline - now);
-            } else if timeout.is_some() {
-                break;
-            }
-        }
         let mut n = 0;
-        while n < room {
+        while n < events.len() {
             let Some((_, event)) = self.ready.pop_front() else {
                 break;
             };
@@ -1228,7 +1295,15 @@ impl Backend for Uring {
             events[n] = event;
             n += 1;
         }
-        Ok(n)
+        // New events go straight into the rest of `events` (see `Sink`), until this returns.
+        self.sink = Sink {
+            ptr: events.as_mut_ptr(),
+            cap: events.len(),
+            len: n,
+        };
+        let polling = Polling(self);
+        polling.0.poll_events(timeout)?;
+        Ok(polling.0.sink.len)
     }
 
     fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64> {
