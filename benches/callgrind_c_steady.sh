@@ -27,7 +27,7 @@ count() {  # count N -> total Ir over N round trips (plus one connection set-up)
         "$SERVER" "$@" 0 >"$WORK/log.$n" 2>"$WORK/err.$n" &
     local pid=$!
     for _ in $(seq 600); do
-        port=$(sed -n 's/^listening on \([0-9]*\)$/\1/p' "$WORK/log.$n")
+        port=$(sed -n 's/^listening on \([0-9]*\)$/\1/p' "$WORK/log.$n" 2>/dev/null)
         [ -n "$port" ] && break
         sleep 0.1
     done
