@@ -1,10 +1,10 @@
 //! `rl_loop`: creation, destruction, the options struct, and the guard that gives a function
 //! exclusive use of a loop.
 
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ringloop::callback::{EventLoop, LoopHandle};
 use ringloop::{BackendChoice, BackendKind, Options, Reactor};
@@ -160,12 +160,26 @@ unsafe impl Send for LoopEntry {}
 
 static LOOPS: Registry<LoopEntry> = Registry::new(Kind::Loop);
 
-/// A small, nonzero, process-unique id for the calling thread.
-fn thread_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    ID.with(|id| *id)
+/// What the C ABI keeps per thread: one thread-local, so one TLS access per call.
+struct ThreadState {
+    /// A small, nonzero, process-unique id for the thread.
+    id: u64,
+    /// The handle this thread entered last, and its entry, held weakly: a cache in front of the
+    /// registry for loop-thread calls. Only a handle that was registered is cached; while its
+    /// entry is alive, the handle either is still registered or has been freed, in which case
+    /// the entry's loop is gone and `Entered::event_loop` reports `RL_EHANDLE`, exactly as the
+    /// registry would (`rl_loop_free` unregisters and takes the loop as one step under `owner`).
+    /// Weak, so a freed loop's resources are never kept alive by another thread's cache.
+    last: RefCell<Option<(u64, Weak<LoopEntry>)>>,
 }
+
+thread_local!(static THREAD: ThreadState = ThreadState {
+    id: {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    },
+    last: RefCell::new(None),
+});
 
 /// Proof that the current thread holds a loop; released on drop.
 pub(crate) struct Entered {
@@ -175,8 +189,8 @@ pub(crate) struct Entered {
 impl LoopEntry {
     /// Admits the calling thread, or fails with `RL_ESTATE` while another thread is inside a
     /// loop-thread function of this loop (a contract violation that must not become a data race).
-    fn enter(self: Arc<LoopEntry>) -> Result<Entered, c_int> {
-        let me = thread_id();
+    /// `me` is the calling thread's id ([`ThreadState::id`]).
+    fn enter(self: Arc<LoopEntry>, me: u64) -> Result<Entered, c_int> {
         match self
             .owner
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
@@ -258,7 +272,26 @@ pub(crate) fn lookup(handle: *const rl_loop) -> Result<Arc<LoopEntry>, c_int> {
 
 /// Looks up a loop and enters it for a loop-thread function.
 pub(crate) fn enter(handle: *const rl_loop) -> Result<Entered, c_int> {
-    lookup(handle)?.enter()
+    let raw = handle as usize as u64;
+    let (me, cached) = THREAD.with(|t| {
+        let cached = match &*t.last.borrow() {
+            Some((last, entry)) if *last == raw => entry.upgrade(),
+            _ => None,
+        };
+        (t.id, cached)
+    });
+    let entry = match cached {
+        Some(entry) => entry,
+        None => {
+            let entry = lookup(handle)?;
+            let weak = Arc::downgrade(&entry);
+            // The previous entry's `Weak` is dropped here, outside any borrow of the loop.
+            let old = THREAD.with(|t| t.last.replace(Some((raw, weak))));
+            drop(old);
+            entry
+        }
+    };
+    entry.enter(me)
 }
 
 /// Runs `body` with exclusive use of the event loop, mapping every failure to a code and
@@ -521,6 +554,37 @@ mod tests {
         };
         let o = single.to_options().unwrap();
         assert!(o.single_thread && o.honor_env);
+    }
+
+    #[test]
+    fn the_per_thread_cache_never_outlives_a_free() {
+        let mut a: *mut rl_loop = std::ptr::null_mut();
+        // SAFETY: `a` is a valid out pointer.
+        assert_eq!(unsafe { rl_loop_new(std::ptr::null(), &mut a) }, 0);
+        drop(enter(a).unwrap()); // now this thread's cached loop
+        let weak = Arc::downgrade(&lookup(a).unwrap());
+        assert_eq!(rl_loop_free(a), 0);
+        assert_eq!(
+            weak.strong_count(),
+            0,
+            "the cache must not keep a freed loop alive"
+        );
+        assert_eq!(enter(a).err(), Some(RL_EHANDLE));
+        assert_eq!(rl_loop_free(a), RL_EHANDLE);
+        // A new loop (possibly in the same registry slot, with a new generation).
+        let mut b: *mut rl_loop = std::ptr::null_mut();
+        // SAFETY: as above.
+        assert_eq!(unsafe { rl_loop_new(std::ptr::null(), &mut b) }, 0);
+        assert_ne!(a, b);
+        assert_eq!(enter(b).unwrap().depth(), 1);
+        assert_eq!(
+            enter(a).err(),
+            Some(RL_EHANDLE),
+            "a stale handle stays stale"
+        );
+        assert_eq!(enter(b).unwrap().depth(), 1);
+        assert_eq!(rl_loop_free(b), 0);
+        assert_eq!(enter(b).err(), Some(RL_EHANDLE));
     }
 
     #[test]

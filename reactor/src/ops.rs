@@ -103,7 +103,9 @@ impl<T> OpTable<T> {
 
 /// What the reactor tracks per caller fd: the ops on it (for `close` and, on epoll, for combining
 /// interests), the FIFO of sends (only the head is ever in flight, so bytes of two sends on one
-/// stream never interleave), the epoll registration mask (unused by io_uring), and the stash.
+/// stream never interleave; the head is kept apart, so the usual lone send is queued and taken
+/// off without touching the queue), the epoll registration mask (unused by io_uring), and the
+/// stash.
 ///
 /// The stash keeps bytes a cancelled recv had already taken out of the socket (buffers queued
 /// for delivery, or completions that raced with the cancel): a stream must not lose them, so the
@@ -112,7 +114,10 @@ impl<T> OpTable<T> {
 #[derive(Default)]
 pub(crate) struct FdEntry {
     pub(crate) ops: Vec<u64>,
-    pub(crate) sends: VecDeque<u64>,
+    /// The head of the send FIFO, 0 when no send is queued (keys are never 0).
+    send_head: u64,
+    /// The sends behind the head, in order.
+    send_queue: VecDeque<u64>,
     pub(crate) registered: u32,
     stash: Vec<Stashed>,
     stash_identity: (u64, u64),
@@ -121,6 +126,26 @@ pub(crate) struct FdEntry {
 /// Stashed bytes: `len` bytes at offset `off` of pool buffer `bid`. Only the head of a stash can
 /// have `off > 0`: a one-shot receive smaller than it took its first bytes (see
 /// [`FdTable::next_stashed`]).
+impl FdEntry {
+    /// No send is queued on the fd: a new one would be the head.
+    #[inline]
+    pub(crate) fn send_idle(&self) -> bool {
+        self.send_head == 0
+    }
+
+    /// Appends send `key` to the FIFO; `true` when it is the head (may go out now).
+    #[inline]
+    pub(crate) fn push_send(&mut self, key: u64) -> bool {
+        if self.send_head == 0 {
+            self.send_head = key;
+            true
+        } else {
+            self.send_queue.push_back(key);
+            false
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Stashed {
     bid: u16,
@@ -166,12 +191,20 @@ impl FdTable {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn entry(&mut self, fd: RawFd) -> &mut FdEntry {
         let index = fd as usize;
         if index >= self.entries.len() {
-            self.entries.resize_with(index + 1, FdEntry::default);
+            self.grow(index);
         }
         &mut self.entries[index]
+    }
+
+    /// Makes room for fd number `index` (rare: only the first time a number that high is seen).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, index: usize) {
+        self.entries.resize_with(index + 1, FdEntry::default);
     }
 
     pub(crate) fn get(&self, fd: RawFd) -> Option<&FdEntry> {
@@ -186,15 +219,46 @@ impl FdTable {
         self.entry(fd).ops.push(key);
     }
 
+    /// Removes `key` from `fd`'s op list and from its send FIFO.
     pub(crate) fn remove_op(&mut self, fd: RawFd, key: u64) {
+        self.remove_indexed(fd, key);
+        self.remove_send(fd, key);
+    }
+
+    /// Removes `key` from `fd`'s op list only.
+    pub(crate) fn remove_indexed(&mut self, fd: RawFd, key: u64) {
         if let Some(entry) = self.get_mut(fd) {
             if let Some(pos) = entry.ops.iter().position(|&k| k == key) {
                 entry.ops.swap_remove(pos);
             }
-            if let Some(pos) = entry.sends.iter().position(|&k| k == key) {
-                entry.sends.remove(pos);
-            }
         }
+    }
+
+    /// Appends send `key` to `fd`'s send FIFO; `true` when it is the head (may go out now).
+    #[inline]
+    pub(crate) fn push_send(&mut self, fd: RawFd, key: u64) -> bool {
+        self.entry(fd).push_send(key)
+    }
+
+    /// Takes send `key` out of `fd`'s send FIFO. When it was the head (the usual case: sends end
+    /// in order, and the head is taken without a search), returns the new head, which may go out
+    /// now.
+    #[inline]
+    pub(crate) fn remove_send(&mut self, fd: RawFd, key: u64) -> Option<u64> {
+        let entry = self.get_mut(fd)?;
+        if entry.send_head == key {
+            entry.send_head = entry.send_queue.pop_front().unwrap_or(0);
+            return (entry.send_head != 0).then_some(entry.send_head);
+        }
+        if let Some(pos) = entry.send_queue.iter().position(|&k| k == key) {
+            entry.send_queue.remove(pos);
+        }
+        None
+    }
+
+    /// Whether send `key` is the head of `fd`'s send FIFO (the one allowed in flight).
+    pub(crate) fn is_send_head(&self, fd: RawFd, key: u64) -> bool {
+        self.get(fd).is_some_and(|e| e.send_head == key)
     }
 
     /// Keeps buffer `bid` holding `len` bytes of a cancelled recv on `fd` for the next recv on the
@@ -285,11 +349,16 @@ impl FdTable {
         }
     }
 
-    /// Copies the keys of the ops on `fd` into `out` (cleared first).
-    pub(crate) fn ops_on(&self, fd: RawFd, out: &mut Vec<u64>) {
+    /// Copies the keys of the ops on `fd` into `out` (cleared first), followed by its queued
+    /// sends when `with_sends` (for a backend that keeps sends out of the op list).
+    pub(crate) fn ops_on(&self, fd: RawFd, out: &mut Vec<u64>, with_sends: bool) {
         out.clear();
         if let Some(entry) = self.get(fd) {
             out.extend_from_slice(&entry.ops);
+            if with_sends && entry.send_head != 0 {
+                out.push(entry.send_head);
+                out.extend(entry.send_queue.iter().copied());
+            }
         }
     }
 }

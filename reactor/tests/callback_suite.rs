@@ -3,7 +3,7 @@
 //! io_uring backend.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1220,6 +1220,51 @@ fn poll_raw_returns_only_raw_events(choice: BackendChoice) {
     assert!(woke);
 }
 
+/// An events array at least as large as the loop's batch is polled into directly: the loop's own
+/// events mixed in with the raw ones are taken out and dispatched, the raw ones compacted.
+fn poll_raw_with_a_large_array_separates_loop_events(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let pairs: Vec<(OwnedFd, OwnedFd)> = (0..8).map(|_| pair()).collect();
+    let fired: Rc<RefCell<HashSet<usize>>> = Rc::default();
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        write_fd(b, b"x");
+        // Raw watches and callback readers alternate, so the loop's events land between raw ones.
+        if i % 2 == 0 {
+            lp.reactor_mut()
+                .watch(a.as_raw_fd(), Interest::READABLE, 200 + i as u64)
+                .unwrap();
+        } else {
+            let f = fired.clone();
+            lp.add_reader(a.as_raw_fd(), move |_| {
+                f.borrow_mut().insert(i);
+            })
+            .unwrap();
+        }
+    }
+    let mut events = [Event::default(); 1024];
+    let mut raw: HashSet<u64> = HashSet::new();
+    let start = Instant::now();
+    while raw.len() < 4 || fired.borrow().len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let n = lp
+            .poll_raw(Some(Duration::from_millis(50)), &mut events)
+            .unwrap();
+        for ev in &events[..n] {
+            assert!(
+                ev.token == u64::MAX || (200..208).contains(&ev.token),
+                "unexpected token {:#x}",
+                ev.token
+            );
+            if ev.token != u64::MAX {
+                assert_eq!(ev.result as u32, Interest::READABLE.bits());
+                raw.insert(ev.token);
+            }
+        }
+    }
+    assert_eq!(raw, HashSet::from([200, 202, 204, 206]));
+    assert_eq!(*fired.borrow(), HashSet::from([1, 3, 5, 7]));
+}
+
 fn poll_raw_with_a_tiny_array_loses_nothing(choice: BackendChoice) {
     let Some(mut lp) = make(choice) else { return };
     let pairs: Vec<(OwnedFd, OwnedFd)> = (0..6).map(|_| pair()).collect();
@@ -1644,6 +1689,7 @@ suite!(
     signal_handler_runs_on_the_loop,
     poll_raw_returns_only_raw_events,
     poll_raw_with_a_tiny_array_loses_nothing,
+    poll_raw_with_a_large_array_separates_loop_events,
     raw_buffer_events_seen_by_run_wait_for_poll_raw,
     raw_callbacks_echo,
     raw_forms_of_futures_pool_and_threadsafe_calls,

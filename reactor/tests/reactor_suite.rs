@@ -895,6 +895,83 @@ fn cancel_send_gives_one_final_event(choice: BackendChoice) {
     drop(peer);
 }
 
+/// Sends queued on one fd go out in order, one final event each; `close` ends the one in flight
+/// and the queued ones (each exactly once) along with the fd's other ops.
+fn queued_sends_complete_in_order_and_close_ends_them(choice: BackendChoice) {
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let (ours, mut peer) = tcp_pair();
+    let parts: Vec<Vec<u8>> = (0..3)
+        .map(|i| random_bytes(100_000 + i, i as u64))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        // SAFETY: `parts` outlives the final events (all collected below).
+        unsafe { reactor.send(ours.as_raw_fd(), part.as_ptr(), part.len(), 10 + i as u64) }
+            .unwrap();
+    }
+    let expected: Vec<u8> = parts.concat();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert!(
+            got == expected,
+            "the bytes of queued sends interleaved or were lost"
+        );
+        peer
+    });
+    let mut order = Vec::new();
+    let mut events = [Event::default(); 8];
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        for ev in batch {
+            let i = (ev.token - 10) as usize;
+            assert_eq!(ev.result as usize, parts[i].len(), "{ev:?}");
+            assert_eq!(ev.flags & flags::MORE, 0);
+            order.push(ev.token);
+        }
+        order.len() == 3
+    });
+    assert_eq!(order, [10, 11, 12], "sends on one fd end in order");
+    let peer = reader.join().unwrap();
+    assert_eq!(reactor.pending(), 0);
+
+    // The peer stops reading: a big send stays in flight, two more wait behind it.
+    let big = random_bytes(32 << 20, 9);
+    let small = b"queued".to_vec();
+    reactor.recv_multi(ours.as_raw_fd(), 1).unwrap();
+    // SAFETY: the buffers outlive the final events (collected below).
+    unsafe { reactor.send(ours.as_raw_fd(), big.as_ptr(), big.len(), 2) }.unwrap();
+    // SAFETY: as above.
+    unsafe { reactor.send(ours.as_raw_fd(), small.as_ptr(), small.len(), 3) }.unwrap();
+    // SAFETY: as above.
+    unsafe { reactor.send(ours.as_raw_fd(), small.as_ptr(), small.len(), 4) }.unwrap();
+    let _ = poll_for(&mut reactor, Duration::from_millis(30));
+    reactor.close(ours, 5).unwrap();
+    let mut results: HashMap<u64, Vec<i32>> = HashMap::new();
+    for ev in poll_for(&mut reactor, Duration::from_millis(200)) {
+        results.entry(ev.token).or_default().push(ev.result);
+    }
+    assert_eq!(results[&5], vec![0], "the close itself succeeds");
+    let head = &results[&2];
+    assert_eq!(head.len(), 1, "exactly one final event: {head:?}");
+    assert!(
+        head[0] == -libc::ECANCELED || (head[0] > 0 && (head[0] as usize) < big.len()),
+        "{head:?}"
+    );
+    for token in [3, 4] {
+        assert_eq!(
+            results[&token],
+            vec![-libc::ECANCELED],
+            "a queued send is cancelled without touching the socket"
+        );
+    }
+    assert!(results
+        .get(&1)
+        .is_none_or(|r| r.iter().all(|&res| res <= 0)));
+    assert_eq!(reactor.pending(), 0);
+    drop(peer);
+}
+
 fn connect_and_close(choice: BackendChoice) {
     let Some(mut reactor) = make(choice, Options::default()) else {
         return;
@@ -1310,6 +1387,10 @@ macro_rules! suite {
             #[test]
             fn cancelled_send_gives_exactly_one_final_event() {
                 cancel_send_gives_one_final_event($choice);
+            }
+            #[test]
+            fn queued_sends_complete_in_order_and_close_ends_them() {
+                super::queued_sends_complete_in_order_and_close_ends_them($choice);
             }
             #[test]
             fn connect_and_close() {

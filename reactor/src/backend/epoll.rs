@@ -174,7 +174,7 @@ impl Epoll {
             }
             Kind::Recv | Kind::RecvOnce { .. } | Kind::Accept | Kind::Signal { .. } => 0,
             Kind::Send { .. } => {
-                if self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key) {
+                if self.fds.is_send_head(op.fd, key) {
                     OUT
                 } else {
                     0
@@ -312,7 +312,7 @@ impl Epoll {
 
     fn on_ready(&mut self, fd: RawFd, revents: u32) {
         let mut keys = std::mem::take(&mut self.scratch);
-        self.fds.ops_on(fd, &mut keys);
+        self.fds.ops_on(fd, &mut keys, false);
         for &key in &keys {
             let Some(op) = self.ops.get(key) else {
                 continue;
@@ -337,8 +337,7 @@ impl Epoll {
                     self.do_accept(key, fd, token)
                 }
                 Kind::Send { .. }
-                    if revents & (OUT | ERR_HUP) != 0
-                        && self.fds.get(fd).and_then(|e| e.sends.front()) == Some(&key) =>
+                    if revents & (OUT | ERR_HUP) != 0 && self.fds.is_send_head(fd, key) =>
                 {
                     self.do_send(key, fd);
                 }
@@ -799,9 +798,7 @@ impl Backend for Epoll {
             ));
         }
         let key = self.insert(fd, token, Kind::Send { buf, len, sent: 0 });
-        let sends = &mut self.fds.entry(fd).sends;
-        sends.push_back(key);
-        if sends.len() == 1 {
+        if self.fds.push_send(fd, key) {
             // Nothing queued ahead: try right away, as most sends fit in the socket buffer.
             self.do_send(key, fd);
         }
@@ -833,7 +830,7 @@ impl Backend for Epoll {
     fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {
         let raw = fd.as_raw_fd();
         let mut keys = std::mem::take(&mut self.scratch);
-        self.fds.ops_on(raw, &mut keys);
+        self.fds.ops_on(raw, &mut keys, false);
         for &key in &keys {
             self.cancel(key);
         }

@@ -52,6 +52,70 @@ use crate::sys::{
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
 
+/// The SQE that sends the rest of a caller's buffer: `len - sent` bytes from `buf + sent` (at
+/// most 4 GiB - 1 at a time; the completion handler sends the rest).
+fn send_entry(fd: RawFd, buf: *const u8, len: usize, sent: usize) -> squeue::Entry {
+    let chunk = (len - sent).min(u32::MAX as usize) as u32;
+    // `sent <= len`, so the pointer stays inside the caller's buffer.
+    opcode::Send::new(types::Fd(fd), buf.wrapping_add(sent), chunk)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+}
+
+/// The caller's events array while [`Backend::poll`] runs, empty at all other times: an event
+/// produced while nothing waits in `ready` is written straight into it (and its buffer lent
+/// at once, as when it is taken out of `ready`), which spares most events the queue. Events
+/// beyond `cap` go to `ready`, and so does every event after them, so order is kept; a
+/// non-empty `ready` therefore always means a full sink.
+struct Sink {
+    ptr: *mut Event,
+    cap: usize,
+    len: usize,
+}
+
+impl Sink {
+    const NONE: Sink = Sink {
+        ptr: std::ptr::null_mut(),
+        cap: 0,
+        len: 0,
+    };
+}
+
+/// Empties the sink when `poll` ends, by return, error or panic: the array it points into is
+/// only borrowed for that call.
+struct Polling<'a>(&'a mut Uring);
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.sink = Sink::NONE;
+    }
+}
+
+/// Hands `event` (of op `key`) out: into the sink while it has room and nothing is queued ahead,
+/// else to the back of `ready`. A free function so that it can be called while an op is
+/// borrowed.
+#[inline]
+fn deliver(
+    sink: &mut Sink,
+    ready: &mut VecDeque<(u64, Event)>,
+    pool: &mut BufferPool,
+    key: u64,
+    event: Event,
+) {
+    if sink.len < sink.cap && ready.is_empty() {
+        // SAFETY: `cap > 0` only while `poll` runs (`Polling` empties the sink when it ends),
+        // and then `ptr..ptr+cap` is the caller's `&mut [Event]` of that call, which nothing
+        // else uses meanwhile; `len < cap`.
+        unsafe { sink.ptr.add(sink.len).write(event) };
+        sink.len += 1;
+        if event.flags & flags::BUFFER != 0 {
+            pool.lend(event.aux as u16);
+        }
+    } else {
+        ready.push_back((key, event));
+    }
+}
+
 /// Provided-buffer group id of the pool.
 const BUF_GROUP: u16 = 0;
 /// user_data of async-cancel requests (generation 0: never an op).
@@ -129,9 +193,14 @@ impl Op {
         !matches!(self.kind, Kind::Wake)
     }
 
-    /// Ops on a caller fd, indexed by fd for `close` and the send queue.
+    /// Ops in their fd's op list (for `close` and for finding a live recv). Sends are indexed
+    /// by their fd's send FIFO alone: they start and end in order, so adding and removing one is
+    /// a push and a pop, never a search.
     fn indexed(&self) -> bool {
-        !matches!(self.kind, Kind::Wake | Kind::Close | Kind::Signal { .. })
+        !matches!(
+            self.kind,
+            Kind::Wake | Kind::Close | Kind::Signal { .. } | Kind::Send { .. }
+        )
     }
 }
 
@@ -188,8 +257,10 @@ pub(crate) struct Uring {
     in_ring: usize,
     /// CQEs moved out of the CQ to make room while submitting; handled before the CQ.
     backlog: VecDeque<(u64, i32, u32)>,
-    /// Events produced but not yet handed out, with the key of their op.
+    /// Events produced but not yet handed out, with the key of their op. Only events that do not
+    /// fit in the caller's array (or come outside `poll`) wait here: see [`Sink`].
     ready: VecDeque<(u64, Event)>,
+    sink: Sink,
     scratch: Vec<u64>,
     /// Connect address boxes of finished connects, reused so connects stop allocating. The
     /// boxes matter: an address must not move while the kernel reads it, and this vector grows.
@@ -330,6 +401,7 @@ impl Uring {
             in_ring: count,
             backlog: VecDeque::new(),
             ready: VecDeque::with_capacity(1024),
+            sink: Sink::NONE,
             scratch: Vec::new(),
             spare_addrs: Vec::new(),
             wake_token: opts.wake_token,
@@ -347,7 +419,8 @@ impl Uring {
         Ok(uring)
     }
 
-    fn entry_for(&self, key: u64, op: &Op) -> squeue::Entry {
+    /// The SQE that arms `op`; `wake_counter` is the read target of the wake op.
+    fn entry_for(key: u64, op: &Op, wake_counter: *mut u64) -> squeue::Entry {
         let fd = types::Fd(op.fd);
         let entry = match &op.kind {
             Kind::Watch { interest } => {
@@ -367,13 +440,7 @@ impl Uring {
                 .buf_group(BUF_GROUP)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
-            Kind::Send { buf, len, sent } => {
-                let chunk = (len - sent).min(u32::MAX as usize) as u32;
-                // `sent <= len`, so the pointer stays inside the caller's buffer.
-                opcode::Send::new(fd, buf.wrapping_add(*sent), chunk)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-            }
+            Kind::Send { buf, len, sent } => send_entry(op.fd, *buf, *len, *sent),
             Kind::Accept => opcode::AcceptMulti::new(fd)
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
                 .build(),
@@ -387,9 +454,7 @@ impl Uring {
             Kind::Signal { signalfd } => {
                 opcode::PollAdd::new(types::Fd(signalfd.as_raw_fd()), libc::POLLIN as u32).build()
             }
-            Kind::Wake => {
-                opcode::Read::new(fd, &*self.wake_counter as *const u64 as *mut u8, 8).build()
-            }
+            Kind::Wake => opcode::Read::new(fd, wake_counter.cast::<u8>(), 8).build(),
         };
         entry.user_data(key)
     }
@@ -492,37 +557,45 @@ impl Uring {
     }
 
     fn arm(&mut self, key: u64) -> io::Result<()> {
-        let Some(op) = self.ops.get(key) else {
+        let wake_counter: *mut u64 = &mut *self.wake_counter;
+        let Some(op) = self.ops.get_mut(key) else {
             return Ok(());
         };
         if op.armed || op.cancelled {
             return Ok(());
         }
-        let entry = self.entry_for(key, op);
-        self.push(&entry)?;
-        if let Some(op) = self.ops.get_mut(key) {
-            op.armed = true;
-            self.armed += 1;
+        let entry = Self::entry_for(key, op, wake_counter);
+        // Marked before the push (which never looks at ops), undone if it fails.
+        op.armed = true;
+        if let Err(err) = self.push(&entry) {
+            if let Some(op) = self.ops.get_mut(key) {
+                op.armed = false;
+            }
+            return Err(err);
         }
+        self.armed += 1;
         Ok(())
     }
 
     /// Removes an op for good and starts the next queued send on its fd.
     fn discard(&mut self, key: u64) {
-        let Some(op) = self.ops.remove(key) else {
-            return;
-        };
+        if let Some(op) = self.ops.remove(key) {
+            self.forget(key, op);
+        }
+    }
+
+    /// Cleans up after op `key`, already taken out of the table (see [`Uring::discard`]).
+    fn forget(&mut self, key: u64, op: Op) {
         if op.counted() && !op.cancelled {
             self.live -= 1;
         }
         if op.indexed() {
-            let was_send_head = self.fds.get(op.fd).and_then(|e| e.sends.front()) == Some(&key);
-            self.fds.remove_op(op.fd, key);
-            if was_send_head {
-                if let Some(&next) = self.fds.get(op.fd).and_then(|e| e.sends.front()) {
-                    if let Err(err) = self.arm(next) {
-                        self.fail(next, errno_of(&err));
-                    }
+            self.fds.remove_indexed(op.fd, key);
+        } else if matches!(op.kind, Kind::Send { .. }) {
+            // The head of the FIFO ended: the next send may go out now.
+            if let Some(next) = self.fds.remove_send(op.fd, key) {
+                if let Err(err) = self.arm(next) {
+                    self.fail(next, errno_of(&err));
                 }
             }
         }
@@ -536,23 +609,30 @@ impl Uring {
     }
 
     fn emit(&mut self, key: u64, token: u64, result: i32, flags: u32, aux: u64) {
-        self.ready.push_back((
-            key,
-            Event {
-                token,
-                result,
-                flags,
-                aux,
-            },
-        ));
+        let event = Event {
+            token,
+            result,
+            flags,
+            aux,
+        };
+        deliver(&mut self.sink, &mut self.ready, &mut self.pool, key, event);
+    }
+
+    /// Events produced by this `poll` so far: in the caller's array and queued.
+    fn produced(&self) -> usize {
+        self.sink.len + self.ready.len()
     }
 
     /// Ends an op with a final event `result`.
     fn fail(&mut self, key: u64, result: i32) {
         let Some(op) = self.ops.get(key) else { return };
-        let token = op.token;
+        let (token, armed) = (op.token, op.armed);
         self.emit(0, token, result, 0, 0);
-        self.end(key);
+        if armed {
+            self.end(key);
+        } else if let Some(op) = self.ops.remove(key) {
+            self.forget(key, op);
+        }
     }
 
     /// Ends an op that produced its final event: forgotten now, or once the kernel lets go.
@@ -660,7 +740,7 @@ impl Uring {
                             flags: flags::MORE,
                             aux: 0,
                         };
-                        self.ready.push_back((key, event));
+                        deliver(&mut self.sink, &mut self.ready, &mut self.pool, key, event);
                     }
                 }
                 Next::Signal
@@ -778,6 +858,50 @@ impl Uring {
         }
     }
 
+    /// The body of `poll`, once the caller's array is the sink: recycles, submits, waits, reaps.
+    fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.serve_stash_waiters();
+        self.resume_accepts();
+        self.rearm_fired();
+        let room = self.sink.cap;
+        self.reap(room);
+        // Only a finite, non-zero timeout needs a deadline to keep waiting against.
+        let deadline = match timeout {
+            Some(d) if !d.is_zero() => Instant::now().checked_add(d),
+            _ => None,
+        };
+        let mut wait = if self.produced() == 0 && room > 0 {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        loop {
+            // A recv that ran dry during this poll may go again if buffers came back meanwhile
+            // (completions it left queued were delivered and recycled by an earlier poll).
+            self.rearm_starved();
+            // A paused accept's delay ends the wait early (like a timer), never later.
+            let uninterrupted = self.enter(self.backoff.cap(wait))?;
+            self.reap(room);
+            // One whose delay is over goes again, submitted by the next enter.
+            self.resume_accepts();
+            if !uninterrupted || self.produced() > 0 || wait == Some(Duration::ZERO) {
+                break;
+            }
+            // Only completions without news arrived (cancel acknowledgements, a watch whose
+            // readiness did not match): keep waiting for the rest of the timeout.
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                wait = Some(deadline - now);
+            } else if timeout.is_some() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Handles completions until `room` events are ready or none are left.
     fn reap(&mut self, room: usize) {
         // The idle case (nothing held back, nothing in the CQ) is every zero-timeout poll of a
@@ -789,8 +913,8 @@ impl Uring {
             return;
         }
         let mut batch = [(0u64, 0i32, 0u32); REAP_BATCH];
-        while self.ready.len() < room {
-            let want = (room - self.ready.len()).min(REAP_BATCH);
+        while self.produced() < room {
+            let want = (room - self.produced()).min(REAP_BATCH);
             let mut got = 0;
             while got < want {
                 let Some(cqe) = self.backlog.pop_front() else {
@@ -1157,48 +1281,11 @@ impl Backend for Uring {
         if self.fork_generation != fork_generation() {
             return Err(forked_child_error());
         }
+        // The lend of the previous poll's buffers ends first, then events still queued go out
+        // ahead of new ones.
         self.recycle_buffers();
-        self.serve_stash_waiters();
-        self.resume_accepts();
-        self.rearm_fired();
-        let room = events.len();
-        self.reap(room);
-        // Only a finite, non-zero timeout needs a deadline to keep waiting against.
-        let deadline = match timeout {
-            Some(d) if !d.is_zero() => Instant::now().checked_add(d),
-            _ => None,
-        };
-        let mut wait = if self.ready.is_empty() && room > 0 {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        loop {
-            // A recv that ran dry during this poll may go again if buffers came back meanwhile
-            // (completions it left queued were delivered and recycled by an earlier poll).
-            self.rearm_starved();
-            // A paused accept's delay ends the wait early (like a timer), never later.
-            let uninterrupted = self.enter(self.backoff.cap(wait))?;
-            self.reap(room);
-            // One whose delay is over goes again, submitted by the next enter.
-            self.resume_accepts();
-            if !uninterrupted || !self.ready.is_empty() || wait == Some(Duration::ZERO) {
-                break;
-            }
-            // Only completions without news arrived (cancel acknowledgements, a watch whose
-            // readiness did not match): keep waiting for the rest of the timeout.
-            if let Some(deadline) = deadline {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                wait = Some(deadline - now);
-            } else if timeout.is_some() {
-                break;
-            }
-        }
         let mut n = 0;
-        while n < room {
+        while n < events.len() {
             let Some((_, event)) = self.ready.pop_front() else {
                 break;
             };
@@ -1208,7 +1295,15 @@ impl Backend for Uring {
             events[n] = event;
             n += 1;
         }
-        Ok(n)
+        // New events go straight into the rest of `events` (see `Sink`), until this returns.
+        self.sink = Sink {
+            ptr: events.as_mut_ptr(),
+            cap: events.len(),
+            len: n,
+        };
+        let polling = Polling(self);
+        polling.0.poll_events(timeout)?;
+        Ok(polling.0.sink.len)
     }
 
     fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64> {
@@ -1243,25 +1338,28 @@ impl Backend for Uring {
                 "send from a null buffer",
             ));
         }
-        let op = Op {
+        // Only the head of the fd's send FIFO is in flight (see the module doc): a send with
+        // nothing queued ahead goes out now, armed as it is added.
+        let entry = self.fds.entry(fd);
+        let head = entry.send_idle();
+        let key = self.ops.insert(Op {
             token,
             fd,
             kind: Kind::Send { buf, len, sent: 0 },
-            armed: false,
+            armed: head,
             cancelled: false,
             identity: None,
-        };
-        let key = self.ops.insert(op);
-        self.fds.add_op(fd, key);
-        self.live += 1;
-        let sends = &mut self.fds.entry(fd).sends;
-        sends.push_back(key);
-        if sends.len() == 1 {
-            if let Err(err) = self.arm(key) {
-                self.discard(key);
+        });
+        entry.push_send(key);
+        if head {
+            if let Err(err) = self.push(&send_entry(fd, buf, len, 0).user_data(key)) {
+                self.ops.remove(key);
+                self.fds.remove_send(fd, key);
                 return Err(err);
             }
+            self.armed += 1;
         }
+        self.live += 1;
         Ok(key)
     }
 
@@ -1294,7 +1392,7 @@ impl Backend for Uring {
     fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {
         let raw = fd.as_raw_fd();
         let mut keys = std::mem::take(&mut self.scratch);
-        self.fds.ops_on(raw, &mut keys);
+        self.fds.ops_on(raw, &mut keys, true);
         for &key in &keys {
             self.cancel_op(key);
         }

@@ -917,33 +917,65 @@ impl EventLoop {
         } else {
             timeout
         };
-        // Polled into the loop's own batch, not straight into `events`: the loop's events must be
-        // collected even when `events` is tiny (or empty), and raw events that do not fit are
-        // kept, in order, for the next call — which returns them without polling, so the buffers
-        // they name stay valid.
-        let capacity = self.batch.len().max(events.len());
-        if self.batch.len() < capacity {
-            self.batch.resize(capacity, Event::default());
-        }
-        let n = self.reactor.poll(wait, &mut self.batch)?;
-        self.cancelled_recvs.clear();
-        self.update_time();
-        let mut kept = 0;
-        let mut ours = 0;
-        for i in 0..n {
-            let event = self.batch[i];
-            if event.token != self.wake_token && event.token & TOKEN_RESERVED != 0 {
-                // Compacted in place: `ours <= i`, so nothing unread is overwritten.
-                self.batch[ours] = event;
-                ours += 1;
-            } else if kept < events.len() {
-                events[kept] = event;
-                kept += 1;
-            } else {
-                self.held_buffer |= event.flags & flags::BUFFER != 0;
-                self.held_raw.push_back(event);
+        let wake_token = self.wake_token;
+        let is_ours =
+            |event: &Event| event.token != wake_token && event.token & TOKEN_RESERVED != 0;
+        let (kept, ours) = if events.len() >= self.batch.len() {
+            // Straight into `events`, which holds at least a batch (so exactly the events the
+            // batch would have taken are collected): the loop's own events, if any, are moved
+            // out into the batch and the caller's compacted in place; without any, nothing is
+            // copied at all.
+            let n = self.reactor.poll(wait, events)?;
+            self.cancelled_recvs.clear();
+            self.update_time();
+            match events[..n].iter().position(is_ours) {
+                None => (n, 0),
+                Some(first) => {
+                    if self.batch.len() < n {
+                        self.batch.resize(n, Event::default());
+                    }
+                    let mut kept = first;
+                    let mut ours = 0;
+                    for i in first..n {
+                        let event = events[i];
+                        if is_ours(&event) {
+                            self.batch[ours] = event;
+                            ours += 1;
+                        } else {
+                            // Compacted in place: `kept <= i`, so nothing unread is overwritten.
+                            events[kept] = event;
+                            kept += 1;
+                        }
+                    }
+                    (kept, ours)
+                }
             }
-        }
+        } else {
+            // Polled into the loop's own batch, not straight into `events`: the loop's events
+            // must be collected even when `events` is tiny (or empty), and raw events that do not
+            // fit are kept, in order, for the next call — which returns them without polling, so
+            // the buffers they name stay valid.
+            let n = self.reactor.poll(wait, &mut self.batch)?;
+            self.cancelled_recvs.clear();
+            self.update_time();
+            let mut kept = 0;
+            let mut ours = 0;
+            for i in 0..n {
+                let event = self.batch[i];
+                if is_ours(&event) {
+                    // Compacted in place: `ours <= i`, so nothing unread is overwritten.
+                    self.batch[ours] = event;
+                    ours += 1;
+                } else if kept < events.len() {
+                    events[kept] = event;
+                    kept += 1;
+                } else {
+                    self.held_buffer |= event.flags & flags::BUFFER != 0;
+                    self.held_raw.push_back(event);
+                }
+            }
+            (kept, ours)
+        };
         self.batch_len = ours;
         self.batch_pos = 0;
         let dispatched = catch_unwind(AssertUnwindSafe(|| {
