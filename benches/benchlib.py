@@ -184,6 +184,25 @@ class RunningServer:
         self.stop()
 
 
+def cpu_ticks() -> Optional[list[int]]:
+    """The machine's CPU time counters (the `cpu` line of /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: Optional[list[int]], after: Optional[list[int]]) -> Optional[float]:
+    """The share of all CPU time between two cpu_ticks() that the hypervisor took (steal): on a
+    shared VM the vCPUs stall for it, and the server and client with them."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal (guest time is in user)
+    return delta[7] / total if total > 0 else None
+
+
 def echoload(
     port: int,
     *,
@@ -210,14 +229,17 @@ def echoload(
     if cpu is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", str(cpu), *argv]
     limit = timeout if timeout is not None else warmup + (duration if requests is None else 60) + 30
+    ticks_before = cpu_ticks()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         return {"exit_code": None, "errors": None, "stderr": f"echoload did not finish within {limit:.0f} s"}
+    ticks_after = cpu_ticks()
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
         report = {"errors": None}
+    report["host_steal_share"] = steal_share(ticks_before, ticks_after)
     report["exit_code"] = done.returncode
     if done.returncode != 0:
         report["stderr"] = done.stderr.strip()

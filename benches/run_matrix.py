@@ -158,6 +158,11 @@ def main() -> int:
                 shown = (
                     f"{fmt_rate(record['rps']):>9} req/s  p99 {record['p99_us']:>8.0f} µs  "
                     f"srv {record['server_us_per_rt']:.1f} µs/rt  srv {record['server_cpu_share'] * 100:.0f}%"
+                    + (
+                        f"  steal {record['host_steal_share'] * 100:.0f}%"
+                        if record.get("host_steal_share") is not None
+                        else ""
+                    )
                     if record["status"] == "ok"
                     else f"{record['status'].upper()}: {detail[:90]}"
                 )
@@ -202,6 +207,7 @@ def cell_record(spec, size: int, conns: int, status: str, runs: list, detail: st
             p99_us=median["latency_us"].get("p99"),
             server_us_per_rt=median.get("server_cpu_us_per_round_trip"),
             server_cpu_share=median.get("server_cpu_share"),
+            host_steal_share=median.get("host_steal_share"),
             bottleneck=median.get("bottleneck"),
             rps_spread=statistics.pstdev([r["requests_per_s"] for r in good]) / median["requests_per_s"],
         )
@@ -238,17 +244,33 @@ def add_ratios(results: list) -> None:
             record["ratios"][label] = statistics.median(paired) if paired else record["rps"] / base["rps"]
 
 
+def steal_summary(summary: dict) -> str:
+    """The median (and worst) steal share over every run, for the table's header."""
+    shares = sorted(
+        run["host_steal_share"]
+        for record in summary["cells"]
+        for run in record["runs"]
+        if run.get("host_steal_share") is not None
+    )
+    if not shares:
+        return "not measured"
+    return f"{100 * statistics.median(shares):.0f} % (median; worst run {100 * shares[-1]:.0f} %)"
+
+
 def render_markdown(summary: dict, cells: list) -> str:
     m = summary["machine"]
     c = summary["config"]
     lines = [
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
         f"uvloop {m.get('uvloop')}, libuv {m['libuv']}, liburing {m['liburing']}, ringloop {m['ringloop_commit']}; {m['date']}; "
-        f"load average {m.get('loadavg_at_start', ['?'])[0]} at the start, {m.get('loadavg_1_5_15', ['?'])[0]} at the end.",
+        f"load average {m.get('loadavg_at_start', ['?'])[0]} at the start, {m.get('loadavg_1_5_15', ['?'])[0]} at the end; "
+        f"hypervisor steal {steal_summary(summary)} of the machine's CPU time during the runs.",
         f"Each cell: median of {c['repeat']} rounds (every server once per round) of {c['duration_s']:g} s after "
         f"{c['warmup_s']:g} s warm-up; ratios are medians of the per-round ratios; "
         f"1 message in flight per connection, server on CPU {c['server_cpu']}, echoload on CPU {c['client_cpu']}. "
-        "p99 in µs; srv µs/rt = server CPU time per round trip; srv% = server's share of its core.",
+        "p99 in µs; srv µs/rt = server CPU time per round trip; srv% = server's share of its core; "
+        "steal% = the share of the machine's CPU time the hypervisor took during the run (a shared VM: "
+        "above a few % the run measured the host as much as the server).",
         "",
     ]
     by_key = {(r["server"], r["size"], r["connections"]): r for r in summary["cells"]}
@@ -260,20 +282,23 @@ def render_markdown(summary: dict, cells: list) -> str:
         for size, conns in cells:
             lines.append(f"### {'Python' if group == 'python' else 'C'} servers — {human_size(size)} messages, {conns} connections")
             lines.append("")
-            lines.append(f"| server | req/s | p99 µs | srv µs/rt | srv% | {heads[0]} | {heads[1]} |")
-            lines.append("|---|---:|---:|---:|---:|---:|---:|")
+            lines.append(f"| server | req/s | p99 µs | srv µs/rt | srv% | steal% | {heads[0]} | {heads[1]} |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
             for name in group_names:
                 r = by_key.get((name, size, conns))
                 if r is None:
                     continue
                 if r["rps"] is None:
-                    lines.append(f"| {name} | {r['status']} | | | | | |")
+                    lines.append(f"| {name} | {r['status']} | | | | | | |")
                     continue
                 ratio_labels = [b[1] for b in baselines(r)]
                 ratios = [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "–" for k in ratio_labels]
                 share = f"{100 * r['server_cpu_share']:.0f}" if r["server_cpu_share"] is not None else "–"
                 per_rt = f"{r['server_us_per_rt']:.1f}" if r["server_us_per_rt"] is not None else "–"
-                lines.append(f"| {name} | {fmt_rate(r['rps'])} | {r['p99_us']:.0f} | {per_rt} | {share} | {ratios[0]} | {ratios[1]} |")
+                steal = f"{100 * r['host_steal_share']:.0f}" if r.get("host_steal_share") is not None else "–"
+                lines.append(
+                    f"| {name} | {fmt_rate(r['rps'])} | {r['p99_us']:.0f} | {per_rt} | {share} | {steal} | {ratios[0]} | {ratios[1]} |"
+                )
             lines.append("")
     lines.extend(render_summary(summary, names))
     missing = sorted({(r["server"], r["status"], r["detail"]) for r in summary["cells"] if r["status"] != "ok"})
