@@ -10,12 +10,15 @@ models.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import selectors
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
 from ._transport import RECEIVING_DATA, RingStreamTransport
+
+_c_int64 = ctypes.c_int64
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -234,10 +237,18 @@ class RingSelector(selectors.BaseSelector):
                 self._handlers.pop(token, None)
             retired.clear()
         reactor = self._reactor
-        # Reactor.poll() inlined: this runs once per loop iteration.
-        n = (reactor._poll_nowait if timeout_ns == 0 else reactor._poll)(
-            reactor._handle, timeout_ns, reactor._event_addr, reactor.capacity
-        )
+        # Reactor.poll() inlined, with arguments built once: this runs once per loop iteration.
+        if timeout_ns == 0:
+            n = reactor._poll_nowait_bare(
+                reactor.poll_handle, reactor.poll_no_wait, reactor.poll_events, reactor.poll_capacity
+            )
+        else:
+            n = reactor._poll_bare(
+                reactor.poll_handle,
+                reactor.poll_forever if timeout_ns < 0 else _c_int64(timeout_ns),
+                reactor.poll_events,
+                reactor.poll_capacity,
+            )
         if n < 0:
             n = reactor.poll_failed(n)
         self.iteration += 1
