@@ -19,7 +19,10 @@ use ringloop::{
 
 mod support;
 
-use support::{make, poll_for, poll_until, random_bytes, set_linger_zero, tcp_pair, LIMIT};
+use support::{
+    lowest_free_fd, make, poll_for, poll_until, random_bytes, restore_fd_limit, run_in_child,
+    set_fd_limit, set_linger_zero, tcp_pair, LIMIT,
+};
 
 const WAKE: u64 = u64::MAX;
 
@@ -687,22 +690,7 @@ fn emfile_child(choice: BackendChoice) {
         .collect();
     reactor.accept_multi(listener.as_raw_fd(), 1).unwrap();
     // The lowest free fd number; allow it and one more, then accept must fail with EMFILE.
-    let probe = std::fs::File::open("/dev/null").unwrap();
-    let next_fd = probe.as_raw_fd() as u64;
-    drop(probe);
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit calls with valid pointers.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
-        let low = libc::rlimit {
-            rlim_cur: next_fd + 2,
-            rlim_max: old.rlim_max,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
-    }
+    let old = set_fd_limit(lowest_free_fd() + 2);
     let mut accepted = Vec::new();
     let mut saw_emfile = false;
     let mut events = [Event::default(); 16];
@@ -724,8 +712,7 @@ fn emfile_child(choice: BackendChoice) {
         }
         saw_emfile
     });
-    // SAFETY: restoring the original limit.
-    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
+    restore_fd_limit(&old);
     poll_until(&mut reactor, &mut events, |_, batch| {
         for ev in batch {
             if ev.result >= 0 {
@@ -743,23 +730,10 @@ fn emfile_on_accept(choice: BackendChoice, module: &str) {
     if make(choice, Options::default()).is_none() {
         return;
     }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            &format!("{module}::emfile_child"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGLOOP_EMFILE_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("EMFILE-CHILD-OK"),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    run_in_child(
+        &format!("{module}::emfile_child"),
+        "RINGLOOP_EMFILE_CHILD",
+        "EMFILE-CHILD-OK",
     );
 }
 
