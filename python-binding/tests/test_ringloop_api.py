@@ -214,3 +214,19 @@ def test_install_run_and_policy_on_other_python_versions(ringloop, tmp_path, ver
     major, minor = map(int, version.split("."))
     # install() (and from 3.14 the policy API itself) is deprecated from 3.12, as uvloop's is.
     assert deprecated == str((major, minor) >= (3, 12))
+
+
+def test_a_poll_after_the_c_loop_is_freed_is_a_clear_error(loop_factory):
+    # The loop's per-iteration poll passes a prebuilt handle object; freeing the C loop must turn
+    # that into RL_EHANDLE (a RuntimeError), never a call on freed memory.
+    if not loop_factory.is_ringloop:
+        pytest.skip("ringloop-only behaviour")
+    loop = loop_factory()
+    selector, reactor = loop._selector, loop._reactor
+    assert selector.select(0) == 0
+    loop.close()
+    assert reactor.closed
+    with pytest.raises(RuntimeError, match="handle is not valid"):
+        selector.select(0)
+    with pytest.raises(RuntimeError, match="handle is not valid"):
+        selector.select(0.001)

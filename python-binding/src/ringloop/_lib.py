@@ -306,7 +306,9 @@ class Reactor:
     def _forget(self) -> None:
         """Drops the handle without calling into the library (the child side of a fork)."""
         self._handle = 0
-        self.poll_handle.value = None
+        poll_handle = getattr(self, "poll_handle", None)  # absent if __init__ failed early
+        if poll_handle is not None:
+            poll_handle.value = None
 
     def free(self) -> None:
         """Frees the C loop; idempotent, and a no-op in a forked child."""
