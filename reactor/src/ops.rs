@@ -123,9 +123,6 @@ pub(crate) struct FdEntry {
     stash_identity: (u64, u64),
 }
 
-/// Stashed bytes: `len` bytes at offset `off` of pool buffer `bid`. Only the head of a stash can
-/// have `off > 0`: a one-shot receive smaller than it took its first bytes (see
-/// [`FdTable::next_stashed`]).
 impl FdEntry {
     /// No send is queued on the fd: a new one would be the head.
     #[inline]
@@ -146,6 +143,9 @@ impl FdEntry {
     }
 }
 
+/// Stashed bytes: `len` bytes at offset `off` of pool buffer `bid`. Only the head of a stash can
+/// have `off > 0`: a one-shot receive smaller than it took its first bytes (see
+/// [`FdTable::next_stashed`]).
 #[derive(Clone, Copy)]
 struct Stashed {
     bid: u16,

@@ -142,8 +142,9 @@ class Library:
         self.rl_poll_nowait.restype = _SIGNATURES["rl_poll"][0]
         self.rl_poll_nowait.argtypes = _SIGNATURES["rl_poll"][1]
         # The same two without argtypes, for the loop's once-per-iteration poll: it passes ctypes
-        # objects of the exact parameter types, built once (Reactor.poll_args), so no argument is
-        # converted per call. Converting the four arguments cost ~0.6 µs of a ~2 µs call.
+        # objects of the exact parameter types, built once (Reactor.poll_handle and the other
+        # poll_* attributes), so no argument is converted per call. Converting the four arguments
+        # cost ~0.6 µs of a ~2 µs call.
         self.rl_poll_bare = cdll._FuncPtr(("rl_poll", cdll))
         self.rl_poll_bare.restype = _i32
         self.rl_poll_nowait_bare = pydll._FuncPtr(("rl_poll", pydll))
@@ -224,6 +225,9 @@ class Reactor:
         lib = library
         self._lib = lib
         self._handle = 0
+        # rl_poll's loop argument as a ctypes object (see poll_events below), set with _handle and
+        # cleared with it: a poll after free() or in a forked child gets RL_EHANDLE.
+        self.poll_handle = ctypes.c_void_p(None)
         opts = rl_options()
         lib.rl_options_init(ctypes.byref(opts))
         if backend is not None:
@@ -242,6 +246,7 @@ class Reactor:
         if rc < 0:
             raise lib.error(rc)
         self._handle = handle.value or 0
+        self.poll_handle.value = self._handle
         self._pid = os.getpid()
         _live_reactors.add(self)
 
@@ -280,10 +285,8 @@ class Reactor:
         self._poll_nowait = lib.rl_poll_nowait
         self._poll_bare = lib.rl_poll_bare
         self._poll_nowait_bare = lib.rl_poll_nowait_bare
-        # rl_poll's arguments as ctypes objects of its parameter types (loop, timeout_ns, events,
-        # capacity), for _poll_bare/_poll_nowait_bare. The handle object is zeroed when the loop
-        # is freed or forgotten: a poll after that gets RL_EHANDLE, as through _poll.
-        self.poll_handle = ctypes.c_void_p(self._handle)
+        # rl_poll's other arguments as ctypes objects of its parameter types (timeout_ns, events,
+        # capacity), for _poll_bare/_poll_nowait_bare with poll_handle.
         self.poll_events = ctypes.c_void_p(self._event_addr)
         self.poll_capacity = ctypes.c_uint32(capacity)
         self.poll_no_wait = ctypes.c_int64(0)
@@ -306,16 +309,12 @@ class Reactor:
     def _forget(self) -> None:
         """Drops the handle without calling into the library (the child side of a fork)."""
         self._handle = 0
-        poll_handle = getattr(self, "poll_handle", None)  # absent if __init__ failed early
-        if poll_handle is not None:
-            poll_handle.value = None
+        self.poll_handle.value = None
 
     def free(self) -> None:
         """Frees the C loop; idempotent, and a no-op in a forked child."""
         handle, self._handle = self._handle, 0
-        poll_handle = getattr(self, "poll_handle", None)  # absent if __init__ failed early
-        if poll_handle is not None:
-            poll_handle.value = None
+        self.poll_handle.value = None
         _live_reactors.discard(self)
         if handle and self._pid == os.getpid():
             rc = self._lib.rl_loop_free(handle)

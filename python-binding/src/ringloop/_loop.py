@@ -460,20 +460,20 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         token = self._new_token()
         handlers = self._handlers
         buffer_bytes = reactor.buffer_bytes
+        buffers = reactor.buffers
         buffer_size = reactor.buffer_size
 
         def on_received(result: int, flags: int, aux: int) -> None:
             del handlers[token]
             if result > 0:
                 start = aux * buffer_size
-                data = buffer_bytes[start : start + result]
                 if fut.done():
                     # The caller gave up after the kernel took these bytes.
-                    self._keep_leftovers(sock, data)
+                    self._keep_leftovers(sock, buffer_bytes[start : start + result])
                 elif target is None:
-                    fut.set_result(data)
+                    fut.set_result(buffer_bytes[start : start + result])
                 else:
-                    target[:result] = data
+                    target[:result] = buffers[start : start + result]
                     fut.set_result(result)
             elif fut.done():
                 return

@@ -185,7 +185,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._receiving = 0
+        self._refresh_receiving()
         self._stop_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
@@ -573,7 +573,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing:
             return
         self._closing = True
-        self._receiving = 0
+        self._refresh_receiving()
         self._write_idle = False
         self._stop_reading()
         if not self._write_size:
@@ -613,7 +613,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                     pass
         if not self._closing:
             self._closing = True
-            self._receiving = 0
+            self._refresh_receiving()
             self._write_idle = False
             self._stop_reading()
         self._conn_lost += 1
