@@ -47,6 +47,44 @@ def test_call_soon_passes_arguments_and_returns_a_cancellable_handle(loop):
     assert seen == [(1, "two", None)]
 
 
+def test_callbacks_receive_exactly_their_arguments_however_many(loop):
+    # The loop calls handles with no, one and several arguments by different paths.
+    seen = []
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+
+    def record(*args):
+        seen.append(args)
+
+    def fail(arg):
+        raise ValueError(arg)
+
+    for args in [(), ("one",), ("one", 2), ("one", 2, None)]:
+        loop.call_soon(record, *args)
+        loop.call_later(0, record, "timer", *args)
+    loop.call_soon(fail, "boom")
+    loop.call_soon(record, "after the failure")
+    thread = threading.Thread(target=lambda: loop.call_soon_threadsafe(record, "thread", 1))
+    thread.start()
+    thread.join()
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    soon = [args for args in seen if args[:1] != ("timer",)]
+    timers = [args for args in seen if args[:1] == ("timer",)]
+    assert soon == [(), ("one",), ("one", 2), ("one", 2, None), ("after the failure",), ("thread", 1)]
+    # Timers due at the same instant may run in either order.
+    assert sorted(timers, key=len) == [("timer",), ("timer", "one"), ("timer", "one", 2),
+                                       ("timer", "one", 2, None)]
+    assert [str(exc) for exc in errors] == ["boom"]
+
+
+def test_call_soon_threadsafe_on_a_closed_loop_raises(loop_factory):
+    closed = loop_factory()
+    closed.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        closed.call_soon_threadsafe(lambda: None)
+
+
 def test_call_soon_runs_callback_in_the_given_context(loop):
     var = contextvars.ContextVar("var", default="default")
     context = contextvars.copy_context()

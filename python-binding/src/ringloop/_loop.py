@@ -65,6 +65,9 @@ _LEAN_HANDLES = set(_Handle.__slots__) == {
     "__weakref__",
     "_context",
 } and set(_TimerHandle.__slots__) == {"_scheduled", "_when"}
+# Newer CPython patch releases give call_soon_threadsafe() a Handle subclass whose cancel() is
+# thread-safe: there, the stdlib builds the handle.
+_THREADSAFE_HANDLES = hasattr(events, "_ThreadSafeHandle")
 
 
 def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
@@ -278,8 +281,16 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             if handle._cancelled:
                 continue
             if type(handle) is _Handle or type(handle) is _TimerHandle:
+                # Calls with no or one argument (a task's step, a future's done callback) are
+                # spelled out: `run(cb, *args)` builds a list and a tuple per call.
+                args = handle._args
                 try:
-                    handle._context.run(handle._callback, *handle._args)
+                    if not args:
+                        handle._context.run(handle._callback)
+                    elif len(args) == 1:
+                        handle._context.run(handle._callback, args[0])
+                    else:
+                        handle._context.run(handle._callback, *args)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
@@ -375,15 +386,24 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self, callback: Callable[..., Any], *args: Any, context: Any = None
     ) -> events.Handle:
         """Like :meth:`call_soon`, from any thread; wakes the loop at most once per iteration."""
+        if self._debug or not _LEAN_HANDLES or _THREADSAFE_HANDLES:
+            handle = super().call_soon_threadsafe(callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]  # the stdlib's frame: this one stands for it
+            return handle
+        # call_soon()'s lean handle, built here: a thread calling this in a loop pays for every
+        # Python frame while holding the GIL that the loop thread waits for.
         if self._closed:
             raise RuntimeError("Event loop is closed")
-        if self._debug:
-            self._check_callback(callback, "call_soon_threadsafe")
-            handle = self._call_soon(callback, args, context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-        else:
-            handle = self.call_soon(callback, *args, context=context)
+        handle = _new_object(_Handle)
+        handle._callback = callback
+        handle._args = args
+        handle._cancelled = False
+        handle._loop = self
+        handle._source_traceback = None
+        handle._repr = None
+        handle._context = _copy_context() if context is None else context
+        self._ready.append(handle)
         if not self._wake_pending:
             self._write_to_self()
         return handle
