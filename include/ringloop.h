@@ -119,11 +119,14 @@
 #define RL_OPT_IGNORE_ENV 1
 
 /**
- * `rl_options.flags` bit: the loop is only ever run, submitted to and freed on one thread (the
- * first that polls or submits; it may be created on another). Thread-safe functions stay
- * thread-safe. Lets io_uring use `SINGLE_ISSUER | DEFER_TASKRUN` (falls back where the kernel
- * lacks them); using the loop from a second thread then fails (`-EEXIST`), and freeing it on a
- * second thread leaks the memory of operations still in flight.
+ * `rl_options.flags` bit: the loop is only ever polled on one thread (the first that polls it;
+ * it may be created on another). Thread-safe functions stay thread-safe. Lets io_uring use
+ * `SINGLE_ISSUER | DEFER_TASKRUN` (falls back where the kernel lacks them), which runs completion
+ * work in batches inside the loop's own wait. Polling from a second thread then fails
+ * (`-EEXIST`); cancels and closes made on another thread reach the kernel at the polling
+ * thread's next poll; freeing the loop on another thread releases everything once the polling
+ * thread has exited, and while it lives leaks the buffer memory operations still in flight may
+ * use.
  */
 #define RL_OPT_SINGLE_THREAD 2
 

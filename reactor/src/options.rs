@@ -57,15 +57,16 @@ pub struct Options {
     /// (`ECONNABORTED`, `EPERM`...) never pause accepting. Changeable later with
     /// [`crate::Reactor::set_accept_retry_delay`].
     pub accept_retry_delay: Duration,
-    /// The loop is only ever polled and submitted to (and dropped) from one thread: the first
-    /// thread that polls it or submits to the kernel (it may be created on another). Thread-safe
-    /// calls ([`crate::Waker`]) are unaffected. Lets the io_uring backend set up its ring with
-    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (completion work runs in batches
-    /// inside the loop's own `io_uring_enter` instead of interrupting it); kernels older than 6.1
-    /// fall back to the default setup. Polling or submitting from a second thread then fails with
-    /// an error (`EEXIST` from the kernel), and dropping the loop on a second thread cannot wait
-    /// for in-flight operations (their memory is leaked instead). Default `false`. Ignored by
-    /// epoll.
+    /// The loop is only ever polled from one thread: the first thread that polls it (it may be
+    /// created on another). Thread-safe calls ([`crate::Waker`]) are unaffected. Lets the io_uring
+    /// backend set up its ring with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
+    /// (completion work runs in batches inside the loop's own `io_uring_enter` instead of on
+    /// every return from a system call); kernels older than 6.1 fall back to the default setup.
+    /// Polling from a second thread then fails (`EEXIST` from the kernel); cancels and closes
+    /// made on another thread reach the kernel at the polling thread's next poll; dropping the
+    /// loop on another thread frees everything once the polling thread has exited, and while it
+    /// lives leaks the buffer memory in-flight operations may still use. Default `false`. Ignored
+    /// by epoll.
     pub single_thread: bool,
 }
 

@@ -43,6 +43,21 @@ pub(crate) fn from_nix(err: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(err as i32)
 }
 
+/// The calling thread's kernel thread id.
+pub(crate) fn current_tid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Whether thread `tid` of this process still exists. `ESRCH` means it is gone and its exit is
+/// complete (the kernel has run the thread's exit work, io_uring's cancellation included); a
+/// thread id reused by a newer thread reads as "exists", the cautious answer.
+pub(crate) fn thread_exists(tid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 delivers nothing, it only checks that the thread can be signalled.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) };
+    !matches!(neg_errno(rc), Err(err) if err.raw_os_error() == Some(libc::ESRCH))
+}
+
 /// Whether `fd` names an open file (`fcntl(F_GETFD)` succeeds).
 pub(crate) fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: F_GETFD only reads the fd's flags; a bad fd only yields an error.

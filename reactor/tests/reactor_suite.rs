@@ -1472,3 +1472,150 @@ fn single_thread_loop_refuses_a_second_thread() {
     assert_eq!(reactor.poll(Some(LIMIT), &mut events).unwrap(), 1);
     assert_eq!(events[0].token, u64::MAX);
 }
+
+/// Whether any of the `len` bytes at `base` is mapped (from `/proc/self/maps`, where adjacent
+/// anonymous mappings show merged).
+fn is_mapped(base: *const u8, len: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let (start, end) = (base as usize, base as usize + len);
+    maps.lines().any(|line| {
+        let range = line.split_whitespace().next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        usize::from_str_radix(lo, 16).unwrap() < end
+            && usize::from_str_radix(hi, 16).unwrap() > start
+    })
+}
+
+/// A cancel made on another thread than a single-thread loop's poller reaches the kernel at the
+/// poller's next poll: the receive it stopped loses no byte, and the kernel lets go of the socket
+/// (closing our end then really closes it: the peer reads EOF).
+#[test]
+fn single_thread_loop_takes_cancels_from_another_thread_at_its_next_poll() {
+    let opts = Options {
+        single_thread: true,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(BackendChoice::IoUring, opts) else {
+        return;
+    };
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut events = [Event::default(); 8];
+    let recv = reactor.recv_multi(ours.as_raw_fd(), 7).unwrap();
+    peer.write_all(b"first").unwrap();
+    let mut got = Vec::new();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch.iter().filter(|ev| ev.token == 7) {
+            got.extend_from_slice(r.event_data(ev).unwrap());
+        }
+        got == b"first"
+    });
+    let mut reactor = std::thread::spawn(move || {
+        reactor.cancel(recv).unwrap();
+        reactor
+    })
+    .join()
+    .unwrap();
+    // The poller's next poll submits the cancel.
+    let n = reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
+    assert!(
+        events[..n].iter().all(|ev| ev.token != 7),
+        "{:?}",
+        &events[..n]
+    );
+    peer.write_all(b"second").unwrap();
+    let again = reactor.recv_multi(ours.as_raw_fd(), 8).unwrap();
+    let mut got = Vec::new();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            assert_ne!(ev.token, 7, "{ev:?}");
+            if ev.token == 8 {
+                got.extend_from_slice(r.event_data(ev).unwrap());
+            }
+        }
+        got == b"second"
+    });
+    let mut reactor = std::thread::spawn(move || {
+        reactor.cancel(again).unwrap();
+        reactor
+    })
+    .join()
+    .unwrap();
+    reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
+    drop(ours);
+    peer.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(peer.read(&mut buf).unwrap(), 0, "the socket stayed open");
+}
+
+/// A single-thread loop dropped on another thread than its poller: while the poller lives the
+/// drop must not touch the ring (it would be refused) and must not crash; once the poller has
+/// exited, the drop frees the buffer memory too (the kernel cancelled the poller's requests).
+/// Run alone in a child process, where no other test can map the freed range again.
+#[test]
+fn single_thread_loop_dropped_on_another_thread_frees_its_memory_once_the_poller_exited() {
+    if make(BackendChoice::IoUring, Options::default()).is_none() {
+        return;
+    }
+    run_in_child(
+        "single_thread_drop_child",
+        "RINGLOOP_SINGLE_THREAD_DROP_CHILD",
+        "SINGLE-THREAD-DROP-OK",
+    );
+}
+
+#[test]
+#[ignore = "run by single_thread_loop_dropped_on_another_thread_frees_its_memory_once_the_poller_exited in a child process"]
+fn single_thread_drop_child() {
+    if std::env::var_os("RINGLOOP_SINGLE_THREAD_DROP_CHILD").is_none() {
+        return;
+    }
+    for poller_exits_first in [true, false] {
+        let opts = Options {
+            single_thread: true,
+            buffer_size: 64 * 1024,
+            buffer_count: 4,
+            ..Options::default()
+        };
+        let Some(reactor) = make(BackendChoice::IoUring, opts) else {
+            return;
+        };
+        let (base, size, count) = reactor.buffer_region();
+        assert!(is_mapped(base, size * count));
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (give_back, returned) = std::sync::mpsc::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let fd = ours.as_raw_fd();
+        let poller = std::thread::spawn(move || {
+            let mut reactor = reactor;
+            let mut events = [Event::default(); 8];
+            reactor.recv_multi(fd, 7).unwrap();
+            reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
+            give_back.send(reactor).unwrap();
+            let _ = finished.recv();
+        });
+        let reactor = returned.recv().unwrap();
+        let mut poller = Some((finish, poller));
+        let mut end_poller = || {
+            if let Some((finish, handle)) = poller.take() {
+                drop(finish);
+                handle.join().unwrap();
+            }
+        };
+        if poller_exits_first {
+            end_poller();
+        }
+        // Data for the armed receive, which nobody may copy into the buffers any more.
+        peer.write_all(b"late").unwrap();
+        drop(reactor);
+        assert_eq!(is_mapped(base, size * count), !poller_exits_first);
+        end_poller();
+        // The bytes were never taken from the socket.
+        let mut buf = [0u8; 8];
+        let mut ours = ours;
+        assert_eq!(ours.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"late");
+    }
+    println!("SINGLE-THREAD-DROP-OK");
+}

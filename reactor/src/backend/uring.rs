@@ -23,11 +23,12 @@
 //! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
 //!   `SINGLE_ISSUER`/`DEFER_TASKRUN` bind the ring to one submitting task, while a reactor may be
 //!   created on one thread, polled from another and dropped on a third (Python and the C ABI do
-//!   exactly this): they are used only when [`Options::single_thread`] promises one thread. The
-//!   ring is then created disabled (`R_DISABLED`) and enabled by the first `io_uring_enter`, so
-//!   the issuer is the thread that runs the loop, not the one that created it; with
-//!   `DEFER_TASKRUN` completion work runs only inside an enter with `GETEVENTS`, which is why
-//!   [`Uring::flush`] asks for it. A registered ring fd is per-thread and not used.
+//!   exactly this): they are used only when [`Options::single_thread`] promises one polling
+//!   thread. The ring is then created disabled (`R_DISABLED`) and enabled by the first `poll`
+//!   (or a submit forced by a full SQ), so the issuer is the thread that runs the loop, not the
+//!   one that created it; cancels from other threads stay queued for the issuer's next `poll`.
+//!   With `DEFER_TASKRUN` completion work runs only inside an enter with `GETEVENTS`, which is
+//!   why [`Uring::flush`] asks for it. A registered ring fd is per-thread and not used.
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,7 +48,8 @@ use super::{
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
-    errno_of, file_identity, fork_generation, forked_child_error, is_always_ready_file,
+    current_tid, errno_of, file_identity, fork_generation, forked_child_error,
+    is_always_ready_file, neg_errno_of, thread_exists,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -275,8 +277,11 @@ pub(crate) struct Uring {
     fork_generation: u64,
     /// Set up with `SINGLE_ISSUER | DEFER_TASKRUN` (see the module doc).
     single_issuer: bool,
-    /// Created `R_DISABLED` and not enabled yet: the first enter enables it.
+    /// Created `R_DISABLED` and not enabled yet: the first `poll` enables it.
     disabled: bool,
+    /// The thread that enabled a single-issuer ring (its kernel thread id): the only one whose
+    /// enters the kernel accepts.
+    issuer: Option<libc::pid_t>,
 }
 
 // SAFETY: the raw pointers inside (caller send buffers, mappings) are only handed to the kernel or
@@ -412,6 +417,7 @@ impl Uring {
             fork_generation: fork_generation(),
             single_issuer,
             disabled: single_issuer,
+            issuer: None,
         };
         uring
             .start(wake.fd(), 0, Kind::Wake)
@@ -482,8 +488,16 @@ impl Uring {
         if self.disabled {
             self.ring.submitter().register_enable_rings()?;
             self.disabled = false;
+            self.issuer = Some(current_tid());
         }
         Ok(())
+    }
+
+    /// Whether this thread may not enter a single-issuer ring: it is not enabled yet (the first
+    /// `poll` picks the issuer, so a cancel on the creating thread does not bind it to that
+    /// thread), or another thread is its issuer.
+    fn enter_is_deferred(&self) -> bool {
+        self.single_issuer && (self.disabled || self.issuer != Some(current_tid()))
     }
 
     /// Submits the SQ without waiting. On a `DEFER_TASKRUN` ring the enter also carries
@@ -960,7 +974,9 @@ impl Uring {
                 if !needs_enter {
                     return Ok(true);
                 }
-                self.ring.submit()
+                // On a DEFER_TASKRUN ring this also runs the completion work of what it submits:
+                // a cancel queued by another thread lets go of its file at this poll.
+                return self.submit_now().map(|()| true);
             }
             Some(d) => {
                 let ts = types::Timespec::from(d);
@@ -1094,8 +1110,14 @@ impl Uring {
     /// Submits queued SQEs now, so that cancels and closes take effect in the kernel before the
     /// call that queued them returns (a cancelled poll or recv holds a reference to its file
     /// until then; a caller closing the socket expects it really closed).
+    ///
+    /// On a single-issuer ring only the issuer may enter: from any other thread (or before the
+    /// first `poll`) the entries stay queued and the issuer's next `poll` submits them.
     fn flush(&mut self) {
-        if self.fork_generation == fork_generation() && !self.ring.submission().is_empty() {
+        if self.fork_generation == fork_generation()
+            && !self.ring.submission().is_empty()
+            && !self.enter_is_deferred()
+        {
             // A failure here leaves the entries queued for the next poll, which reports it.
             let _ = self.submit_now();
         }
@@ -1399,6 +1421,19 @@ impl Backend for Uring {
         keys.clear();
         self.scratch = keys;
         self.release_stash(raw);
+        if self.enter_is_deferred() {
+            // Not the issuer's thread: a close request would wait for the issuer's next poll,
+            // which never comes if the loop is being closed from here. Close now, as epoll does;
+            // requests still holding the file let go when their cancels reach the kernel.
+            let key = self.insert(raw, token, Kind::Close)?;
+            self.discard(key);
+            let result = match nix::unistd::close(fd.into_raw_fd()) {
+                Ok(()) => 0,
+                Err(errno) => neg_errno_of(errno),
+            };
+            self.emit(0, token, result, 0, 0);
+            return Ok(key);
+        }
         // The kernel closes the fd from here on; a request still holding the file keeps only the
         // file, not the fd number.
         let raw = fd.into_raw_fd();
@@ -1453,6 +1488,14 @@ impl Backend for Uring {
 impl Drop for Uring {
     fn drop(&mut self) {
         let same_process = self.fork_generation == fork_generation();
+        // A single-issuer ring that no enter ever reached holds nothing in the kernel. One whose
+        // issuer thread has exited holds nothing that can still touch this memory: the kernel
+        // ran that thread's cancellation when it exited, and with DEFER_TASKRUN a request's
+        // completion work (the copy into a buffer) runs only in its issuer's enter, so whatever
+        // fires later is cancelled. Another thread cannot enter the ring to cancel and wait, so
+        // while the issuer lives, memory the kernel may still use is leaked instead (below).
+        let foreign = self.single_issuer && self.enter_is_deferred();
+        let released = self.disabled || self.issuer.is_some_and(|tid| !thread_exists(tid));
         if same_process {
             // Cancel everything the kernel holds (this also closes accepted fds the caller never
             // received), then wait until the kernel has let go of op storage, the buffer pool and
@@ -1473,8 +1516,13 @@ impl Drop for Uring {
                     }
                 }
             }
+            if foreign {
+                // No enter from here: handle what the CQ already holds (accepted fds to close).
+                self.reap(usize::MAX);
+                self.ready.clear();
+            }
             let give_up = Instant::now() + Duration::from_secs(5);
-            while self.armed > 0 && Instant::now() < give_up {
+            while !foreign && self.armed > 0 && Instant::now() < give_up {
                 if self.enter(Some(Duration::from_millis(10))).is_err() {
                     break;
                 }
@@ -1482,7 +1530,7 @@ impl Drop for Uring {
                 self.ready.clear();
             }
         }
-        let drained = !same_process || self.armed == 0;
+        let drained = !same_process || self.armed == 0 || (foreign && released);
         // SAFETY: each field is dropped exactly once, here, and never used afterwards. The ring
         // goes first so the kernel stops using the buffer memory before it is unmapped; if the
         // kernel still held requests (it did not let go within 5 s), the memory they may touch is
