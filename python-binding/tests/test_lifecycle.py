@@ -4,13 +4,14 @@ import asyncio
 import concurrent.futures
 import gc
 import logging
+import os
 import threading
 import time
 import warnings
 
 import pytest
 
-from support import run
+from support import open_fds, run
 
 
 def test_run_until_complete_returns_the_coroutine_result(loop):
@@ -150,6 +151,47 @@ def test_loops_in_different_threads_run_independently(loop_factory):
     for thread in threads:
         thread.join()
     assert results == {i: i * 10 for i in range(4)}
+
+
+def test_loop_run_in_a_worker_thread_and_closed_by_the_creator_releases_everything(loop_factory):
+    # A common shape: the main thread makes the loop, a worker thread runs it (here an echo
+    # server with a live connection), the main thread stops it, joins the worker and closes it.
+    before = open_fds()
+    loop = loop_factory()
+    echoed = {}
+    started = threading.Event()
+
+    async def echo(reader, writer):
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+
+    async def serve():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        echoed["port"] = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", echoed["port"])
+        writer.write(b"hello")
+        echoed["data"] = await reader.readexactly(5)
+        echoed["server"], echoed["writer"] = server, writer  # kept open across the close
+        started.set()
+
+    def worker():
+        loop.run_until_complete(serve())
+        loop.run_forever()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert echoed["data"] == b"hello"
+    echoed["writer"].transport.abort()
+    echoed["server"].close()
+    loop.close()
+    del echoed["server"], echoed["writer"]
+    gc.collect()
+    leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in open_fds() - before}
+    assert not leaked, leaked
 
 
 def test_shutdown_asyncgens_finalizes_suspended_generators(loop):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -230,3 +231,87 @@ def test_a_poll_after_the_c_loop_is_freed_is_a_clear_error(loop_factory):
         selector.select(0)
     with pytest.raises(RuntimeError, match="handle is not valid"):
         selector.select(0.001)
+
+
+def _run_in_thread(loop, coro):
+    result = {}
+
+    def target():
+        try:
+            result["value"] = loop.run_until_complete(coro)
+        except BaseException as exc:  # handed to the test's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+async def _ping():
+    await asyncio.sleep(0)
+    return "pong"
+
+
+def test_io_uring_loop_runs_only_on_the_thread_it_first_ran_on(ringloop):
+    try:
+        loop = ringloop.Loop(backend="io_uring")
+    except OSError as exc:
+        pytest.skip(f"io_uring unavailable: {exc}")
+    try:
+        assert _run_in_thread(loop, _ping()) == "pong"
+        coro = _ping()
+        with pytest.raises(RuntimeError, match="bound to thread"):
+            _run_in_thread(loop, coro)
+        coro.close()
+        coro = _ping()
+        with pytest.raises(RuntimeError, match="single_thread=False"):
+            loop.run_until_complete(coro)
+        coro.close()
+        with pytest.raises(RuntimeError, match="bound to thread"):
+            loop.run_forever()
+    finally:
+        loop.close()
+
+
+def test_single_thread_false_loop_runs_on_several_threads_in_turn(ringloop):
+    for backend in ("io_uring", "epoll"):
+        try:
+            loop = ringloop.Loop(backend=backend, single_thread=False)
+        except OSError as exc:
+            pytest.skip(f"{backend} unavailable: {exc}")
+        try:
+            assert _run_in_thread(loop, _ping()) == "pong"
+            assert loop.run_until_complete(_ping()) == "pong"
+            assert _run_in_thread(loop, _ping()) == "pong"
+        finally:
+            loop.close()
+
+
+def test_epoll_loop_runs_on_any_thread_whatever_single_thread_says(ringloop):
+    loop = ringloop.Loop(backend="epoll", single_thread=True)
+    try:
+        assert _run_in_thread(loop, _ping()) == "pong"
+        assert loop.run_until_complete(_ping()) == "pong"
+    finally:
+        loop.close()
+
+
+def test_ringloop_single_thread_environment_variable_sets_the_default(ringloop):
+    code = """
+        import asyncio, threading, ringloop
+        loop = ringloop.Loop(backend="io_uring")
+        async def ping():
+            return "pong"
+        thread = threading.Thread(target=lambda: loop.run_until_complete(ping()))
+        thread.start(); thread.join()
+        print(loop.run_until_complete(ping())); loop.close()
+    """
+    try:
+        ringloop.Loop(backend="io_uring").close()
+    except OSError as exc:
+        pytest.skip(f"io_uring unavailable: {exc}")
+    assert run_python(code, RINGLOOP_SINGLE_THREAD="0") == "pong"

@@ -38,6 +38,8 @@ TOKEN_RESERVED = 1 << 63
 ERR_BASE = 100000
 EHANDLE = -100001
 OPT_IGNORE_ENV = 1
+#: ``rl_options.flags`` bit: only one thread ever polls the loop (see ``RL_OPT_SINGLE_THREAD``).
+OPT_SINGLE_THREAD = 2
 BACKENDS = {"auto": 0, "io_uring": 1, "epoll": 2}
 
 #: One ``rl_event``: token u64, result i32, flags u32, aux u64 (little-endian, no padding).
@@ -221,6 +223,7 @@ class Reactor:
         buffer_size: int = 0,
         buffer_count: int = 0,
         capacity: int = 1024,
+        single_thread: bool = False,
     ) -> None:
         lib = library
         self._lib = lib
@@ -239,6 +242,8 @@ class Reactor:
                 ) from None
             if backend != "auto":
                 opts.flags |= OPT_IGNORE_ENV
+        if single_thread:
+            opts.flags |= OPT_SINGLE_THREAD
         opts.buffer_size = buffer_size
         opts.buffer_count = buffer_count
         handle = ctypes.c_void_p()

@@ -8,8 +8,8 @@ on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
   for asyncio's readers/writers and the completion events the loop dispatches by token in its
   I/O phase (:meth:`Loop._run_once`);
 * TCP/Unix stream transports (:mod:`ringloop._transport`) receive through a multishot
-  ``rl_op_recv`` into the reactor's buffers (on io_uring, for now, through a readiness watch: see
-  ``Loop.__init__``), and send directly, handing only the remainder to the reactor;
+  ``rl_op_recv`` into the reactor's buffers, and send directly, handing only the remainder to
+  the reactor;
 * ``call_soon_threadsafe`` wakes the loop through ``rl_wake`` at most once per iteration.
 """
 
@@ -20,6 +20,7 @@ import errno
 import heapq
 import itertools
 import os
+import threading
 import time
 import weakref
 from asyncio import (
@@ -97,21 +98,41 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
 
     ``backend`` is ``"io_uring"``, ``"epoll"``, ``"auto"`` or ``None`` (automatic choice, which the
     ``RINGLOOP_BACKEND`` environment variable may override); :attr:`backend` tells which one runs.
+
+    ``single_thread`` (default: true unless the ``RINGLOOP_SINGLE_THREAD`` environment variable is
+    ``0``) lets the io_uring backend bind its ring to the first thread that runs the loop
+    (``IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN``: the kernel's completion work runs in batches
+    inside the loop's own wait instead of on every system call's return, which is cheaper per
+    event). Such a loop can be created, closed and woken (``call_soon_threadsafe``) from any
+    thread, but only ever run on that first thread: running it on another raises
+    ``RuntimeError``. Pass ``single_thread=False`` for a loop that is run on several threads in
+    turn. The epoll backend ignores it.
     """
 
-    def __init__(self, *, backend: Optional[str] = None) -> None:
+    def __init__(
+        self, *, backend: Optional[str] = None, single_thread: Optional[bool] = None
+    ) -> None:
         # Everything __del__ and close() read must exist even if construction fails below.
         self._reactor: Optional[Reactor] = None
         self._wake_pending = False
+        if single_thread is None:
+            single_thread = os.environ.get("RINGLOOP_SINGLE_THREAD", "1") != "0"
         try:
             reactor = Reactor(
-                backend, buffer_size=_RECV_BUFFER_SIZE, buffer_count=_RECV_BUFFER_COUNT
+                backend,
+                buffer_size=_RECV_BUFFER_SIZE,
+                buffer_count=_RECV_BUFFER_COUNT,
+                single_thread=single_thread,
             )
         except BaseException:
             self._closed = True  # nothing to close: keeps BaseEventLoop.__del__ quiet
             raise
         self._reactor = reactor
         self._pid = os.getpid()
+        # The thread bound to the ring (native id), once the loop has first run; None while the
+        # loop may still run anywhere.
+        self._bound = single_thread and reactor.backend == "io_uring"
+        self._poll_thread: Optional[int] = None
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
         self._new_token: Callable[[], int] = itertools.count(1).__next__
         # Stream transports receive with a multishot rl_op_recv on both backends: cancelling it
@@ -168,12 +189,28 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 "create a new loop in the child"
             )
 
+    def _check_thread(self) -> None:
+        if not self._bound or self.is_closed() or self.is_running():
+            return  # (asyncio's own checks report the last two)
+        thread = threading.get_native_id()
+        if self._poll_thread is None:
+            self._poll_thread = thread
+        elif self._poll_thread != thread:
+            raise RuntimeError(
+                f"this ringloop event loop's io_uring ring is bound to thread {self._poll_thread}, "
+                f"where it first ran, and cannot run in thread {thread}; create the loop with "
+                "ringloop.Loop(single_thread=False) (or set RINGLOOP_SINGLE_THREAD=0) to run it "
+                "on several threads"
+            )
+
     def run_forever(self) -> None:
         self._check_process()
+        self._check_thread()
         super().run_forever()
 
     def run_until_complete(self, future: Any) -> Any:
         self._check_process()  # before a task is created for the coroutine
+        self._check_thread()
         return super().run_until_complete(future)
 
     def _bind_fast_methods(self) -> None:
@@ -199,6 +236,9 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             reactor = self._reactor
             if reactor is not None:
                 reactor.free()
+            # Nothing dispatches any more: let transports still registered here be collected
+            # (their sockets close then), as the stdlib loop's selector map does on close.
+            self._handlers.clear()
 
     def _close_in_child(self) -> None:
         self._closed = True
