@@ -123,8 +123,8 @@
  * it may be created on another). Thread-safe functions stay thread-safe. Lets io_uring use
  * `SINGLE_ISSUER | DEFER_TASKRUN` (falls back where the kernel lacks them), which runs completion
  * work in batches inside the loop's own wait. Polling from a second thread then fails
- * (`-EEXIST`); cancels and closes made on another thread reach the kernel at the polling
- * thread's next poll; freeing the loop on another thread releases everything once the polling
+ * (`-EEXIST`); cancels made on another thread reach the kernel at the polling thread's next
+ * poll (closes happen at once); freeing the loop on another thread releases everything once the polling
  * thread has exited, and while it lives leaks the buffer memory operations still in flight may
  * use.
  */

@@ -62,8 +62,9 @@ pub struct Options {
     /// backend set up its ring with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
     /// (completion work runs in batches inside the loop's own `io_uring_enter` instead of on
     /// every return from a system call); kernels older than 6.1 fall back to the default setup.
-    /// Polling from a second thread then fails (`EEXIST` from the kernel); cancels and closes
-    /// made on another thread reach the kernel at the polling thread's next poll; dropping the
+    /// Polling from a second thread then fails (`EEXIST` from the kernel); cancels made on
+    /// another thread reach the kernel at the polling thread's next poll (closes happen at
+    /// once); dropping the
     /// loop on another thread frees everything once the polling thread has exited, and while it
     /// lives leaks the buffer memory in-flight operations may still use. Default `false`. Ignored
     /// by epoll.
