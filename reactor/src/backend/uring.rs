@@ -1504,6 +1504,14 @@ impl Drop for Uring {
             keys.clear();
             self.ops.keys_where(&mut keys, |_| true);
             for &key in &keys {
+                if foreign {
+                    // No cancel can be submitted from here (a full SQ would even enable a ring
+                    // never entered): marked cancelled, completions in the CQ only clean up.
+                    if let Some(op) = self.ops.get_mut(key) {
+                        op.cancelled = true;
+                    }
+                    continue;
+                }
                 if !self.cancel_op(key) {
                     // The internal wake read.
                     if let Some(op) = self.ops.get_mut(key) {
