@@ -257,11 +257,11 @@ typedef struct rl_options {
      */
     uint32_t backend;
     /**
-     * Size in bytes of each loop-owned receive buffer; 0 = default (16384).
+     * Size in bytes of each loop-owned receive buffer; 0 = default (65536).
      */
     uint32_t buffer_size;
     /**
-     * Number of receive buffers, a power of two up to 32768; 0 = default (512).
+     * Number of receive buffers, a power of two up to 32768; 0 = default (256).
      */
     uint32_t buffer_count;
     /**

@@ -39,9 +39,9 @@ pub struct rl_options {
     pub size: u32,
     /// `RL_BACKEND_AUTO`, `RL_BACKEND_IO_URING` or `RL_BACKEND_EPOLL`.
     pub backend: u32,
-    /// Size in bytes of each loop-owned receive buffer; 0 = default (16384).
+    /// Size in bytes of each loop-owned receive buffer; 0 = default (65536).
     pub buffer_size: u32,
-    /// Number of receive buffers, a power of two up to 32768; 0 = default (512).
+    /// Number of receive buffers, a power of two up to 32768; 0 = default (256).
     pub buffer_count: u32,
     /// io_uring submission queue entries, a power of two; 0 = default (1024). Ignored by epoll.
     pub ring_entries: u32,

@@ -79,8 +79,11 @@ impl Default for Options {
         Options {
             backend: BackendChoice::Auto,
             honor_env: true,
-            buffer_size: 16 * 1024,
-            buffer_count: 512,
+            // 64 KiB, as libuv suggests for a read: a 100 KiB echo costs ~57 µs of server CPU per
+            // round trip with 16 KiB buffers (7 receives and sends per message) and ~31 µs with
+            // 64 KiB ones (32 KiB: ~50 µs); 1 and 10 KiB messages do not notice.
+            buffer_size: 64 * 1024,
+            buffer_count: 256,
             ring_entries: 1024,
             wake_token: u64::MAX,
             accept_retry_delay: DEFAULT_ACCEPT_RETRY_DELAY,
