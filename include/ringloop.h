@@ -124,9 +124,9 @@
  * `SINGLE_ISSUER | DEFER_TASKRUN` (falls back where the kernel lacks them), which runs completion
  * work in batches inside the loop's own wait. Polling from a second thread then fails
  * (`-EEXIST`); cancels made on another thread reach the kernel at the polling thread's next
- * poll (closes happen at once); freeing the loop on another thread releases everything once the polling
- * thread has exited, and while it lives leaks the buffer memory operations still in flight may
- * use.
+ * poll (closes happen at once); freeing the loop on another thread releases everything once
+ * the polling thread has exited, and while it lives keeps the buffer memory that operations
+ * still in flight may use until it has exited.
  */
 #define RL_OPT_SINGLE_THREAD 2
 

@@ -64,10 +64,9 @@ pub struct Options {
     /// every return from a system call); kernels older than 6.1 fall back to the default setup.
     /// Polling from a second thread then fails (`EEXIST` from the kernel); cancels made on
     /// another thread reach the kernel at the polling thread's next poll (closes happen at
-    /// once); dropping the
-    /// loop on another thread frees everything once the polling thread has exited, and while it
-    /// lives leaks the buffer memory in-flight operations may still use. Default `false`. Ignored
-    /// by epoll.
+    /// once); dropping the loop on another thread frees everything once the polling thread has
+    /// exited, and while it lives keeps the buffer memory in-flight operations may still use
+    /// until it has exited. Default `false`. Ignored by epoll.
     pub single_thread: bool,
 }
 

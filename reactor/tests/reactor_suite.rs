@@ -1486,6 +1486,28 @@ fn is_mapped(base: *const u8, len: usize) -> bool {
     })
 }
 
+/// Polls until the events of `token` carried exactly `expected`; any other receive event fails.
+fn receive_exactly(reactor: &mut Reactor, token: u64, expected: &[u8]) {
+    let mut events = [Event::default(); 8];
+    let mut got = Vec::new();
+    poll_until(reactor, &mut events, |r, batch| {
+        for ev in batch.iter().filter(|ev| ev.token != WAKE) {
+            assert_eq!(ev.token, token, "{ev:?}");
+            got.extend_from_slice(r.event_data(ev).unwrap());
+        }
+        got == expected
+    });
+}
+
+fn cancel_on_another_thread(mut reactor: Reactor, op: OpId) -> Reactor {
+    std::thread::spawn(move || {
+        reactor.cancel(op).unwrap();
+        reactor
+    })
+    .join()
+    .unwrap()
+}
+
 /// A cancel made on another thread than a single-thread loop's poller reaches the kernel at the
 /// poller's next poll: the receive it stopped loses no byte, and the kernel lets go of the socket
 /// (closing our end then really closes it: the peer reads EOF).
@@ -1503,19 +1525,8 @@ fn single_thread_loop_takes_cancels_from_another_thread_at_its_next_poll() {
     let mut events = [Event::default(); 8];
     let recv = reactor.recv_multi(ours.as_raw_fd(), 7).unwrap();
     peer.write_all(b"first").unwrap();
-    let mut got = Vec::new();
-    poll_until(&mut reactor, &mut events, |r, batch| {
-        for ev in batch.iter().filter(|ev| ev.token == 7) {
-            got.extend_from_slice(r.event_data(ev).unwrap());
-        }
-        got == b"first"
-    });
-    let mut reactor = std::thread::spawn(move || {
-        reactor.cancel(recv).unwrap();
-        reactor
-    })
-    .join()
-    .unwrap();
+    receive_exactly(&mut reactor, 7, b"first");
+    let mut reactor = cancel_on_another_thread(reactor, recv);
     // The poller's next poll submits the cancel.
     let n = reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
     assert!(
@@ -1525,22 +1536,8 @@ fn single_thread_loop_takes_cancels_from_another_thread_at_its_next_poll() {
     );
     peer.write_all(b"second").unwrap();
     let again = reactor.recv_multi(ours.as_raw_fd(), 8).unwrap();
-    let mut got = Vec::new();
-    poll_until(&mut reactor, &mut events, |r, batch| {
-        for ev in batch {
-            assert_ne!(ev.token, 7, "{ev:?}");
-            if ev.token == 8 {
-                got.extend_from_slice(r.event_data(ev).unwrap());
-            }
-        }
-        got == b"second"
-    });
-    let mut reactor = std::thread::spawn(move || {
-        reactor.cancel(again).unwrap();
-        reactor
-    })
-    .join()
-    .unwrap();
+    receive_exactly(&mut reactor, 8, b"second");
+    let mut reactor = cancel_on_another_thread(reactor, again);
     reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
     drop(ours);
     peer.set_read_timeout(Some(LIMIT)).unwrap();
@@ -1549,8 +1546,9 @@ fn single_thread_loop_takes_cancels_from_another_thread_at_its_next_poll() {
 }
 
 /// A single-thread loop dropped on another thread than its poller: while the poller lives the
-/// drop must not touch the ring (it would be refused) and must not crash; once the poller has
-/// exited, the drop frees the buffer memory too (the kernel cancelled the poller's requests).
+/// drop must not touch the ring (it would be refused) and must not crash, and it keeps the buffer
+/// memory until the poller has exited; once the poller has exited, the drop frees it at once (the
+/// kernel cancelled the poller's requests).
 /// Run alone in a child process, where no other test can map the freed range again.
 #[test]
 fn single_thread_loop_dropped_on_another_thread_frees_its_memory_once_the_poller_exited() {
@@ -1611,6 +1609,9 @@ fn single_thread_drop_child() {
         drop(reactor);
         assert_eq!(is_mapped(base, size * count), !poller_exits_first);
         end_poller();
+        // Kept only while the poller lived: the next ring created or dropped frees it.
+        drop(make(BackendChoice::IoUring, Options::default()).unwrap());
+        assert!(!is_mapped(base, size * count));
         // The bytes were never taken from the socket.
         let mut buf = [0u8; 8];
         let mut ours = ours;

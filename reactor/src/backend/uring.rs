@@ -35,7 +35,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
@@ -206,6 +206,19 @@ impl Op {
     }
 }
 
+/// Buffer memory of single-issuer rings dropped on another thread while their issuer thread still
+/// lived, with that thread's id. The ring itself is closed; the memory is freed by a later
+/// creation or drop of a ring once that thread has exited (see `Drop for Uring`).
+static DEFERRED_FREES: Mutex<Vec<(libc::pid_t, BufRing, BufferPool)>> = Mutex::new(Vec::new());
+
+/// Frees the deferred buffer memory whose issuer thread has exited.
+fn free_deferred_buffers() {
+    let mut deferred = DEFERRED_FREES.lock().unwrap_or_else(|e| e.into_inner());
+    if !deferred.is_empty() {
+        deferred.retain(|(tid, _, _)| thread_exists(*tid));
+    }
+}
+
 /// The provided-buffer ring: `entries` slots of `io_uring_buf` in their own mapping, the tail
 /// published to the kernel through the reserved field of slot 0.
 struct BufRing {
@@ -334,6 +347,7 @@ fn build_ring(opts: &Options) -> io::Result<(IoUring, bool)> {
 
 impl Uring {
     pub(crate) fn new(opts: &Options, wake: Arc<WakeShared>) -> Result<Uring, SetupError> {
+        free_deferred_buffers();
         let (ring, single_issuer) = build_ring(opts)
             .map_err(|e| SetupError::Unavailable(format!("io_uring_setup failed: {e}")))?;
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
@@ -1493,7 +1507,7 @@ impl Drop for Uring {
         // ran that thread's cancellation when it exited, and with DEFER_TASKRUN a request's
         // completion work (the copy into a buffer) runs only in its issuer's enter, so whatever
         // fires later is cancelled. Another thread cannot enter the ring to cancel and wait, so
-        // while the issuer lives, memory the kernel may still use is leaked instead (below).
+        // while the issuer lives the buffer memory is kept until it has exited (DEFERRED_FREES).
         let foreign = self.single_issuer && self.enter_is_deferred();
         let released = self.disabled || self.issuer.is_some_and(|tid| !thread_exists(tid));
         if same_process {
@@ -1548,7 +1562,18 @@ impl Drop for Uring {
             if drained {
                 ManuallyDrop::drop(&mut self.buf_ring);
                 ManuallyDrop::drop(&mut self.pool);
+            } else if let (true, true, Some(tid)) = (same_process, foreign, self.issuer) {
+                let memory = (
+                    tid,
+                    ManuallyDrop::take(&mut self.buf_ring),
+                    ManuallyDrop::take(&mut self.pool),
+                );
+                DEFERRED_FREES
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(memory);
             }
         }
+        free_deferred_buffers();
     }
 }
