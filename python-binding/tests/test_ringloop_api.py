@@ -280,7 +280,7 @@ def test_io_uring_loop_runs_only_on_the_thread_it_first_ran_on(ringloop):
 def test_single_thread_false_loop_runs_on_several_threads_in_turn(ringloop):
     for backend in ("io_uring", "epoll"):
         try:
-            loop = ringloop.Loop(backend=backend, single_thread=False)
+            loop = ringloop.new_event_loop(backend=backend, single_thread=False)
         except OSError as exc:
             pytest.skip(f"{backend} unavailable: {exc}")
         try:

@@ -40,9 +40,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ringloop' has no attribute {name!r}")
 
 
-def new_event_loop(*, backend: Optional[str] = None) -> Loop:
-    """A new :class:`Loop` (``backend``: ``"io_uring"``, ``"epoll"`` or ``None`` for automatic)."""
-    return Loop(backend=backend)
+def new_event_loop(
+    *, backend: Optional[str] = None, single_thread: Optional[bool] = None
+) -> Loop:
+    """A new :class:`Loop` (``backend``: ``"io_uring"``, ``"epoll"`` or ``None`` for automatic;
+    ``single_thread``: see :class:`Loop`)."""
+    return Loop(backend=backend, single_thread=single_thread)
 
 
 def run(
