@@ -15,12 +15,15 @@ pub const BACKENDS: [(&str, BackendChoice); 2] = [
     ("epoll", BackendChoice::Epoll),
 ];
 
-/// A reactor on exactly `backend` (no environment override), or `None` with a note on stderr when
-/// that backend cannot run here, so the other backend is still measured.
+/// A single-thread reactor on exactly `backend` (no environment override), or `None` with a note
+/// on stderr when that backend cannot run here, so the other backend is still measured.
 pub fn reactor(name: &str, backend: BackendChoice) -> Option<Reactor> {
     let opts = Options {
         backend,
         honor_env: false,
+        // Each bench polls its loop on one thread, as the C examples and the Python loop do:
+        // io_uring then runs with SINGLE_ISSUER | DEFER_TASKRUN (epoll ignores it).
+        single_thread: true,
         ..Options::default()
     };
     match Reactor::new(&opts) {
