@@ -3,6 +3,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -43,10 +44,23 @@ pub(crate) fn from_nix(err: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(err as i32)
 }
 
-/// The calling thread's kernel thread id.
+/// The calling thread's kernel thread id, cached per thread (a close on a single-issuer ring asks
+/// for it; a system call each time would be one per close) and asked again after a fork.
 pub(crate) fn current_tid() -> libc::pid_t {
-    // SAFETY: gettid takes no arguments and cannot fail.
-    unsafe { libc::gettid() }
+    thread_local! {
+        static CACHED: Cell<(u64, libc::pid_t)> = const { Cell::new((u64::MAX, 0)) };
+    }
+    let generation = fork_generation();
+    CACHED.with(|cached| {
+        let (seen, tid) = cached.get();
+        if seen == generation {
+            return tid;
+        }
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        cached.set((generation, tid));
+        tid
+    })
 }
 
 /// Whether thread `tid` of this process still exists. `ESRCH` means it is gone and its exit is
