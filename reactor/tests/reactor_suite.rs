@@ -1442,16 +1442,21 @@ mod default_backend {
     }
 }
 
+/// An io_uring reactor with `single_thread` set, or `None` where io_uring cannot run.
+fn single_thread_uring() -> Option<Reactor> {
+    let opts = Options {
+        single_thread: true,
+        ..Options::default()
+    };
+    make(BackendChoice::IoUring, opts)
+}
+
 /// A loop created with `single_thread` binds its io_uring ring to the thread that first polls it:
 /// a second thread gets `EEXIST` from the kernel (no crash, nothing lost), and the loop still
 /// works and drops cleanly back on its own thread.
 #[test]
 fn single_thread_loop_refuses_a_second_thread() {
-    let opts = Options {
-        single_thread: true,
-        ..Options::default()
-    };
-    let Some(mut reactor) = make(BackendChoice::IoUring, opts) else {
+    let Some(mut reactor) = single_thread_uring() else {
         return;
     };
     let mut events = [Event::default(); 4];
@@ -1513,11 +1518,7 @@ fn cancel_on_another_thread(mut reactor: Reactor, op: OpId) -> Reactor {
 /// (closing our end then really closes it: the peer reads EOF).
 #[test]
 fn single_thread_loop_takes_cancels_from_another_thread_at_its_next_poll() {
-    let opts = Options {
-        single_thread: true,
-        ..Options::default()
-    };
-    let Some(mut reactor) = make(BackendChoice::IoUring, opts) else {
+    let Some(mut reactor) = single_thread_uring() else {
         return;
     };
     let (mut peer, ours) = UnixStream::pair().unwrap();
