@@ -206,16 +206,18 @@ impl Op {
     }
 }
 
-/// Buffer memory of single-issuer rings dropped on another thread while their issuer thread still
-/// lived, with that thread's id. The ring itself is closed; the memory is freed by a later
-/// creation or drop of a ring once that thread has exited (see `Drop for Uring`).
-static DEFERRED_FREES: Mutex<Vec<(libc::pid_t, BufRing, BufferPool)>> = Mutex::new(Vec::new());
+/// What the kernel may write into for a single-issuer ring dropped on another thread while its
+/// issuer thread still lived: the buffer ring and pool and the wake read's target, with that
+/// thread's id. The ring itself is closed; the memory is freed by a later creation or drop of a
+/// ring once that thread has exited (see `Drop for Uring`).
+type Deferred = (libc::pid_t, BufRing, BufferPool, Box<u64>);
+static DEFERRED_FREES: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 
 /// Frees the deferred buffer memory whose issuer thread has exited.
 fn free_deferred_buffers() {
     let mut deferred = DEFERRED_FREES.lock().unwrap_or_else(|e| e.into_inner());
     if !deferred.is_empty() {
-        deferred.retain(|(tid, _, _)| thread_exists(*tid));
+        deferred.retain(|(tid, ..)| thread_exists(*tid));
     }
 }
 
@@ -1567,6 +1569,7 @@ impl Drop for Uring {
                     tid,
                     ManuallyDrop::take(&mut self.buf_ring),
                     ManuallyDrop::take(&mut self.pool),
+                    std::mem::replace(&mut self.wake_counter, Box::new(0)),
                 );
                 DEFERRED_FREES
                     .lock()
