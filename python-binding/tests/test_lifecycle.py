@@ -172,10 +172,11 @@ def test_loop_run_in_a_worker_thread_and_closed_by_the_creator_releases_everythi
         writer.write(b"hello")
         echoed["data"] = await reader.readexactly(5)
         echoed["server"], echoed["writer"] = server, writer  # kept open across the close
-        started.set()
 
     def worker():
         loop.run_until_complete(serve())
+        # Set from inside run_forever, so that the stop below cannot land in the earlier run.
+        loop.call_soon(started.set)
         loop.run_forever()
 
     thread = threading.Thread(target=worker)
