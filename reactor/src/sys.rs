@@ -72,6 +72,15 @@ pub(crate) fn thread_exists(tid: libc::pid_t) -> bool {
     !matches!(neg_errno(rc), Err(err) if err.raw_os_error() == Some(libc::ESRCH))
 }
 
+/// Closes `fd` now; the result as a completion event carries it (`0` or `-errno`).
+pub(crate) fn close_now(fd: std::os::fd::OwnedFd) -> i32 {
+    use std::os::fd::IntoRawFd;
+    match nix::unistd::close(fd.into_raw_fd()) {
+        Ok(()) => 0,
+        Err(errno) => neg_errno_of(errno),
+    }
+}
+
 /// Whether `fd` names an open file (`fcntl(F_GETFD)` succeeds).
 pub(crate) fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: F_GETFD only reads the fd's flags; a bad fd only yields an error.

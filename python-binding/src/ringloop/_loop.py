@@ -130,8 +130,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             raise
         self._reactor = reactor
         self._pid = os.getpid()
-        # The thread bound to the ring (native id), once the loop has first run; None while the
-        # loop may still run anywhere.
+        # A single-thread io_uring ring is bound to the first thread that runs the loop
+        # (_check_thread): _poll_thread is that thread's native id once it has run.
         self._bound = single_thread and reactor.backend == "io_uring"
         self._poll_thread: Optional[int] = None
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use super::{
 use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
-    errno_of, fork_generation, forked_child_error, from_nix, neg_errno, neg_errno_of,
+    close_now, errno_of, fork_generation, forked_child_error, from_nix, neg_errno, neg_errno_of,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -837,10 +837,7 @@ impl Backend for Epoll {
         keys.clear();
         self.scratch = keys;
         self.release_stash(raw);
-        let result = match nix::unistd::close(fd.into_raw_fd()) {
-            Ok(()) => 0,
-            Err(errno) => neg_errno_of(errno),
-        };
+        let result = close_now(fd);
         Ok(self.completed_now(token, result))
     }
 

@@ -48,8 +48,8 @@ use super::{
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
-    current_tid, errno_of, file_identity, fork_generation, forked_child_error,
-    is_always_ready_file, neg_errno_of, thread_exists,
+    close_now, current_tid, errno_of, file_identity, fork_generation, forked_child_error,
+    is_always_ready_file, thread_exists,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -1443,10 +1443,7 @@ impl Backend for Uring {
             // requests still holding the file let go when their cancels reach the kernel.
             let key = self.insert(raw, token, Kind::Close)?;
             self.discard(key);
-            let result = match nix::unistd::close(fd.into_raw_fd()) {
-                Ok(()) => 0,
-                Err(errno) => neg_errno_of(errno),
-            };
+            let result = close_now(fd);
             self.emit(0, token, result, 0, 0);
             return Ok(key);
         }
@@ -1504,15 +1501,30 @@ impl Backend for Uring {
 impl Drop for Uring {
     fn drop(&mut self) {
         let same_process = self.fork_generation == fork_generation();
-        // A single-issuer ring that no enter ever reached holds nothing in the kernel. One whose
-        // issuer thread has exited holds nothing that can still touch this memory: the kernel
-        // ran that thread's cancellation when it exited, and with DEFER_TASKRUN a request's
-        // completion work (the copy into a buffer) runs only in its issuer's enter, so whatever
-        // fires later is cancelled. Another thread cannot enter the ring to cancel and wait, so
-        // while the issuer lives the buffer memory is kept until it has exited (DEFERRED_FREES).
-        let foreign = self.single_issuer && self.enter_is_deferred();
-        let released = self.disabled || self.issuer.is_some_and(|tid| !thread_exists(tid));
-        if same_process {
+        // Another thread than a single-issuer ring's issuer cannot enter it to cancel and wait.
+        // A ring that no enter ever reached holds nothing in the kernel. One whose issuer thread
+        // has exited holds nothing that can still touch this memory: the kernel ran that
+        // thread's cancellation when it exited, and with DEFER_TASKRUN a request's completion
+        // work (the copy into a buffer) runs only in its issuer's enter, so whatever fires later
+        // is cancelled. While the issuer lives, the memory is kept until it has exited
+        // (DEFERRED_FREES).
+        let foreign = self.enter_is_deferred();
+        if same_process && foreign {
+            // No cancel can be submitted from here (a full SQ would even enable a ring never
+            // entered): every op is marked cancelled, so the completions the CQ already holds
+            // only clean up (accepted fds are closed).
+            let mut keys = std::mem::take(&mut self.scratch);
+            keys.clear();
+            self.ops.keys_where(&mut keys, |_| true);
+            for &key in &keys {
+                if let Some(op) = self.ops.get_mut(key) {
+                    op.cancelled = true;
+                }
+            }
+            self.scratch = keys;
+            self.reap(usize::MAX);
+            self.ready.clear();
+        } else if same_process {
             // Cancel everything the kernel holds (this also closes accepted fds the caller never
             // received), then wait until the kernel has let go of op storage, the buffer pool and
             // caller send buffers.
@@ -1520,14 +1532,6 @@ impl Drop for Uring {
             keys.clear();
             self.ops.keys_where(&mut keys, |_| true);
             for &key in &keys {
-                if foreign {
-                    // No cancel can be submitted from here (a full SQ would even enable a ring
-                    // never entered): marked cancelled, completions in the CQ only clean up.
-                    if let Some(op) = self.ops.get_mut(key) {
-                        op.cancelled = true;
-                    }
-                    continue;
-                }
                 if !self.cancel_op(key) {
                     // The internal wake read.
                     if let Some(op) = self.ops.get_mut(key) {
@@ -1540,13 +1544,8 @@ impl Drop for Uring {
                     }
                 }
             }
-            if foreign {
-                // No enter from here: handle what the CQ already holds (accepted fds to close).
-                self.reap(usize::MAX);
-                self.ready.clear();
-            }
             let give_up = Instant::now() + Duration::from_secs(5);
-            while !foreign && self.armed > 0 && Instant::now() < give_up {
+            while self.armed > 0 && Instant::now() < give_up {
                 if self.enter(Some(Duration::from_millis(10))).is_err() {
                     break;
                 }
@@ -1554,7 +1553,14 @@ impl Drop for Uring {
                 self.ready.clear();
             }
         }
-        let drained = !same_process || self.armed == 0 || (foreign && released);
+        // A foreign drop with requests still armed whose issuer lives: the memory waits for it.
+        let live_issuer = match self.issuer {
+            Some(tid) if same_process && foreign && self.armed > 0 && thread_exists(tid) => {
+                Some(tid)
+            }
+            _ => None,
+        };
+        let drained = !same_process || self.armed == 0 || foreign && live_issuer.is_none();
         // SAFETY: each field is dropped exactly once, here, and never used afterwards. The ring
         // goes first so the kernel stops using the buffer memory before it is unmapped; if the
         // kernel still held requests (it did not let go within 5 s), the memory they may touch is
@@ -1564,7 +1570,7 @@ impl Drop for Uring {
             if drained {
                 ManuallyDrop::drop(&mut self.buf_ring);
                 ManuallyDrop::drop(&mut self.pool);
-            } else if let (true, true, Some(tid)) = (same_process, foreign, self.issuer) {
+            } else if let Some(tid) = live_issuer {
                 let memory = (
                     tid,
                     ManuallyDrop::take(&mut self.buf_ring),
