@@ -260,9 +260,31 @@ def test_buffered_protocol_get_buffer_failure_is_reported(loop):
     assert any(isinstance(c.get("exception"), RuntimeError) for c in contexts)
 
 
-def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop):
-    # A 100-byte buffer and a pause after every fill: most receives end with bytes that did not
-    # fit, which must wait for resume_reading() and then arrive first, in order.
+def test_buffered_protocol_is_given_the_bytes_as_asyncio_gives_them(loop):
+    # asyncio asks get_buffer(-1) right before each recv_into() and hands buffer_updated() what
+    # that one read brought: the bytes go from the socket into the protocol's buffer directly.
+    async def main():
+        server, address = await start_echo_server(loop)
+        payload = random_payload(300_000, 5)
+        transport, protocol = await loop.create_connection(lambda: CollectingBufferedProtocol(loop), *address)
+        transport.write(payload)
+        transport.write_eof()
+        assert await asyncio.wait_for(protocol.done, 30) == payload
+        assert len(protocol.sizehints) >= len(payload) // 1024
+        assert set(protocol.sizehints) == {-1}
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("switched", [False, True], ids=["buffered-from-the-start", "switched-to-buffered"])
+def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop, switched):
+    # A 100-byte buffer and a pause after every fill. "switched": the connection starts with a
+    # plain Protocol that hands it to the BufferedProtocol in connection_made() (as start_tls()
+    # swaps protocols), so bytes may already have been received for the first protocol: where a
+    # receive brought more than fits, the rest must wait for resume_reading() and then arrive
+    # first, in order.
     class Pausing(CollectingBufferedProtocol):
         def get_buffer(self, sizehint):
             self.sizehints.append(sizehint)
@@ -273,18 +295,32 @@ def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop):
             self.transport.pause_reading()
             loop.call_later(0.0005 if len(self.sizehints) % 7 else 0, self.transport.resume_reading)
 
+    class Handover(asyncio.Protocol):
+        def __init__(self, target):
+            self.target = target
+
+        def connection_made(self, transport):
+            transport.set_protocol(self.target)
+            self.target.connection_made(transport)
+
+        def data_received(self, data):
+            raise AssertionError("the first protocol received data")
+
     async def main():
         server, address = await start_echo_server(loop)
         payload = random_payload(200_000, 11)
-        transport, protocol = await loop.create_connection(lambda: Pausing(loop), *address)
+        pausing = Pausing(loop)
+        factory = (lambda: Handover(pausing)) if switched else (lambda: pausing)
+        transport, _ = await loop.create_connection(factory, *address)
+        assert transport.get_protocol() is pausing
         transport.write(payload)
         await asyncio.sleep(0.05)
         transport.write_eof()
-        received = await asyncio.wait_for(protocol.done, 30)
+        received = await asyncio.wait_for(pausing.done, 30)
         assert len(received) == len(payload)
         assert received == payload
-        if -1 not in protocol.sizehints:  # a loop that says how much came: some did not fit
-            assert any(hint > 100 for hint in protocol.sizehints)
+        if -1 not in pausing.sizehints:  # a loop that says how much came: some did not fit
+            assert any(hint > 100 for hint in pausing.sizehints)
         server.close()
         await server.wait_closed()
 

@@ -350,14 +350,6 @@ class Reactor:
             return 0
         raise self._lib.error(code)
 
-    def flush(self) -> None:
-        """Hands queued submissions (cancellations above all) to the kernel now, without waiting
-        and without taking events: they stay queued for the next :meth:`poll`. This also recycles
-        the receive buffers of the previous poll, so call it only when none is still unread."""
-        rc = self._poll_nowait(self._handle, 0, None, 0)
-        if rc < 0 and rc != -4:
-            raise self._lib.error(rc)
-
     def watch(self, fd: int, interest: int, token: int) -> int:
         rc = self._watch(self._handle, fd, interest, token, self._out_addr)
         if rc < 0:

@@ -8,8 +8,8 @@ on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
   for asyncio's readers/writers and the completion events the loop dispatches by token in its
   I/O phase (:meth:`Loop._run_once`);
 * TCP/Unix stream transports (:mod:`ringloop._transport`) receive through a multishot
-  ``rl_op_recv`` into the reactor's buffers, and send directly, handing only the remainder to
-  the reactor;
+  ``rl_op_recv`` into the reactor's buffers (a ``BufferedProtocol``'s: into its own buffer, on
+  readiness, as asyncio's), and send directly, handing only the remainder to the reactor;
 * ``call_soon_threadsafe`` wakes the loop through ``rl_wake`` at most once per iteration.
 """
 
@@ -136,10 +136,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._poll_thread: Optional[int] = None
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
         self._new_token: Callable[[], int] = itertools.count(1).__next__
-        # Stream transports receive with a multishot rl_op_recv on both backends: cancelling it
-        # (pause_reading) is lossless — bytes a cancelled receive already took from the socket go
-        # to the next receive on it — and cancels reach the kernel before rl_op_cancel returns.
-        # The readiness-watch path stays for what must not be read ahead (see the transport).
+        # Stream transports of a Protocol receive with a multishot rl_op_recv on both backends:
+        # cancelling it (pause_reading) is lossless — bytes a cancelled receive already took from
+        # the socket go to the next receive on it. A BufferedProtocol's read in readiness mode
+        # (see the transport). Either way cancels reach the kernel before rl_op_cancel returns,
+        # so a socket closed right after remove_reader() or pause_reading() really is closed.
         self._multishot_recv = True
         # Readiness-mode transports recv() into this and copy out what arrived (one loop thread,
         # and every read is copied before the next one starts).
@@ -151,7 +152,6 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._dispatch_error,
             self._remove_reader,
             self._remove_writer,
-            flush_cancels=not self._multishot_recv,
         )
         try:
             super().__init__(selector)

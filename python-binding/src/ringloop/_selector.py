@@ -76,18 +76,11 @@ class RingSelector(selectors.BaseSelector):
         on_error: Callable[[BaseException, Any], None],
         remove_reader: Callable[[Any], Any],
         remove_writer: Callable[[Any], Any],
-        flush_cancels: bool = False,
     ) -> None:
         self._reactor = reactor
         self._handlers = handlers
         self._new_token = new_token
         self._on_error = on_error
-        # io_uring keeps a cancelled poll (and its reference to the file) alive until the cancel
-        # reaches the kernel: without a flush, a socket closed right after remove_reader() stays
-        # open, and e.g. a closed listener answers connects with RST instead of refusing them.
-        # A flush also recycles the receive buffers of the last poll, so the loop enables this
-        # only where it uses no multishot receive.
-        self._flush_cancels = flush_cancels
         self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
         self._map = _KeyMapping(self)
         # fd -> [read (token, op) or None, write (token, op) or None]
@@ -155,8 +148,6 @@ class RingSelector(selectors.BaseSelector):
         read, write = self._watches.pop(fd)
         self._disarm(read)
         self._disarm(write)
-        if self._flush_cancels:
-            self._reactor.flush()
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -174,8 +165,6 @@ class RingSelector(selectors.BaseSelector):
             elif not wanted and slots[index] is not None:
                 armed, slots[index] = slots[index], None
                 self._disarm(armed)
-                if self._flush_cancels:
-                    self._reactor.flush()
         key = selectors.SelectorKey(key.fileobj, fd, events, data)
         self._fd_to_key[fd] = key
         return key
