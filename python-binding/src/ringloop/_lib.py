@@ -131,6 +131,7 @@ class Library:
         # Newer than the rest (library version 0.2): None when RINGLOOP_LIBRARY names an older
         # build, and the loop then receives through readiness as asyncio does.
         self.rl_op_recv_once: Optional[Any] = None
+        self.rl_op_recv_once_bare: Optional[Any] = None
         try:
             func = pydll.rl_op_recv_once
         except AttributeError:
@@ -139,6 +140,9 @@ class Library:
             func.restype = _i32
             func.argtypes = [_ptr, _i32, _u32, _u64, _ptr]
             self.rl_op_recv_once = func
+            # Without argtypes, for Reactor.recv_once (one call per sock_recv): see there.
+            self.rl_op_recv_once_bare = pydll._FuncPtr(("rl_op_recv_once", pydll))
+            self.rl_op_recv_once_bare.restype = _i32
         # rl_poll with a zero timeout never blocks: that call may keep the GIL.
         self.rl_poll_nowait = pydll.rl_poll
         self.rl_poll_nowait.restype = _SIGNATURES["rl_poll"][0]
@@ -298,7 +302,13 @@ class Reactor:
         self.poll_forever = ctypes.c_int64(-1)
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
-        self._recv_once = lib.rl_op_recv_once
+        # recv_once() calls rl_op_recv_once without argtypes (their conversions were ~40% of a
+        # ~0.56 us call): the loop and out pointers and the token go as ctypes objects of the
+        # parameter types, built once; fd and max_len as Python ints, which ctypes passes as C
+        # ints (the same 32 bits as the u32 max_len below 2**31, and recv_once keeps it there).
+        self._recv_once = lib.rl_op_recv_once_bare
+        self._token_arg = ctypes.c_uint64()
+        self._out_arg = ctypes.c_void_p(self._out_addr)
         #: Whether :meth:`recv_once` exists in this library.
         self.has_recv_once = lib.rl_op_recv_once is not None
         self._send = lib.rl_op_send
@@ -365,7 +375,12 @@ class Reactor:
     def recv_once(self, fd: int, max_len: int, token: int) -> int:
         """One receive of at most ``max_len`` bytes (capped at the buffer size) into a receive
         buffer; exactly one event carries ``token``."""
-        rc = self._recv_once(self._handle, fd, max_len, token, self._out_addr)
+        # (fd comes from a socket's fileno(): a C int; a negative one gets RL's -EBADF.)
+        token_arg = self._token_arg
+        token_arg.value = token
+        rc = self._recv_once(
+            self.poll_handle, fd, min(max_len, 0x7FFFFFFF), token_arg, self._out_arg
+        )
         if rc < 0:
             raise self._lib.error(rc)
         return self._out.value
