@@ -55,6 +55,47 @@ def test_sock_connect_accept_sendall_recv_are_byte_exact(loop):
     run(loop, main())
 
 
+def test_sock_recv_on_a_socket_a_transport_owns_is_refused_until_the_transport_lets_go(loop):
+    # asyncio refuses a sock_* call that would wait on an fd a live transport reads from. Once
+    # the transport is closed (and so its socket), a new socket that gets the same fd number is
+    # free to use, even while the closed transport object is still around.
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with server_side:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+            for call in (lambda: loop.sock_recv(client, 10), lambda: loop.sock_recv_into(client, bytearray(10))):
+                with pytest.raises(RuntimeError, match="is used by transport"):
+                    await call()
+            fd = client.fileno()
+            first, peer = socket.socketpair()
+            transport.close()
+            await asyncio.sleep(0.01)
+            assert client.fileno() == -1
+            with first:
+                os.dup2(first.fileno(), fd, inheritable=False)
+            reused = socket.socket(fileno=fd)
+            with reused, peer:
+                reused.setblocking(False)
+                peer.sendall(b"free")
+                assert await loop.sock_recv(reused, 10) == b"free"
+            assert transport.is_closing()
+
+    run(loop, main())
+
+
+def test_sock_recv_refuses_an_ssl_socket(loop, client_ssl_context):
+    async def main():
+        raw = socket.socket()
+        wrapped = client_ssl_context.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        with wrapped:
+            wrapped.setblocking(False)
+            for call in (lambda: loop.sock_recv(wrapped, 10), lambda: loop.sock_recv_into(wrapped, bytearray(10))):
+                with pytest.raises(TypeError, match="SSLSocket"):
+                    await call()
+
+    run(loop, main())
+
+
 def test_sock_recv_into_fills_the_buffer(loop):
     async def main():
         client, server_side = await connected_pair(loop)
