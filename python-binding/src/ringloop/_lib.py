@@ -375,7 +375,7 @@ class Reactor:
     def recv_once(self, fd: int, max_len: int, token: int) -> int:
         """One receive of at most ``max_len`` bytes (capped at the buffer size) into a receive
         buffer; exactly one event carries ``token``."""
-        # (fd comes from a socket's fileno(): a C int; a negative one gets RL's -EBADF.)
+        # (fd comes from a socket's fileno(), so fits a C int; a negative one gets EBADF.)
         token_arg = self._token_arg
         token_arg.value = token
         rc = self._recv_once(

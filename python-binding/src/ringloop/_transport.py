@@ -1,12 +1,14 @@
 """The completion-based stream transport (TCP and Unix sockets).
 
-A ``Protocol``'s transport reads with one multishot ``rl_op_recv`` into the reactor's buffers, each
-event copied once, into the ``bytes`` given to ``data_received``. A ``BufferedProtocol``'s
+A ``Protocol``'s transport reads with one multishot ``rl_op_recv`` into the reactor's buffers,
+each event copied once, into the ``bytes`` given to ``data_received``. A ``BufferedProtocol``'s
 transport reads as asyncio's does: a readiness watch, then ``recv_into`` the buffer that
 ``get_buffer`` returned just before, so its bytes are copied once too (from the completion
-buffers they would be copied twice). Writing tries ``socket.send`` first; only what the kernel did not take is
-handed to the reactor (``rl_op_send`` of a ``bytes`` object kept alive until its event), and
-writes made while a send is in flight wait in a list until it completes. Flow control, EOF,
+buffers they would be copied twice).
+
+Writing tries ``socket.send`` first; only what the kernel did not take is handed to the reactor
+(``rl_op_send`` of a ``bytes`` object kept alive until its event), and writes made while a send
+is in flight wait in a list until it completes. Flow control, EOF,
 close and abort follow asyncio's ``_SelectorSocketTransport`` exactly.
 """
 
@@ -117,7 +119,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._eof = False
         self._empty_waiter: Optional[futures.Future] = None
         # not (write_size or eof or conn_lost or closing or empty_waiter): write() may go
-        # straight to the socket. Cleared by every change that ends that state, recomputed where it may return.
+        # straight to the socket. Cleared by every change that ends that state, recomputed
+        # where it may return.
         self._write_idle = True
 
         self._protocol_connected = False
