@@ -90,6 +90,16 @@ class RingSelector(selectors.BaseSelector):
         self._buffer_bytes = reactor.buffer_bytes
         self._buffer_size = reactor.buffer_size
         self._buffers = reactor.buffers
+        # rl_poll without argtypes and its argument tuples (ctypes objects, so that nothing is
+        # converted per call; poll_handle is the one object whose value free() clears).
+        self._poll_wait = reactor._poll_bare
+        self._poll_nowait = reactor._poll_nowait_bare
+        self._poll_forever_args = (
+            reactor.poll_handle, reactor.poll_forever, reactor.poll_events, reactor.poll_capacity
+        )
+        self._poll_nowait_args = (
+            reactor.poll_handle, reactor.poll_no_wait, reactor.poll_events, reactor.poll_capacity
+        )
         # The events of the last poll not yet delivered (an iterator over the event array).
         self._pending: Optional[Any] = None
         self._pending_count = 0
@@ -212,34 +222,28 @@ class RingSelector(selectors.BaseSelector):
         and so no receive buffer of that batch is recycled, until every event was delivered."""
         if self._pending is not None:
             return self._pending_count
-        if timeout is None:
-            timeout_ns = -1
-        elif timeout <= 0:
-            timeout_ns = 0
-        else:
-            # Round up: waking a little early would only spin the loop once more.
-            timeout_ns = math.ceil(timeout * 1e9)
         retired = self._retired
         if retired:
             # The batch these handlers were kept for has been dispatched.
             for token in retired:
                 self._handlers.pop(token, None)
             retired.clear()
-        reactor = self._reactor
         # Reactor.poll() inlined, with arguments built once: this runs once per loop iteration.
-        if timeout_ns == 0:
-            n = reactor._poll_nowait_bare(
-                reactor.poll_handle, reactor.poll_no_wait, reactor.poll_events, reactor.poll_capacity
-            )
+        if timeout is None:
+            n = self._poll_wait(*self._poll_forever_args)
+        elif timeout <= 0:
+            n = self._poll_nowait(*self._poll_nowait_args)
         else:
-            n = reactor._poll_bare(
+            reactor = self._reactor
+            n = self._poll_wait(
                 reactor.poll_handle,
-                reactor.poll_forever if timeout_ns < 0 else _c_int64(timeout_ns),
+                # Round up: waking a little early would only spin the loop once more.
+                _c_int64(math.ceil(timeout * 1e9)),
                 reactor.poll_events,
                 reactor.poll_capacity,
             )
         if n < 0:
-            n = reactor.poll_failed(n)
+            n = self._reactor.poll_failed(n)
         self.iteration += 1
         if n:
             self._pending = self._iter_unpack(self._events[: n * EVENT_SIZE])
