@@ -89,6 +89,11 @@ impl<T> OpTable<T> {
         self.len
     }
 
+    /// Every stored op, for changes that apply to all of them.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().filter_map(|slot| slot.value.as_mut())
+    }
+
     /// Appends the keys of every stored op for which `pred` holds to `out`.
     pub(crate) fn keys_where(&self, out: &mut Vec<u64>, mut pred: impl FnMut(&T) -> bool) {
         for (index, slot) in self.slots.iter().enumerate() {

@@ -143,14 +143,11 @@ class Library:
             # Without argtypes, for Reactor.recv_once (one call per sock_recv): see there.
             self.rl_op_recv_once_bare = pydll._FuncPtr(("rl_op_recv_once", pydll))
             self.rl_op_recv_once_bare.restype = _i32
-        # rl_poll with a zero timeout never blocks: that call may keep the GIL.
-        self.rl_poll_nowait = pydll.rl_poll
-        self.rl_poll_nowait.restype = _SIGNATURES["rl_poll"][0]
-        self.rl_poll_nowait.argtypes = _SIGNATURES["rl_poll"][1]
-        # The same two without argtypes, for the loop's once-per-iteration poll: it passes ctypes
-        # objects of the exact parameter types, built once (Reactor.poll_handle and the other
-        # poll_* attributes), so no argument is converted per call. Converting the four arguments
-        # cost ~0.6 µs of a ~2 µs call.
+        # rl_poll without argtypes, for the loop's once-per-iteration poll: it passes ctypes
+        # objects of the exact parameter types, built once (Reactor.poll_forever_args and
+        # poll_nowait_args), so no argument is converted per call (converting the four cost
+        # ~0.6 µs of a ~2 µs call). With a zero timeout it never blocks, so that call may keep
+        # the GIL (PyDLL).
         self.rl_poll_bare = cdll._FuncPtr(("rl_poll", cdll))
         self.rl_poll_bare.restype = _i32
         self.rl_poll_nowait_bare = pydll._FuncPtr(("rl_poll", pydll))
@@ -232,9 +229,10 @@ class Reactor:
         lib = library
         self._lib = lib
         self._handle = 0
-        # rl_poll's loop argument as a ctypes object (see poll_events below), set with _handle and
-        # cleared with it: a poll after free() or in a forked child gets RL_EHANDLE.
-        self.poll_handle = ctypes.c_void_p(None)
+        # The loop argument of the calls made without argtypes, as a ctypes object: set with
+        # _handle and cleared with it, so a call after free() or in a forked child gets
+        # RL_EHANDLE.
+        self.loop_arg = ctypes.c_void_p(None)
         opts = rl_options()
         lib.rl_options_init(ctypes.byref(opts))
         if backend is not None:
@@ -255,7 +253,7 @@ class Reactor:
         if rc < 0:
             raise lib.error(rc)
         self._handle = handle.value or 0
-        self.poll_handle.value = self._handle
+        self.loop_arg.value = self._handle
         self._pid = os.getpid()
         _live_reactors.add(self)
 
@@ -290,16 +288,14 @@ class Reactor:
         self._out = ctypes.c_uint64()
         self._out_addr = ctypes.addressof(self._out)
 
-        self._poll = lib.rl_poll
-        self._poll_nowait = lib.rl_poll_nowait
-        self._poll_bare = lib.rl_poll_bare
-        self._poll_nowait_bare = lib.rl_poll_nowait_bare
-        # rl_poll's other arguments as ctypes objects of its parameter types (timeout_ns, events,
-        # capacity), for _poll_bare/_poll_nowait_bare with poll_handle.
-        self.poll_events = ctypes.c_void_p(self._event_addr)
-        self.poll_capacity = ctypes.c_uint32(capacity)
-        self.poll_no_wait = ctypes.c_int64(0)
-        self.poll_forever = ctypes.c_int64(-1)
+        #: rl_poll (GIL released) and its non-blocking twin (GIL kept), without argtypes: called
+        #: with poll_forever_args / poll_nowait_args, or poll_args(timeout_ns).
+        self.poll_wait = lib.rl_poll_bare
+        self.poll_nowait = lib.rl_poll_nowait_bare
+        self._poll_events = ctypes.c_void_p(self._event_addr)
+        self._poll_capacity = ctypes.c_uint32(capacity)
+        self.poll_forever_args = self.poll_args(-1)
+        self.poll_nowait_args = self.poll_args(0)
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
         # recv_once() calls rl_op_recv_once without argtypes (their conversions were ~40% of a
@@ -324,12 +320,12 @@ class Reactor:
     def _forget(self) -> None:
         """Drops the handle without calling into the library (the child side of a fork)."""
         self._handle = 0
-        self.poll_handle.value = None
+        self.loop_arg.value = None
 
     def free(self) -> None:
         """Frees the C loop; idempotent, and a no-op in a forked child."""
         handle, self._handle = self._handle, 0
-        self.poll_handle.value = None
+        self.loop_arg.value = None
         _live_reactors.discard(self)
         if handle and self._pid == os.getpid():
             rc = self._lib.rl_loop_free(handle)
@@ -345,17 +341,14 @@ class Reactor:
 
     # -- raw mode -----------------------------------------------------------------------------
 
-    def poll(self, timeout_ns: int) -> int:
-        """Waits up to ``timeout_ns`` (``-1`` forever, ``0`` not at all); returns the event count."""
-        poll = self._poll_nowait if timeout_ns == 0 else self._poll
-        n = poll(self._handle, timeout_ns, self._event_addr, self.capacity)
-        if n < 0:
-            return self.poll_failed(n)
-        return n
+    def poll_args(self, timeout_ns: int) -> tuple:
+        """rl_poll's arguments for waiting up to ``timeout_ns`` (``-1`` forever, ``0`` not at
+        all) into :attr:`events`, for :attr:`poll_wait` / :attr:`poll_nowait`."""
+        return (self.loop_arg, ctypes.c_int64(timeout_ns), self._poll_events, self._poll_capacity)
 
     def poll_failed(self, code: int) -> int:
-        """What a negative :meth:`poll` result means: ``0`` events for ``-EINTR`` (a signal
-        arrived; the loop runs its handlers and polls again), else the exception is raised."""
+        """What a negative rl_poll result means: ``0`` events for ``-EINTR`` (a signal arrived;
+        the loop runs its handlers and polls again), else the exception is raised."""
         if code == -4:
             return 0
         raise self._lib.error(code)
@@ -379,7 +372,7 @@ class Reactor:
         token_arg = self._token_arg
         token_arg.value = token
         rc = self._recv_once(
-            self.poll_handle, fd, min(max_len, 0x7FFFFFFF), token_arg, self._out_arg
+            self.loop_arg, fd, min(max_len, 0x7FFFFFFF), token_arg, self._out_arg
         )
         if rc < 0:
             raise self._lib.error(rc)

@@ -138,13 +138,6 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._poll_thread: Optional[int] = None
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
         self._new_token: Callable[[], int] = itertools.count(1).__next__
-        # Stream transports of a Protocol receive with a multishot rl_op_recv on both backends:
-        # cancelling it (pause_reading) is lossless — bytes a cancelled receive already took from
-        # the socket go to the next receive on it. A BufferedProtocol's transport reads in
-        # readiness mode (see the transport). Either way cancels reach the kernel before
-        # rl_op_cancel returns, so a socket closed right after remove_reader() or pause_reading()
-        # really is closed.
-        self._multishot_recv = True
         # Readiness-mode transports recv() into this and copy out what arrived (one loop thread,
         # and every read is copied before the next one starts).
         self._recv_scratch = memoryview(bytearray(RingStreamTransport.max_size))

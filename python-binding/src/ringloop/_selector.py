@@ -10,7 +10,6 @@ models.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import selectors
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -18,7 +17,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
 from ._transport import RECEIVING_DATA, RingStreamTransport
 
-_c_int64 = ctypes.c_int64
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -90,16 +88,10 @@ class RingSelector(selectors.BaseSelector):
         self._buffer_bytes = reactor.buffer_bytes
         self._buffer_size = reactor.buffer_size
         self._buffers = reactor.buffers
-        # rl_poll without argtypes and its argument tuples (ctypes objects, so that nothing is
-        # converted per call; poll_handle is the one object whose value free() clears).
-        self._poll_wait = reactor._poll_bare
-        self._poll_nowait = reactor._poll_nowait_bare
-        self._poll_forever_args = (
-            reactor.poll_handle, reactor.poll_forever, reactor.poll_events, reactor.poll_capacity
-        )
-        self._poll_nowait_args = (
-            reactor.poll_handle, reactor.poll_no_wait, reactor.poll_events, reactor.poll_capacity
-        )
+        self._poll_wait = reactor.poll_wait
+        self._poll_nowait = reactor.poll_nowait
+        self._poll_forever_args = reactor.poll_forever_args
+        self._poll_nowait_args = reactor.poll_nowait_args
         # The events of the last poll not yet delivered (an iterator over the event array).
         self._pending: Optional[Any] = None
         self._pending_count = 0
@@ -228,20 +220,14 @@ class RingSelector(selectors.BaseSelector):
             for token in retired:
                 self._handlers.pop(token, None)
             retired.clear()
-        # Reactor.poll() inlined, with arguments built once: this runs once per loop iteration.
+        # With arguments built once where they do not change: this runs once per loop iteration.
         if timeout is None:
             n = self._poll_wait(*self._poll_forever_args)
         elif timeout <= 0:
             n = self._poll_nowait(*self._poll_nowait_args)
         else:
-            reactor = self._reactor
-            n = self._poll_wait(
-                reactor.poll_handle,
-                # Round up: waking a little early would only spin the loop once more.
-                _c_int64(math.ceil(timeout * 1e9)),
-                reactor.poll_events,
-                reactor.poll_capacity,
-            )
+            # Round up: waking a little early would only spin the loop once more.
+            n = self._poll_wait(*self._reactor.poll_args(math.ceil(timeout * 1e9)))
         if n < 0:
             n = self._reactor.poll_failed(n)
         self.iteration += 1

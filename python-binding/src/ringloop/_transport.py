@@ -137,7 +137,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         # protocol set_protocol() brings later (start_tls): a cancelled multishot receive keeps
         # bytes it took for the next receive op on the socket, which a recv() from Python would
         # overtake.
-        self._multishot = loop._multishot_recv and not self._buffered
+        self._multishot = not self._buffered
 
         self._server = server
         if server is not None:

@@ -1513,15 +1513,9 @@ impl Drop for Uring {
             // No cancel can be submitted from here (a full SQ would even enable a ring never
             // entered): every op is marked cancelled, so the completions the CQ already holds
             // only clean up (accepted fds are closed).
-            let mut keys = std::mem::take(&mut self.scratch);
-            keys.clear();
-            self.ops.keys_where(&mut keys, |_| true);
-            for &key in &keys {
-                if let Some(op) = self.ops.get_mut(key) {
-                    op.cancelled = true;
-                }
+            for op in self.ops.values_mut() {
+                op.cancelled = true;
             }
-            self.scratch = keys;
             self.reap(usize::MAX);
             self.ready.clear();
         } else if same_process {
