@@ -2,7 +2,9 @@
 # Runs the pytest suite on every other CPython >= 3.11 found on this machine (PATH or pyenv), each
 # in its own virtualenv under $1 (default ../../target/python-binding), with the package installed
 # from this checkout. Version-specific behaviour (eager tasks from 3.12, Server.close_clients from
-# 3.13, install() deprecation) is only exercised this way. No other interpreter: says so, passes.
+# 3.13, install() deprecation) is only exercised this way. Then that interpreter's own test_asyncio
+# on the stdlib loop and on ringloop, compared per test (run_cpython_asyncio.py --check), where
+# the interpreter ships its test package. No other interpreter: says so, passes.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -41,6 +43,16 @@ for version in $(printf '%s\n' "${!interpreters[@]}" | sort -V); do
   if ! (cd "$package/tests" && env -u RINGLOOP_LIBRARY -u RINGLOOP_BACKEND RINGLOOP_REQUIRE=1 \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout=120 .); then
     status=1
+  fi
+  if "$venv/bin/python" -c 'import test.test_asyncio' >/dev/null 2>&1; then
+    echo "== Python $version: CPython's test_asyncio, stdlib loop against ringloop"
+    if ! (cd "$here" && env -u RINGLOOP_LIBRARY -u RINGLOOP_BACKEND \
+          "$venv/bin/python" run_cpython_asyncio.py --check \
+          --json "$work/cpython_asyncio-$version.json" --log-dir "$work/cpython-asyncio-logs-$version"); then
+      status=1
+    fi
+  else
+    echo "== Python $version: no test.test_asyncio in this interpreter; its CPython suite is not run"
   fi
 done
 exit $status
