@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import random
 import socket
 import sys
 
@@ -173,6 +174,102 @@ def test_sock_recv_cancelled_as_data_arrives_loses_nothing(loop):
                 received += data
             assert len(received) == len(sent)
             assert received == sent
+
+    run(loop, main())
+
+
+def test_bytes_kept_from_cancelled_receives_go_to_smaller_receives_in_order(loop):
+    # As above, but every other receive is a sock_recv_into() of 5 bytes: bytes that a cancelled
+    # 1000-byte receive had taken reach it in pieces, the rest kept in order behind them.
+    async def main():
+        client, server_side = await connected_pair(loop)
+        small = bytearray(5)
+        with client, server_side:
+            sent = bytearray()
+            received = bytearray()
+            for i in range(300):
+                chunk = os.urandom(1 + (i * 37) % 3000)
+                if i % 2:
+                    pending = asyncio.ensure_future(loop.sock_recv_into(server_side, small))
+                else:
+                    pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
+                await asyncio.sleep(0)
+                await loop.sock_sendall(client, chunk)
+                sent += chunk
+                for _ in range(i % 3):
+                    await asyncio.sleep(0)
+                pending.cancel()
+                try:
+                    result = await pending
+                except asyncio.CancelledError:
+                    continue
+                received += small[:result] if i % 2 else result
+            client.shutdown(socket.SHUT_WR)
+            while True:
+                n = await loop.sock_recv_into(server_side, small)
+                if not n:
+                    break
+                received += small[:n]
+            assert len(received) == len(sent)
+            assert received == sent
+
+    run(loop, main())
+
+
+def test_bytes_that_arrive_as_a_receive_is_cancelled_come_before_newer_ones(loop):
+    # The bytes arrive in the iteration that tells the waiting receive it was cancelled, before
+    # it is told: ringloop's op may already have taken them. Small receives afterwards, some
+    # of which fill their request, must still see them first.
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
+            await asyncio.sleep(0.01)  # the receive is waiting for bytes
+            loop.call_soon(client.send, b"A" * 100)
+            pending.cancel()
+            try:
+                received = bytearray(await pending)
+            except asyncio.CancelledError:
+                received = bytearray()
+            client.send(b"B" * 100)
+            client.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = await loop.sock_recv(server_side, 10)
+                if not chunk:
+                    break
+                received += chunk
+            assert received == b"A" * 100 + b"B" * 100
+
+    run(loop, main())
+
+
+def test_sock_recv_returns_at_once_when_the_bytes_are_waiting(loop):
+    # asyncio's sock_recv tries recv() before waiting. ringloop receives through an op, except
+    # after a receive that filled its whole request: then the next one also takes the waiting
+    # bytes at once, without a turn of the loop (the callback below must not run meanwhile).
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            payload = random.Random(3).randbytes(20_000)
+            await loop.sock_sendall(client, payload)
+            await asyncio.sleep(0.01)
+            received = bytearray(await loop.sock_recv(server_side, 10))
+            assert len(received) == 10
+            ran = []
+            loop.call_soon(ran.append, True)
+            received += await loop.sock_recv(server_side, 10)
+            small = bytearray(7)
+            received += small[: await loop.sock_recv_into(server_side, small)]
+            assert not ran
+            while len(received) < len(payload):
+                received += await loop.sock_recv(server_side, 333)
+            assert received == payload
+            # Drained: the next receive waits for bytes sent after it started.
+            pending = asyncio.ensure_future(loop.sock_recv(server_side, 10))
+            await asyncio.sleep(0.01)
+            assert not pending.done()
+            await loop.sock_sendall(client, b"late")
+            assert await pending == b"late"
 
     run(loop, main())
 

@@ -149,7 +149,8 @@ def test_connection_refused_raises(loop):
     run(loop, main())
 
 
-def test_peer_reset_is_reported_to_connection_lost(loop):
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_peer_reset_is_reported_to_connection_lost(loop, kind):
     async def main():
         accepted = loop.create_future()
 
@@ -159,7 +160,8 @@ def test_peer_reset_is_reported_to_connection_lost(loop):
 
         server = await loop.create_server(Server, "127.0.0.1", 0)
         address = server.sockets[0].getsockname()
-        transport, protocol = await loop.create_connection(lambda: CollectingClientProtocol(loop), *address)
+        client = CollectingClientProtocol if kind == "protocol" else CollectingBufferedProtocol
+        transport, protocol = await loop.create_connection(lambda: client(loop), *address)
         server_transport = await accepted
         sock = server_transport.get_extra_info("socket")
         # SO_LINGER 0 makes close() send RST.
@@ -321,6 +323,102 @@ def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop, swi
         assert received == payload
         if -1 not in pausing.sizehints:  # a loop that says how much came: some did not fit
             assert any(hint > 100 for hint in pausing.sizehints)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("switched", [False, True], ids=["buffered-from-the-start", "switched-to-buffered"])
+def test_buffered_protocol_giving_an_empty_buffer_fails_the_connection(loop, switched):
+    # asyncio: get_buffer() returning an empty buffer is the protocol's fatal error, reported
+    # like a get_buffer() that raised. "switched": the transport was made for a plain Protocol,
+    # so ringloop copies received bytes into the buffer instead of reading into it.
+    contexts = []
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
+
+    class Empty(CollectingBufferedProtocol):
+        def get_buffer(self, sizehint):
+            return bytearray()
+
+    class Handover(asyncio.Protocol):
+        def __init__(self, target):
+            self.target = target
+
+        def connection_made(self, transport):
+            transport.set_protocol(self.target)
+            self.target.connection_made(transport)
+
+    async def main():
+        server, address = await start_echo_server(loop)
+        empty = Empty(loop)
+        factory = (lambda: Handover(empty)) if switched else (lambda: empty)
+        transport, _ = await loop.create_connection(factory, *address)
+        transport.write(b"ping")
+        with pytest.raises(RuntimeError, match="empty buffer"):
+            await asyncio.wait_for(empty.done, 10)
+        assert transport.is_closing()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert any(
+        isinstance(c.get("exception"), RuntimeError) and "get_buffer" in c.get("message", "") for c in contexts
+    ), contexts
+
+
+def test_switching_from_a_buffered_protocol_to_a_plain_one_mid_stream_loses_nothing(loop):
+    # The reverse of the handover above: a transport made for a BufferedProtocol (ringloop reads
+    # it on readiness) given a plain Protocol after 50 KB, which then receives bytes objects.
+    class Plain(asyncio.Protocol):
+        received_by_plain = 0
+
+        def __init__(self, sink, done):
+            self.sink = sink
+            self.done = done
+
+        def data_received(self, data):
+            assert type(data) is bytes
+            Plain.received_by_plain += len(data)
+            self.sink += data
+
+        def connection_lost(self, exc):
+            if exc is None:
+                self.done.set_result(bytes(self.sink))
+            else:
+                self.done.set_exception(exc)
+
+    class BufferedFirst(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.storage = bytearray(1000)
+            self.sink = bytearray()
+            self.done = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return self.storage
+
+        def buffer_updated(self, nbytes):
+            self.sink += self.storage[:nbytes]
+            if len(self.sink) >= 50_000:
+                self.transport.set_protocol(Plain(self.sink, self.done))
+
+        def connection_lost(self, exc):
+            raise AssertionError("connection_lost() went to the first protocol")
+
+    async def main():
+        server, address = await start_echo_server(loop)
+        payload = random_payload(400_000, 17)
+        first = BufferedFirst()
+        transport, _ = await loop.create_connection(lambda: first, *address)
+        transport.write(payload)
+        transport.write_eof()
+        received = await asyncio.wait_for(first.done, 30)
+        assert len(received) == len(payload)
+        assert received == payload
+        assert Plain.received_by_plain >= 100_000  # most of it came after the switch
         server.close()
         await server.wait_closed()
 
