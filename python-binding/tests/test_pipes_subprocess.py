@@ -14,10 +14,12 @@ from support import open_fds, run
 class PipeCollector(asyncio.Protocol):
     def __init__(self, loop):
         self.received = bytearray()
+        self.types = set()  # of what data_received() was given: bytes, as asyncio gives
         self.eof = False
         self.lost = loop.create_future()
 
     def data_received(self, data):
+        self.types.add(type(data))
         self.received += data
 
     def eof_received(self):
@@ -50,6 +52,7 @@ def test_read_and_write_pipes_are_byte_exact(loop):
         assert await collector.lost is None
         assert collector.eof
         assert bytes(collector.received) == payload
+        assert collector.types == {bytes}
 
     run(loop, main())
 

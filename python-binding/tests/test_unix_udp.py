@@ -146,6 +146,7 @@ def test_datagram_endpoint_echo_keeps_datagram_boundaries(loop):
         await collector.done
         assert not collector.errors
         assert sorted(d for d, _ in collector.received) == sorted(datagrams)
+        assert {type(d) for d, _ in collector.received} == {bytes}  # their own bytes, as asyncio gives
         assert all(addr == server_address for _, addr in collector.received)
         transport.close()
         assert await collector.lost is None

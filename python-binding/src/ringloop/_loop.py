@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from ._lib import WAKE_TOKEN, Reactor
 from ._selector import RingSelector
-from ._transport import RingStreamTransport
+from ._transport import RingDatagramTransport, RingReadPipeTransport, RingStreamTransport
 
 __all__ = ["Loop"]
 
@@ -658,6 +658,16 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         server: Any = None,
     ) -> RingStreamTransport:
         return RingStreamTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(
+        self, sock: Any, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
+    ) -> RingDatagramTransport:
+        return RingDatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None
+    ) -> RingReadPipeTransport:
+        return RingReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_ssl_transport(
         self,

@@ -21,7 +21,7 @@ import socket
 import warnings
 from typing import Any, List, Optional
 
-from asyncio import constants, futures, protocols, transports, trsock
+from asyncio import constants, futures, protocols, selector_events, transports, trsock, unix_events
 from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
 from asyncio.base_events import Server
 
@@ -677,3 +677,63 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             or self._closing
             or self._empty_waiter is not None
         )
+
+
+# asyncio's datagram and read-pipe transports read with recvfrom(max_size) / os.read(max_size):
+# a fresh max_size (256 KiB) bytes object per read, which at that size is an mmap, an mremap and
+# a munmap per datagram or chunk (~30 us of a ~36 us UDP round trip here). These two read into
+# the loop's scratch buffer instead and copy out exactly what came; everything else is asyncio's.
+# The bodies follow CPython's _read_ready (identical from 3.11 to 3.13).
+
+
+class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
+    """asyncio's datagram transport, receiving into the loop's scratch buffer."""
+
+    def _read_ready(self) -> None:
+        if self._conn_lost:
+            return
+        scratch = self._loop._recv_scratch
+        if self.max_size > len(scratch):
+            super()._read_ready()
+            return
+        try:
+            nbytes, addr = self._sock.recvfrom_into(scratch, self.max_size)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+        else:
+            self._protocol.datagram_received(bytes(scratch[:nbytes]), addr)
+
+
+class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore[misc,name-defined]
+    """asyncio's read-pipe transport (subprocess output too), reading into the loop's scratch
+    buffer."""
+
+    def _read_ready(self) -> None:
+        scratch = self._loop._recv_scratch
+        if self.max_size > len(scratch):
+            super()._read_ready()
+            return
+        try:
+            nbytes = os.readv(self._fileno, (scratch,))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+        else:
+            if nbytes:
+                self._protocol.data_received(bytes(scratch[:nbytes]))
+            else:
+                # End of file. (Not a second read to let asyncio see it: a terminal's end of
+                # input is one zero-length read, not a lasting state.)
+                if self._loop.get_debug():
+                    logger.info("%r was closed by peer", self)
+                self._closing = True
+                self._loop._remove_reader(self._fileno)
+                self._loop.call_soon(self._protocol.eof_received)
+                self._loop.call_soon(self._call_connection_lost, None)
