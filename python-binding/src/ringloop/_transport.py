@@ -680,24 +680,34 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 
 
 # asyncio's datagram and read-pipe transports read with recvfrom(max_size) / os.read(max_size):
-# a fresh max_size (256 KiB) bytes object per read, which at that size is an mmap, an mremap and
-# a munmap per datagram or chunk (~30 us of a ~36 us UDP round trip here). These two read into
-# the loop's scratch buffer instead and copy out exactly what came; everything else is asyncio's.
-# The bodies follow CPython's _read_ready (identical from 3.11 to 3.13).
+# a fresh max_size (256 KiB) bytes object per read. Until the process has freed some larger
+# block, glibc serves a request that size with mmap (and the shrink to the bytes received with
+# mremap, the free with munmap): ~11 us per read, three quarters of a UDP round trip here. These
+# two read at most 64 KiB, which malloc always serves from its heap, into a bytes object of the
+# exact size, as asyncio does: for IP datagrams that loses nothing (a UDP payload is at most
+# 65,527 bytes); a pipe simply hands over what it holds in more reads (64 KiB is a default
+# pipe's whole capacity). Everything else is asyncio's, and the bodies follow CPython's
+# _read_ready (identical from 3.11 to 3.13).
+
+_READ_SIZE = 64 * 1024
 
 
 class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
-    """asyncio's datagram transport, receiving into the loop's scratch buffer."""
+    """asyncio's datagram transport; UDP datagrams are read with a 64 KiB request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Unix datagrams may be larger than 64 KiB: those keep asyncio's reads.
+        self._ip = self._sock.family in (socket.AF_INET, socket.AF_INET6)
 
     def _read_ready(self) -> None:
-        if self._conn_lost:
-            return
-        scratch = self._loop._recv_scratch
-        if self.max_size > len(scratch):
+        if not self._ip or self.max_size < _READ_SIZE:
             super()._read_ready()
             return
+        if self._conn_lost:
+            return
         try:
-            nbytes, addr = self._sock.recvfrom_into(scratch, self.max_size)
+            data, addr = self._sock.recvfrom(_READ_SIZE)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -707,30 +717,26 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
         except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on datagram transport")
         else:
-            self._protocol.datagram_received(bytes(scratch[:nbytes]), addr)
+            self._protocol.datagram_received(data, addr)
 
 
 class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore[misc,name-defined]
-    """asyncio's read-pipe transport (subprocess output too), reading into the loop's scratch
-    buffer."""
+    """asyncio's read-pipe transport (subprocess output too), reading 64 KiB at a time."""
 
     def _read_ready(self) -> None:
-        scratch = self._loop._recv_scratch
-        if self.max_size > len(scratch):
+        if self.max_size < _READ_SIZE:
             super()._read_ready()
             return
         try:
-            nbytes = os.readv(self._fileno, (scratch,))
+            data = os.read(self._fileno, _READ_SIZE)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on pipe transport")
         else:
-            if nbytes:
-                self._protocol.data_received(bytes(scratch[:nbytes]))
+            if data:
+                self._protocol.data_received(data)
             else:
-                # End of file. (Not a second read to let asyncio see it: a terminal's end of
-                # input is one zero-length read, not a lasting state.)
                 if self._loop.get_debug():
                     logger.info("%r was closed by peer", self)
                 self._closing = True
