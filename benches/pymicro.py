@@ -10,7 +10,10 @@ fatal), best of three; results are ops/s with ratios against asyncio and uvloop:
 - call_soon_threadsafe:  a thread schedules callbacks with call_soon_threadsafe as fast as it can;
 - timer_cancel:          call_later(10 s) + cancel, then one iteration reaps the cancelled handles;
 - sleep0:                `await asyncio.sleep(0)` iterations in one task;
-- create_task_gather:    batches of 100 trivial tasks created and gathered.
+- create_task_gather:    batches of 100 trivial tasks created and gathered;
+- sock_recv_small:       5-byte sock_recv() calls on a socket whose bytes are already there;
+- udp_pingpong:          one datagram echoed back and forth between two endpoints of the loop;
+- pipe_read:             4 KiB chunks written to a pipe, read by connect_read_pipe's protocol.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -126,12 +130,104 @@ def bench_gather(loop: asyncio.AbstractEventLoop, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def bench_sock_recv_small(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    size = 5
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        payload = b"x" * (size * n)
+
+        async def body() -> None:
+            sender = loop.create_task(loop.sock_sendall(a, payload))
+            got = 0
+            while got < len(payload):
+                got += len(await loop.sock_recv(b, size))
+            await sender
+
+        t0 = time.perf_counter()
+        loop.run_until_complete(body())
+        return time.perf_counter() - t0
+
+
+def bench_udp_pingpong(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+    class Client(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.count = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            self.count += 1
+            if self.count == n:
+                self.done.set_result(None)
+            else:
+                self.transport.sendto(data)  # type: ignore[attr-defined]
+
+    async def body() -> float:
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        client, protocol = await loop.create_datagram_endpoint(
+            Client, remote_addr=server.get_extra_info("sockname")
+        )
+        t0 = time.perf_counter()
+        client.sendto(b"x" * 64)
+        await protocol.done
+        elapsed = time.perf_counter() - t0
+        client.close()
+        server.close()
+        return elapsed
+
+    return loop.run_until_complete(body())
+
+
+def bench_pipe_read(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    chunk = b"z" * 4096
+
+    class Reader(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.got = 0
+            self.more = loop.create_future()
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if not self.more.done():
+                self.more.set_result(None)
+
+    async def body() -> float:
+        rfd, wfd = os.pipe()
+        transport, reader = await loop.connect_read_pipe(Reader, os.fdopen(rfd, "rb", 0))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.write(wfd, chunk)
+            await reader.more
+            reader.more = loop.create_future()
+        elapsed = time.perf_counter() - t0
+        os.close(wfd)
+        transport.close()
+        assert reader.got == n * len(chunk)
+        return elapsed
+
+    return loop.run_until_complete(body())
+
+
 BENCHES: list[tuple[str, Callable[[asyncio.AbstractEventLoop, int], float], int]] = [
     ("call_soon", bench_call_soon, 500_000),
     ("call_soon_threadsafe", bench_call_soon_threadsafe, 200_000),
     ("timer_cancel", bench_timer_cancel, 300_000),
     ("sleep0", bench_sleep0, 200_000),
     ("create_task_gather", bench_gather, 100_000),
+    ("sock_recv_small", bench_sock_recv_small, 100_000),
+    ("udp_pingpong", bench_udp_pingpong, 20_000),
+    ("pipe_read", bench_pipe_read, 20_000),
 ]
 
 
