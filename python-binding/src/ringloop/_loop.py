@@ -561,8 +561,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         def on_received(result: int, flags: int, aux: int) -> None:
             del handlers[token]
             if result > 0:
-                if result == n and fd not in self._recv_cancelled:
-                    self._recv_filled.add(fd)
+                # (Not for sock_recv() of more than 64 KiB: a bytes object that large may cost
+                # recv() an mmap, see RingDatagramTransport.)
+                if result == n and (target is not None or n <= 65536):
+                    if fd not in self._recv_cancelled:
+                        self._recv_filled.add(fd)
                 start = aux * buffer_size
                 if fut.done():
                     # The caller gave up after the kernel took these bytes.
