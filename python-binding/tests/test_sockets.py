@@ -145,17 +145,30 @@ def test_cancelled_sock_recv_does_not_consume_data(loop):
     run(loop, main())
 
 
-def test_sock_recv_cancelled_as_data_arrives_loses_nothing(loop):
+@pytest.mark.parametrize("receives", ["sock_recv", "with-5-byte-recv_into"])
+def test_sock_recv_cancelled_as_data_arrives_loses_nothing(loop, receives):
     # Cancel receives at every point of their life (before the bytes come, in the iteration they
-    # come, after): whatever the loop took from the socket must reach a later sock_recv, in order.
+    # come, after): whatever the loop took from the socket must reach a later receive, in order.
+    # "with-5-byte-recv_into": every other receive, and the final drain, is a sock_recv_into() of
+    # 5 bytes, so bytes a cancelled 1000-byte receive had taken reach it in pieces.
+    small_too = receives != "sock_recv"
+
     async def main():
         client, server_side = await connected_pair(loop)
+        small = bytearray(5)
+
+        async def receive_small():
+            return bytes(small[: await loop.sock_recv_into(server_side, small)])
+
         with client, server_side:
             sent = bytearray()
             received = bytearray()
             for i in range(300):
                 chunk = os.urandom(1 + (i * 37) % 3000)
-                pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
+                if small_too and i % 2:
+                    pending = asyncio.ensure_future(receive_small())
+                else:
+                    pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
                 await asyncio.sleep(0)
                 await loop.sock_sendall(client, chunk)
                 sent += chunk
@@ -168,48 +181,10 @@ def test_sock_recv_cancelled_as_data_arrives_loses_nothing(loop):
                     pass
             client.shutdown(socket.SHUT_WR)
             while True:
-                data = await loop.sock_recv(server_side, 4096)
+                data = await (receive_small() if small_too else loop.sock_recv(server_side, 4096))
                 if not data:
                     break
                 received += data
-            assert len(received) == len(sent)
-            assert received == sent
-
-    run(loop, main())
-
-
-def test_bytes_kept_from_cancelled_receives_go_to_smaller_receives_in_order(loop):
-    # As above, but every other receive is a sock_recv_into() of 5 bytes: bytes that a cancelled
-    # 1000-byte receive had taken reach it in pieces, the rest kept in order behind them.
-    async def main():
-        client, server_side = await connected_pair(loop)
-        small = bytearray(5)
-        with client, server_side:
-            sent = bytearray()
-            received = bytearray()
-            for i in range(300):
-                chunk = os.urandom(1 + (i * 37) % 3000)
-                if i % 2:
-                    pending = asyncio.ensure_future(loop.sock_recv_into(server_side, small))
-                else:
-                    pending = asyncio.ensure_future(loop.sock_recv(server_side, 1000))
-                await asyncio.sleep(0)
-                await loop.sock_sendall(client, chunk)
-                sent += chunk
-                for _ in range(i % 3):
-                    await asyncio.sleep(0)
-                pending.cancel()
-                try:
-                    result = await pending
-                except asyncio.CancelledError:
-                    continue
-                received += small[:result] if i % 2 else result
-            client.shutdown(socket.SHUT_WR)
-            while True:
-                n = await loop.sock_recv_into(server_side, small)
-                if not n:
-                    break
-                received += small[:n]
             assert len(received) == len(sent)
             assert received == sent
 

@@ -280,6 +280,21 @@ def test_buffered_protocol_is_given_the_bytes_as_asyncio_gives_them(loop):
     run(loop, main())
 
 
+class Handover(asyncio.Protocol):
+    """Hands the connection to ``target`` in connection_made(), as start_tls() swaps protocols:
+    the transport was made for this plain Protocol."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def connection_made(self, transport):
+        transport.set_protocol(self.target)
+        self.target.connection_made(transport)
+
+    def data_received(self, data):
+        raise AssertionError("the first protocol received data")
+
+
 @pytest.mark.parametrize("switched", [False, True], ids=["buffered-from-the-start", "switched-to-buffered"])
 def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop, switched):
     # A 100-byte buffer and a pause after every fill. "switched": the connection starts with a
@@ -296,17 +311,6 @@ def test_buffered_protocol_pausing_inside_buffer_updated_loses_nothing(loop, swi
             super().buffer_updated(nbytes)
             self.transport.pause_reading()
             loop.call_later(0.0005 if len(self.sizehints) % 7 else 0, self.transport.resume_reading)
-
-    class Handover(asyncio.Protocol):
-        def __init__(self, target):
-            self.target = target
-
-        def connection_made(self, transport):
-            transport.set_protocol(self.target)
-            self.target.connection_made(transport)
-
-        def data_received(self, data):
-            raise AssertionError("the first protocol received data")
 
     async def main():
         server, address = await start_echo_server(loop)
@@ -340,14 +344,6 @@ def test_buffered_protocol_giving_an_empty_buffer_fails_the_connection(loop, swi
     class Empty(CollectingBufferedProtocol):
         def get_buffer(self, sizehint):
             return bytearray()
-
-    class Handover(asyncio.Protocol):
-        def __init__(self, target):
-            self.target = target
-
-        def connection_made(self, transport):
-            transport.set_protocol(self.target)
-            self.target.connection_made(transport)
 
     async def main():
         server, address = await start_echo_server(loop)
