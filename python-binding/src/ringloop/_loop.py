@@ -38,7 +38,12 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from ._lib import WAKE_TOKEN, Reactor
 from ._selector import RingSelector
-from ._transport import RingDatagramTransport, RingReadPipeTransport, RingStreamTransport
+from ._transport import (
+    MAX_READ_SIZE,
+    RingDatagramTransport,
+    RingReadPipeTransport,
+    RingStreamTransport,
+)
 
 __all__ = ["Loop"]
 
@@ -508,7 +513,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         try:
             return await fut  # type: ignore[no-any-return]
         except exceptions.CancelledError:
-            self._abandon_recv(sock, fut, op, None)
+            self._abandon_recv(sock, fd, fut, op, None)
             raise
 
     async def sock_recv_into(self, sock: Any, buf: Any) -> int:
@@ -525,7 +530,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         try:
             return await fut  # type: ignore[no-any-return]
         except exceptions.CancelledError:
-            self._abandon_recv(sock, fut, op, target)
+            self._abandon_recv(sock, fd, fut, op, target)
             raise
 
     def _start_recv(self, sock: Any, fd: int, n: int, target: Any) -> Tuple[Any, int]:
@@ -563,7 +568,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             if result > 0:
                 # (Not for sock_recv() of more than 64 KiB: a bytes object that large may cost
                 # recv() an mmap, see RingDatagramTransport.)
-                if result == n and (target is not None or n <= 65536):
+                if result == n and (target is not None or n <= MAX_READ_SIZE):
                     if fd not in self._recv_cancelled:
                         self._recv_filled.add(fd)
                 start = aux * buffer_size
@@ -610,7 +615,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._recv_filled.discard(fd)
         return data if target is None else count
 
-    def _abandon_recv(self, sock: Any, fut: Any, op: int, target: Any) -> None:
+    def _abandon_recv(self, sock: Any, fd: int, fut: Any, op: int, target: Any) -> None:
         # The caller was cancelled. If the bytes had already arrived (the future holds them and
         # only the task's wakeup was pending), they are kept for the next receive on the socket;
         # otherwise the op is cancelled, and its event still comes (cancelled, or with bytes if
@@ -622,10 +627,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._keep_leftovers(sock, result if target is None else bytes(target[:result]))
             return
         if op:
-            fd = sock.fileno()
-            if fd >= 0:
-                self._recv_cancelled.add(fd)
-                self._recv_filled.discard(fd)
+            self._recv_cancelled.add(fd)
+            self._recv_filled.discard(fd)
             try:
                 self._reactor.cancel(op)
             except (OSError, RuntimeError):

@@ -689,7 +689,8 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 # pipe's whole capacity). Everything else is asyncio's, and the bodies follow CPython's
 # _read_ready (identical from 3.11 to 3.13).
 
-_READ_SIZE = 64 * 1024
+#: The most one datagram or pipe read (and an at-once sock_recv) asks for.
+MAX_READ_SIZE = 64 * 1024
 
 
 class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
@@ -698,16 +699,18 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Unix datagrams may be larger than 64 KiB: those keep asyncio's reads.
-        self._ip = self._sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._small_reads = (
+            self._sock.family in (socket.AF_INET, socket.AF_INET6) and self.max_size >= MAX_READ_SIZE
+        )
 
     def _read_ready(self) -> None:
-        if not self._ip or self.max_size < _READ_SIZE:
+        if not self._small_reads:
             super()._read_ready()
             return
         if self._conn_lost:
             return
         try:
-            data, addr = self._sock.recvfrom(_READ_SIZE)
+            data, addr = self._sock.recvfrom(MAX_READ_SIZE)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -724,11 +727,11 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
     """asyncio's read-pipe transport (subprocess output too), reading 64 KiB at a time."""
 
     def _read_ready(self) -> None:
-        if self.max_size < _READ_SIZE:
+        if self.max_size < MAX_READ_SIZE:
             super()._read_ready()
             return
         try:
-            data = os.read(self._fileno, _READ_SIZE)
+            data = os.read(self._fileno, MAX_READ_SIZE)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
