@@ -31,18 +31,22 @@ from asyncio import (
     exceptions,
     format_helpers,
     sslproto,
+    trsock,
     unix_events,
 )
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
-from ._lib import WAKE_TOKEN, Reactor
+from ._lib import WAKE_TOKEN, WRITABLE, Reactor
 from ._selector import RingSelector
 from ._transport import (
     MAX_READ_SIZE,
     RingDatagramTransport,
     RingReadPipeTransport,
     RingStreamTransport,
+    _sock_family,
+    _sock_proto,
+    _sock_type,
 )
 
 __all__ = ["Loop"]
@@ -55,6 +59,14 @@ def _run_handle(handle: events.Handle) -> None:
 
 _NEG_ECANCELED = -errno.ECANCELED
 _socket_type = socket.socket
+_raw_accept = socket.socket._accept  # type: ignore[attr-defined]
+_ipaddr_info = base_events._ipaddr_info  # type: ignore[attr-defined]
+_HAS_IPv6 = base_events._HAS_IPv6  # type: ignore[attr-defined]
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(socket.AF_INET6)
+_SOL_SOCKET = socket.SOL_SOCKET
+_SO_ERROR = socket.SO_ERROR
+_SOCK_STREAM = int(socket.SOCK_STREAM)
 _Handle = events.Handle
 _TimerHandle = events.TimerHandle
 _new_object = object.__new__
@@ -651,6 +663,200 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             self._keep_leftovers(sock, early[n:])
             early = early[:n]
         return early
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def create_connection(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kwargs: Any
+    ) -> Tuple[Any, Any]:
+        """asyncio's ``create_connection``. With nothing but a host that is an IP address and a
+        port (what ``open_connection(host, port)`` passes), it takes a short path with the same
+        steps: no address resolution, one socket, :meth:`sock_connect`, the transport."""
+        if kwargs or type(host) is not str or type(port) is not int:
+            return await super().create_connection(  # type: ignore[no-any-return]
+                protocol_factory, host, port, **kwargs
+            )
+        info = _ipaddr_info(host, port, 0, _SOCK_STREAM, 0)
+        if info is None:  # a name: getaddrinfo, and every address it returns in turn
+            return await super().create_connection(  # type: ignore[no-any-return]
+                protocol_factory, host, port
+            )
+        family, kind, proto, _, address = info
+        sock = _socket_type(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await self._sock_connect_resolved(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        # asyncio's _create_connection_transport for a plain socket.
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_socket_transport(sock, protocol, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        if self._debug:
+            base_events.logger.debug(
+                "%r connected to %s:%r: (%r, %r)", sock, host, port, transport, protocol
+            )
+        return transport, protocol
+
+    async def sock_connect(self, sock: Any, address: Any) -> None:
+        """asyncio's ``sock_connect``: ``connect()``, then, while the connection is in progress,
+        a writability watch of its own instead of an ``add_writer()`` registration (no selector
+        key, handle or done callback per connection)."""
+        if type(sock) is not _socket_type:
+            base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        family = _sock_family(sock)
+        if family == _AF_INET or (_HAS_IPv6 and family == _AF_INET6):
+            host, port = address[:2]
+            info = _ipaddr_info(host, port, family, _sock_type(sock), _sock_proto(sock), *address[2:])
+            if info is None:
+                resolved = await self._ensure_resolved(
+                    address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+                )
+                info = resolved[0]
+            address = info[4]
+        await self._sock_connect_resolved(sock, address)
+
+    async def _sock_connect_resolved(self, sock: Any, address: Any) -> None:
+        fd = sock.fileno()
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        transport_refs = self._transport_refs
+        if transport_refs is None or fd in transport_refs:
+            self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        handlers = self._handlers
+        reactor = self._reactor
+        token = self._new_token()
+        op = 0
+
+        def on_writable(result: int, flags: int, aux: int) -> None:
+            # asyncio's _sock_connect_cb, for each readiness event of the watch.
+            if fut.done():
+                return  # the caller was cancelled: its finally clause ends the watch
+            try:
+                if result < 0:
+                    raise OSError(-result, os.strerror(-result))
+                err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+                if err != 0:
+                    raise OSError(err, f"Connect call failed {address}")
+            except (BlockingIOError, InterruptedError):
+                return  # still connecting: the watch reports it again
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+
+        handlers[token] = on_writable
+        try:
+            op = reactor.watch(fd, WRITABLE, token)
+            await fut
+        finally:
+            # Also when cancelled: the watch ends here and the kernel goes on connecting, as
+            # with asyncio's.
+            if handlers.pop(token, None) is not None and op:
+                try:
+                    reactor.cancel(op)
+                except (OSError, RuntimeError):
+                    pass
+            fut = None  # breaks the cycle through an exception's traceback
+
+    def _accept_connection(
+        self,
+        protocol_factory: Callable[[], Any],
+        sock: Any,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: Optional[float] = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: Optional[float] = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        # asyncio's accept loop for one readiness event of a listening socket. A plain (not TLS)
+        # connection gets its protocol and transport right here, where asyncio starts a task
+        # (_accept_connection2) that does the same on the next iteration and then only waits
+        # for connection_made(): a task, its steps and a future less per connection.
+        if sslcontext:
+            super()._accept_connection(
+                protocol_factory,
+                sock,
+                sslcontext,
+                server,
+                backlog,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+            return
+        family, kind, proto = _sock_family(sock), _sock_type(sock), _sock_proto(sock)
+        for _ in range(backlog):
+            try:
+                fd, addr = _raw_accept(sock)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # the accept queue is empty
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise  # the loop reports it
+                # asyncio's back-off: stop accepting for a while (Linux keeps the listening
+                # socket readable meanwhile).
+                self.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY,
+                    self._start_serving,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
+                return
+            conn = _socket_type(family, kind, proto, fileno=fd)
+            protocol = transport = None
+            try:
+                conn.setblocking(False)
+                if self._debug:
+                    base_events.logger.debug(
+                        "%r got a new connection from %r: %r", server, addr, conn
+                    )
+                protocol = protocol_factory()
+                transport = self._make_socket_transport(
+                    conn, protocol, extra={"peername": addr}, server=server
+                )
+            except (SystemExit, KeyboardInterrupt):
+                conn.close()
+                raise
+            except BaseException as exc:
+                if transport is None:
+                    conn.close()  # (asyncio leaves it to the garbage collector)
+                if self._debug:
+                    context = {
+                        "message": "Error on transport creation for incoming connection",
+                        "exception": exc,
+                    }
+                    if protocol is not None:
+                        context["protocol"] = protocol
+                    if transport is not None:
+                        context["transport"] = transport
+                    self.call_exception_handler(context)
 
     # -- transports ----------------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ import errno
 import logging
 import os
 import socket
+import _socket
 import warnings
 from typing import Any, List, Optional
 
 from asyncio import constants, futures, protocols, selector_events, transports, trsock, unix_events
-from asyncio.base_events import _set_nodelay  # type: ignore[attr-defined]
 from asyncio.base_events import Server
 
 from ._lib import EV_MORE, READABLE
@@ -31,6 +31,18 @@ logger = logging.getLogger("asyncio")
 
 _ECANCELED = errno.ECANCELED
 _os_write = os.write
+# A socket's family/type/proto as plain ints: socket.socket's properties convert each to an enum
+# member through a Python-level enum call (~0.5 us apiece, several per connection).
+_sock_family = _socket.socket.family.__get__  # type: ignore[attr-defined]
+_sock_type = _socket.socket.type.__get__  # type: ignore[attr-defined]
+_sock_proto = _socket.socket.proto.__get__  # type: ignore[attr-defined]
+_INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_NODELAY = socket.TCP_NODELAY
+# _FlowControlMixin's write buffer limits when none are given.
+DEFAULT_HIGH_WATER = 64 * 1024
+DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 
 
 def _server_hooks_take_transport() -> bool:
@@ -72,17 +84,23 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         extra: Optional[dict] = None,
         server: Optional[Server] = None,
     ) -> None:
-        super().__init__(extra, loop)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        # _FlowControlMixin.__init__ and the limits it sets by default, spelled out (this runs
+        # once per connection, as the rest of __init__).
+        self._extra = extra = {} if extra is None else extra
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_LOW_WATER
+        extra["socket"] = trsock.TransportSocket(sock)
         try:
-            self._extra["sockname"] = sock.getsockname()
+            extra["sockname"] = sock.getsockname()
         except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
+            extra["sockname"] = None
+        if "peername" not in extra:
             try:
-                self._extra["peername"] = sock.getpeername()
+                extra["peername"] = sock.getpeername()
             except OSError:
-                self._extra["peername"] = None
+                extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._reactor = loop._reactor
@@ -146,9 +164,13 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             else:
                 server._attach()
         loop._transports[self._sock_fd] = self
-
-
-        _set_nodelay(sock)
+        # asyncio's _set_nodelay(sock), on the socket's numbers instead of its enum properties.
+        if (
+            _sock_family(sock) in _INET_FAMILIES
+            and _sock_type(sock) == _SOCK_STREAM
+            and _sock_proto(sock) == _IPPROTO_TCP
+        ):
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
         loop.call_soon(self._protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
         loop.call_soon(self._start_reading)
