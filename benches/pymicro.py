@@ -13,7 +13,10 @@ fatal), best of three; results are ops/s with ratios against asyncio and uvloop:
 - create_task_gather:    batches of 100 trivial tasks created and gathered;
 - sock_recv_small:       5-byte sock_recv() calls on a socket whose bytes are already there;
 - udp_pingpong:          one datagram echoed back and forth between two endpoints of the loop;
-- pipe_read:             4 KiB chunks written to a pipe, read by connect_read_pipe's protocol.
+- pipe_read:             4 KiB chunks written to a pipe, read by connect_read_pipe's protocol;
+- connect_accept:        streams connections set up and torn down: open_connection("127.0.0.1")
+                         to a start_server() of the same loop, whose handler closes the writer; the
+                         client reads the EOF and closes (client and server work per connection).
 """
 
 from __future__ import annotations
@@ -219,6 +222,26 @@ def bench_pipe_read(loop: asyncio.AbstractEventLoop, n: int) -> float:
     return loop.run_until_complete(body())
 
 
+def bench_connect_accept(loop: asyncio.AbstractEventLoop, n: int) -> float:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def body() -> float:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()[:2]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await reader.read() == b""
+            writer.close()
+        elapsed = time.perf_counter() - t0
+        server.close()
+        await server.wait_closed()
+        return elapsed
+
+    return loop.run_until_complete(body())
+
+
 BENCHES: list[tuple[str, Callable[[asyncio.AbstractEventLoop, int], float], int]] = [
     ("call_soon", bench_call_soon, 500_000),
     ("call_soon_threadsafe", bench_call_soon_threadsafe, 200_000),
@@ -228,6 +251,7 @@ BENCHES: list[tuple[str, Callable[[asyncio.AbstractEventLoop, int], float], int]
     ("sock_recv_small", bench_sock_recv_small, 100_000),
     ("udp_pingpong", bench_udp_pingpong, 20_000),
     ("pipe_read", bench_pipe_read, 20_000),
+    ("connect_accept", bench_connect_accept, 5_000),
 ]
 
 

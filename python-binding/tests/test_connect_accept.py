@@ -279,3 +279,54 @@ def test_accept_out_of_fds_backs_off_reports_it_and_serves_the_connection_later(
         for fd in ballast:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_failing_connection_made_is_reported_and_the_connection_still_works(loop):
+    async def main():
+        reported = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        server, address = await start_echo_server(loop)
+
+        class Careless(CollectingClientProtocol):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                raise ZeroDivisionError("in connection_made")
+
+        # create_connection still returns, and the transport reads and writes.
+        transport, protocol = await loop.create_connection(lambda: Careless(loop), *address)
+        assert len(reported) == 1
+        context = reported[0]
+        assert isinstance(context["exception"], ZeroDivisionError)
+        assert context["message"].startswith("Exception in callback ")
+        assert "connection_made" in context["message"]
+        assert context["handle"]._callback == protocol.connection_made
+        transport.write(b"after the failure")
+        transport.write_eof()
+        assert await protocol.done == b"after the failure"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_keyboard_interrupt_in_connection_made_stops_the_loop_and_the_connection_goes_on(loop):
+    server, address = run(loop, start_echo_server(loop))
+    interrupted = []
+
+    class Interrupting(CollectingClientProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+
+    task = loop.create_task(loop.create_connection(lambda: Interrupting(loop), *address))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    # Running the loop again finishes what the interrupted iteration left: the waiter, reading.
+    transport, protocol = run(loop, task)
+    transport.write(b"resumed")
+    transport.write_eof()
+    assert run(loop, protocol.done) == b"resumed"
+    server.close()
+    run(loop, server.wait_closed())

@@ -22,7 +22,17 @@ import _socket
 import warnings
 from typing import Any, List, Optional
 
-from asyncio import constants, futures, protocols, selector_events, transports, trsock, unix_events
+from asyncio import (
+    constants,
+    events,
+    format_helpers,
+    futures,
+    protocols,
+    selector_events,
+    transports,
+    trsock,
+    unix_events,
+)
 from asyncio.base_events import Server
 
 from ._lib import EV_MORE, READABLE
@@ -171,11 +181,31 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             and _sock_proto(sock) == _IPPROTO_TCP
         ):
             sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        loop.call_soon(self._protocol.connection_made, self)
-        # Reading starts only once connection_made() has run.
-        loop.call_soon(self._start_reading)
+        loop.call_soon(self._connected, self._protocol, waiter)
+
+    def _connected(self, protocol: protocols.BaseProtocol, waiter: Optional[Any]) -> None:
+        # asyncio's transports schedule protocol.connection_made(), the start of reading and the
+        # waiter's result as three callbacks in a row; this one callback runs the three in that
+        # order (two handles less per connection). A failing connection_made() is reported as
+        # its own handle would have been, and the rest goes on, as asyncio's next callbacks do.
+        try:
+            protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            # The loop stops; the rest runs when it goes on, as asyncio's queued callbacks would.
+            self._loop.call_soon(self._connected_rest, waiter)
+            raise
+        except BaseException as exc:
+            handle = events.Handle(protocol.connection_made, (self,), self._loop, None)
+            callback = format_helpers._format_callback_source(protocol.connection_made, (self,))
+            self._loop.call_exception_handler(
+                {"message": f"Exception in callback {callback}", "exception": exc, "handle": handle}
+            )
+        self._connected_rest(waiter)
+
+    def _connected_rest(self, waiter: Optional[Any]) -> None:
+        self._start_reading()  # reading starts only once connection_made() has run
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            futures._set_result_unless_cancelled(waiter, None)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
