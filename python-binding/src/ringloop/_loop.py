@@ -10,7 +10,10 @@ on a :class:`~ringloop._selector.RingSelector`, with the hot paths replaced:
 * TCP/Unix stream transports (:mod:`ringloop._transport`) receive through a multishot
   ``rl_op_recv`` into the reactor's buffers (a ``BufferedProtocol``'s: into its own buffer, on
   readiness, as asyncio's), and send directly, handing only the remainder to the reactor;
-* ``call_soon_threadsafe`` wakes the loop through ``rl_wake`` at most once per iteration.
+* ``call_soon_threadsafe`` wakes the loop through ``rl_wake`` at most once per iteration;
+* connection set-up takes fewer steps: ``sock_connect`` waits with a watch of its own,
+  ``create_connection`` to an IP address skips resolution, and an accepted plain connection gets
+  its transport in the accept callback instead of a task.
 """
 
 from __future__ import annotations
@@ -842,7 +845,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                     conn, protocol, extra={"peername": addr}, server=server
                 )
             except (SystemExit, KeyboardInterrupt):
-                conn.close()
+                if transport is None:
+                    conn.close()
                 raise
             except BaseException as exc:
                 if transport is None:
