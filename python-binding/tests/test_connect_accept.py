@@ -2,6 +2,7 @@
 the connection is in progress, and the server's accept path (failures included)."""
 
 import asyncio
+import contextlib
 import errno
 import os
 import resource
@@ -19,21 +20,23 @@ def nonblocking(sock):
     return sock
 
 
+@contextlib.contextmanager
 def stuck_listener():
-    """A listening socket whose accept queue is full, and the connections that fill it: a new
-    connect() to it stays in progress (the kernel drops its SYNs) until something is accepted."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(8):
-        filler = nonblocking(socket.socket())
-        filler.connect_ex(listener.getsockname())
-        fillers.append(filler)
-        _, writable, _ = select.select([], [filler], [], 0.1)
-        if not writable:
-            return listener, fillers
-    raise AssertionError("the accept queue never filled")
+    """A listening socket whose accept queue is full: a new connect() to it stays in progress
+    (the kernel drops its SYNs) until something is accepted. Closed, with the connections that
+    fill it, on exit."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        for _ in range(8):
+            filler = stack.enter_context(nonblocking(socket.socket()))
+            filler.connect_ex(listener.getsockname())
+            _, writable, _ = select.select([], [filler], [], 0.1)
+            if not writable:
+                yield listener
+                return
+        raise AssertionError("the accept queue never filled")
 
 
 def watched(loop):
@@ -130,40 +133,33 @@ def test_create_connection_to_an_ipv6_address(loop):
 
 def test_sock_connect_cancelled_while_connecting_stops_watching_the_socket(loop):
     async def main():
-        listener, fillers = stuck_listener()
-        try:
+        with stuck_listener() as listener, nonblocking(socket.socket()) as sock:
             before = watched(loop)
-            with nonblocking(socket.socket()) as sock:
-                task = asyncio.ensure_future(loop.sock_connect(sock, listener.getsockname()))
+            task = asyncio.ensure_future(loop.sock_connect(sock, listener.getsockname()))
+            await asyncio.sleep(0.05)
+            assert not task.done()  # the connection is still in progress
+            assert watched(loop) == before + 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            assert watched(loop) == before
+            # The socket is the caller's again: a writer can be added for it.
+            writable = loop.create_future()
+            loop.add_writer(sock, lambda: writable.done() or writable.set_result(True))
+            try:
+                # Still in progress: not writable until the listener accepts.
                 await asyncio.sleep(0.05)
-                assert not task.done()  # the connection is still in progress
-                assert watched(loop) == before + 1
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                await asyncio.sleep(0)
-                assert watched(loop) == before
-                # The socket is the caller's again: a writer can be added for it.
-                writable = loop.create_future()
-                loop.add_writer(sock, lambda: writable.done() or writable.set_result(True))
-                try:
-                    # Still in progress: not writable until the listener accepts.
-                    await asyncio.sleep(0.05)
-                    assert not writable.done()
-                finally:
-                    assert loop.remove_writer(sock)
-        finally:
-            listener.close()
-            for filler in fillers:
-                filler.close()
+                assert not writable.done()
+            finally:
+                assert loop.remove_writer(sock)
 
     run(loop, main())
 
 
 def test_create_connection_cancelled_while_connecting_closes_its_socket(loop):
     async def main():
-        listener, fillers = stuck_listener()
-        try:
+        with stuck_listener() as listener:
             before = open_fds()
             host, port = listener.getsockname()
             task = asyncio.ensure_future(loop.create_connection(asyncio.Protocol, host, port))
@@ -174,10 +170,6 @@ def test_create_connection_cancelled_while_connecting_closes_its_socket(loop):
                 await task
             await asyncio.sleep(0)
             assert open_fds() == before
-        finally:
-            listener.close()
-            for filler in fillers:
-                filler.close()
 
     run(loop, main())
 

@@ -790,16 +790,17 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # connection gets its protocol and transport right here, where asyncio starts a task
         # (_accept_connection2) that does the same on the next iteration and then only waits
         # for connection_made(): a task, its steps and a future less per connection.
+        serving = (
+            protocol_factory,
+            sock,
+            sslcontext,
+            server,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
         if sslcontext:
-            super()._accept_connection(
-                protocol_factory,
-                sock,
-                sslcontext,
-                server,
-                backlog,
-                ssl_handshake_timeout,
-                ssl_shutdown_timeout,
-            )
+            super()._accept_connection(*serving)
             return
         family, kind, proto = _sock_family(sock), _sock_type(sock), _sock_proto(sock)
         for _ in range(backlog):
@@ -820,17 +821,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                     }
                 )
                 self._remove_reader(sock.fileno())
-                self.call_later(
-                    constants.ACCEPT_RETRY_DELAY,
-                    self._start_serving,
-                    protocol_factory,
-                    sock,
-                    sslcontext,
-                    server,
-                    backlog,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                )
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *serving)
                 return
             conn = _socket_type(family, kind, proto, fileno=fd)
             protocol = transport = None
