@@ -46,6 +46,16 @@ def watched(loop):
     return len(handlers) if handlers is not None else len(loop._selector.get_map())
 
 
+async def assert_streams_echo(address, payload):
+    """One streams connection to an echo server at ``address``: ``payload`` comes back whole."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(payload)
+    writer.write_eof()
+    assert await reader.read() == payload
+    writer.close()
+    await writer.wait_closed()
+
+
 def refused_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,12 +111,7 @@ def test_open_connection_to_an_ip_address_is_byte_exact_and_made_before_it_retur
         transport.write_eof()
         assert await protocol.done == payload
 
-        reader, writer = await asyncio.open_connection(*address)
-        writer.write(b"streams too")
-        writer.write_eof()
-        assert await reader.read() == b"streams too"
-        writer.close()
-        await writer.wait_closed()
+        await assert_streams_echo(address, b"streams too")
         server.close()
         await server.wait_closed()
 
@@ -204,12 +209,7 @@ def test_a_failing_protocol_factory_drops_that_connection_and_the_server_goes_on
         assert isinstance(reported[0]["exception"], Boom)
         refused_writer.close()
 
-        reader, writer = await asyncio.open_connection(*address)
-        writer.write(b"the next connection is served")
-        writer.write_eof()
-        assert await reader.read() == b"the next connection is served"
-        writer.close()
-        await writer.wait_closed()
+        await assert_streams_echo(address, b"the next connection is served")
         server.close()
         await server.wait_closed()
         assert calls == 2

@@ -32,7 +32,6 @@ from asyncio import (
     constants,
     events,
     exceptions,
-    format_helpers,
     sslproto,
     trsock,
     unix_events,
@@ -47,6 +46,7 @@ from ._transport import (
     RingDatagramTransport,
     RingReadPipeTransport,
     RingStreamTransport,
+    _report_callback_error,
     _sock_family,
     _sock_proto,
     _sock_type,
@@ -95,13 +95,6 @@ _LEAN_HANDLES = set(_Handle.__slots__) == {
 _THREADSAFE_HANDLES = hasattr(events, "_ThreadSafeHandle")
 
 
-def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
-    # What Handle._run() does with an exception from its callback.
-    cb = format_helpers._format_callback_source(handle._callback, handle._args)
-    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
-    if handle._source_traceback:
-        context["source_traceback"] = handle._source_traceback
-    handle._loop.call_exception_handler(context)
 
 # BaseEventLoop's tuning of its timer heap and longest wait, kept identical.
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
@@ -824,7 +817,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *serving)
                 return
             conn = _socket_type(family, kind, proto, fileno=fd)
-            protocol = transport = None
+            protocol = None
             try:
                 conn.setblocking(False)
                 if self._debug:
@@ -832,16 +825,13 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                         "%r got a new connection from %r: %r", server, addr, conn
                     )
                 protocol = protocol_factory()
-                transport = self._make_socket_transport(
-                    conn, protocol, extra={"peername": addr}, server=server
-                )
+                self._make_socket_transport(conn, protocol, extra={"peername": addr}, server=server)
             except (SystemExit, KeyboardInterrupt):
-                if transport is None:
-                    conn.close()
+                conn.close()
                 raise
             except BaseException as exc:
-                if transport is None:
-                    conn.close()  # (asyncio leaves it to the garbage collector)
+                # No transport owns the socket (making it is the last step that can fail).
+                conn.close()  # (asyncio leaves it to the garbage collector)
                 if self._debug:
                     context = {
                         "message": "Error on transport creation for incoming connection",
@@ -849,8 +839,6 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                     }
                     if protocol is not None:
                         context["protocol"] = protocol
-                    if transport is not None:
-                        context["transport"] = transport
                     self.call_exception_handler(context)
 
     # -- transports ----------------------------------------------------------------------------

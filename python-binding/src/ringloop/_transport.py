@@ -55,6 +55,15 @@ DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 
 
+def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
+    # What Handle._run() does with an exception from its callback.
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
 def _server_hooks_take_transport() -> bool:
     # Python 3.13 changed Server._attach()/_detach() to take the transport.
     import inspect
@@ -196,10 +205,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             raise
         except BaseException as exc:
             handle = events.Handle(protocol.connection_made, (self,), self._loop, None)
-            callback = format_helpers._format_callback_source(protocol.connection_made, (self,))
-            self._loop.call_exception_handler(
-                {"message": f"Exception in callback {callback}", "exception": exc, "handle": handle}
-            )
+            _report_callback_error(handle, exc)
         self._connected_rest(waiter)
 
     def _connected_rest(self, waiter: Optional[Any]) -> None:
@@ -752,7 +758,7 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
         super().__init__(*args, **kwargs)
         # Unix datagrams may be larger than 64 KiB: those keep asyncio's reads.
         self._small_reads = (
-            self._sock.family in (socket.AF_INET, socket.AF_INET6) and self.max_size >= MAX_READ_SIZE
+            _sock_family(self._sock) in _INET_FAMILIES and self.max_size >= MAX_READ_SIZE
         )
 
     def _read_ready(self) -> None:
