@@ -231,6 +231,9 @@ def test_a_poll_after_the_c_loop_is_freed_is_a_clear_error(loop_factory):
         selector.select(0)
     with pytest.raises(RuntimeError, match="handle is not valid"):
         selector.select(0.001)
+    with pytest.raises(RuntimeError, match="handle is not valid"):
+        selector.select(None)  # would wait forever on a live loop with nothing to do
+    reactor.wake()  # nothing to wake: ignored
 
 
 def _run_in_thread(loop, coro):

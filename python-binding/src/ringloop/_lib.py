@@ -92,6 +92,12 @@ _u64 = ctypes.c_uint64
 _i32 = ctypes.c_int
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
+# Prepared parameters for calls without argtypes (see Reactor.loop_arg).
+_pointer_param = _ptr.from_param
+_i64_param = _i64.from_param
+_u32_param = _u32.from_param
+# rl_poll's arguments once the loop is gone: a NULL loop (RL_EHANDLE) and no event array.
+_FREED_POLL_ARGS = (None, _i64_param(0), None, _u32_param(0))
 
 # name: (restype, argtypes, blocking)
 _SIGNATURES = {
@@ -152,6 +158,10 @@ class Library:
         self.rl_poll_bare.restype = _i32
         self.rl_poll_nowait_bare = pydll._FuncPtr(("rl_poll", pydll))
         self.rl_poll_nowait_bare.restype = _i32
+        # rl_wake likewise (once per loop iteration from call_soon_threadsafe), with the
+        # reactor's prepared loop parameter.
+        self.rl_wake_bare = pydll._FuncPtr(("rl_wake", pydll))
+        self.rl_wake_bare.restype = _i32
         self.version = self.rl_version()
 
     def strerror(self, code: int) -> str:
@@ -229,10 +239,15 @@ class Reactor:
         lib = library
         self._lib = lib
         self._handle = 0
-        # The loop argument of the calls made without argtypes, as a ctypes object: set with
-        # _handle and cleared with it, so a call after free() or in a forked child gets
-        # RL_EHANDLE.
-        self.loop_arg = ctypes.c_void_p(None)
+        # The calls made without argtypes (the per-iteration poll, recv_once) take their
+        # arguments as prepared ctypes parameters (c_void_p.from_param() and friends): passed
+        # as they are, where a ctypes object is converted to such a parameter on every call
+        # (~25 ns an argument). The loop parameter is made with _handle and replaced with NULL
+        # when it is dropped, so a call after free() or in a forked child gets RL_EHANDLE; the
+        # selector reads the poll arguments from here on every call for that reason.
+        self.loop_arg: Any = None
+        self.poll_forever_args: tuple = _FREED_POLL_ARGS
+        self.poll_nowait_args: tuple = _FREED_POLL_ARGS
         opts = rl_options()
         lib.rl_options_init(ctypes.byref(opts))
         if backend is not None:
@@ -253,7 +268,6 @@ class Reactor:
         if rc < 0:
             raise lib.error(rc)
         self._handle = handle.value or 0
-        self.loop_arg.value = self._handle
         self._pid = os.getpid()
         _live_reactors.add(self)
 
@@ -292,10 +306,9 @@ class Reactor:
         #: with poll_forever_args / poll_nowait_args, or poll_args(timeout_ns).
         self.poll_wait = lib.rl_poll_bare
         self.poll_nowait = lib.rl_poll_nowait_bare
-        self._poll_events = ctypes.c_void_p(self._event_addr)
-        self._poll_capacity = ctypes.c_uint32(capacity)
-        self.poll_forever_args = self.poll_args(-1)
-        self.poll_nowait_args = self.poll_args(0)
+        self._poll_events = _pointer_param(self._event_addr)
+        self._poll_capacity = _u32_param(capacity)
+        self._set_loop_arg(self._handle)
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
         # recv_once() calls rl_op_recv_once without argtypes (their conversions were ~40% of a
@@ -304,12 +317,12 @@ class Reactor:
         # ints (the same 32 bits as the u32 max_len below 2**31, and recv_once keeps it there).
         self._recv_once = lib.rl_op_recv_once_bare
         self._token_arg = ctypes.c_uint64()
-        self._out_arg = ctypes.c_void_p(self._out_addr)
+        self._out_arg = _pointer_param(self._out_addr)
         #: Whether :meth:`recv_once` exists in this library.
         self.has_recv_once = lib.rl_op_recv_once is not None
         self._send = lib.rl_op_send
         self._cancel = lib.rl_op_cancel
-        self._wake = lib.rl_wake
+        self._wake = lib.rl_wake_bare
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -317,15 +330,24 @@ class Reactor:
     def closed(self) -> bool:
         return not self._handle
 
+    def _set_loop_arg(self, handle: int) -> None:
+        if handle:
+            self.loop_arg = _pointer_param(handle)
+            self.poll_forever_args = self.poll_args(-1)
+            self.poll_nowait_args = self.poll_args(0)
+        else:
+            self.loop_arg = None  # passed as NULL
+            self.poll_forever_args = self.poll_nowait_args = _FREED_POLL_ARGS
+
     def _forget(self) -> None:
         """Drops the handle without calling into the library (the child side of a fork)."""
         self._handle = 0
-        self.loop_arg.value = None
+        self._set_loop_arg(0)
 
     def free(self) -> None:
         """Frees the C loop; idempotent, and a no-op in a forked child."""
         handle, self._handle = self._handle, 0
-        self.loop_arg.value = None
+        self._set_loop_arg(0)
         _live_reactors.discard(self)
         if handle and self._pid == os.getpid():
             rc = self._lib.rl_loop_free(handle)
@@ -344,7 +366,7 @@ class Reactor:
     def poll_args(self, timeout_ns: int) -> tuple:
         """rl_poll's arguments for waiting up to ``timeout_ns`` (``-1`` forever, ``0`` not at
         all) into :attr:`events`, for :attr:`poll_wait` / :attr:`poll_nowait`."""
-        return (self.loop_arg, ctypes.c_int64(timeout_ns), self._poll_events, self._poll_capacity)
+        return (self.loop_arg, _i64_param(timeout_ns), self._poll_events, self._poll_capacity)
 
     def poll_failed(self, code: int) -> int:
         """What a negative rl_poll result means: ``0`` events for ``-EINTR`` (a signal arrived;
@@ -396,6 +418,6 @@ class Reactor:
 
     def wake(self) -> None:
         """Thread-safe; errors (a closed or forked-away loop) are ignored: there is nothing to wake."""
-        handle = self._handle
-        if handle:
-            self._wake(handle)
+        loop_arg = self.loop_arg  # (None once freed; a stale handle gets RL_EHANDLE)
+        if loop_arg is not None:
+            self._wake(loop_arg)
