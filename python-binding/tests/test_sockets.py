@@ -63,6 +63,10 @@ def test_sock_recv_on_a_socket_a_transport_owns_is_refused_until_the_transport_l
     async def main():
         client, server_side = await connected_pair(loop)
         with server_side:
+            # A receive that fills its request first: ringloop's next one on this socket tries
+            # recv() at once, and must still see the transport.
+            server_side.sendall(b"0123456789")
+            assert await loop.sock_recv(client, 10) == b"0123456789"
             transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
             for call in (lambda: loop.sock_recv(client, 10), lambda: loop.sock_recv_into(client, bytearray(10))):
                 with pytest.raises(RuntimeError, match="is used by transport"):
