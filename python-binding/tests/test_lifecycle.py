@@ -314,3 +314,19 @@ def test_debug_mode_can_be_switched_off(loop, caplog):
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         loop.run_forever()
     assert not [r for r in caplog.records if "took" in r.getMessage()]
+
+
+def test_futures_and_tasks_follow_the_debug_flag(loop):
+    # Futures and tasks ask get_debug() when they are made (in debug mode they keep a traceback of
+    # their creation): the flag they see must follow set_debug().
+    try:
+        for enabled in (True, False, True):
+            loop.set_debug(enabled)
+            assert loop.get_debug() is enabled
+            future = loop.create_future()
+            task = loop.create_task(asyncio.sleep(0))
+            assert (future._source_traceback is not None) is enabled
+            assert (task._source_traceback is not None) is enabled
+            loop.run_until_complete(task)
+    finally:
+        loop.set_debug(False)

@@ -245,11 +245,18 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
 
     def _bind_fast_methods(self) -> None:
         # time() runs a few times per iteration: bound on the instance as the C function it
-        # returns, unless a subclass overrides it. (create_future/get_debug bound as partials
-        # saved 0.6% of the instructions of a streams echo and would make the loop a reference
-        # cycle: not done.)
+        # returns, unless a subclass overrides it. (create_future bound as a partial would make
+        # the loop a reference cycle: not done. get_debug is bound by set_debug.)
         if type(self).time is Loop.time:
             self.time = time.monotonic  # type: ignore[method-assign]
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        if type(self).get_debug is base_events.BaseEventLoop.get_debug:
+            # Every Future and Task made on this loop asks get_debug() in its (C) __init__: bound
+            # on the instance as a C callable that returns the flag, it costs no Python frame.
+            # (repeat(flag).__next__ holds no reference to the loop, so no reference cycle.)
+            self.get_debug = itertools.repeat(self._debug).__next__  # type: ignore[method-assign]
 
     def close(self) -> None:
         if self.is_running():
