@@ -210,6 +210,22 @@ def main() -> int:
         out = run_quiet([sys.executable, str(benchlib.BENCHES / "pymicro.py"), "--quick"], 120)
         return f"{out.count('ops/s') - 1} measurement(s)"
 
+    @check("pymicro_ab (HEAD against the work tree)")
+    def _():
+        if not (benchlib.BENCHES.parent / ".git").exists():
+            raise Skip("not a git checkout")
+        out = run_quiet(
+            [sys.executable, str(benchlib.BENCHES / "pymicro_ab.py"), "sleep0", "-n", "200", "--rounds", "1", "--cpu", "-1",
+             "--loops", "ringloop-epoll"],
+            120,
+        )
+        rows = [line for line in out.splitlines() if " best " in line]
+        names = {line[23:47].strip() for line in rows}  # the key column (pymicro_ab's format)
+        wanted = {"asyncio", "ringloop-epoll base", "ringloop-epoll work"}
+        if not wanted <= names:
+            raise AssertionError(f"missing rows {sorted(wanted - names)}:\n{out[-1000:]}")
+        return f"{len(rows)} rows"
+
     @check("syscalls per round trip (strace)")
     def _():
         if not shutil.which("strace"):
