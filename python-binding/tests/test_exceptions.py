@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+import socket
 
 import pytest
 
@@ -135,3 +136,76 @@ def test_keyboard_interrupt_in_a_callback_propagates_out_of_the_loop(loop):
     assert not loop.is_running()
     # The loop stays usable.
     assert loop.run_until_complete(asyncio.sleep(0, result="again")) == "again"
+
+
+def test_exception_in_a_reader_or_writer_callback_goes_to_the_handler(loop):
+    # A readiness callback fails as a call_soon callback does: reported with asyncio's message
+    # and handle, and the other callbacks of the same iteration still run.
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        b.send(b"x")
+        d.send(b"y")
+        seen = []
+
+        def bad_reader():
+            raise ZeroDivisionError("reader")
+
+        def bad_writer(tag):
+            raise ValueError(tag)
+
+        loop.add_reader(a, bad_reader)
+        loop.add_reader(c, seen.append, "c readable")
+        loop.add_writer(b, bad_writer, "writer")
+        try:
+            loop.call_later(0.05, loop.stop)
+            loop.run_forever()
+        finally:
+            loop.remove_reader(a)
+            loop.remove_reader(c)
+            loop.remove_writer(b)
+    assert seen and set(seen) == {"c readable"}
+    by_type = {}
+    for context in contexts:
+        by_type.setdefault(type(context["exception"]), []).append(context)
+    assert set(by_type) == {ZeroDivisionError, ValueError}, contexts
+    for context in by_type[ZeroDivisionError]:
+        assert context["message"].startswith("Exception in callback ")
+        assert "bad_reader" in context["message"]
+        assert isinstance(context["handle"], asyncio.Handle)
+    for context in by_type[ValueError]:
+        assert "bad_writer('writer')" in context["message"]
+
+
+def test_keyboard_interrupt_in_a_reader_callback_stops_the_loop_and_keeps_the_other_events(loop):
+    # As in asyncio, the interrupt leaves the loop at once; a reader that was ready in the same
+    # iteration runs on the next run instead of being lost.
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        b.send(b"x")
+        d.send(b"y")
+        calls = []
+
+        def interrupting_reader():
+            calls.append(a.recv(1))
+            loop.remove_reader(a)
+            raise KeyboardInterrupt
+
+        def plain_reader():
+            calls.append(c.recv(1))
+            loop.remove_reader(c)
+
+        loop.add_reader(a, interrupting_reader)
+        loop.add_reader(c, plain_reader)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_forever()
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        finally:
+            loop.remove_reader(a)
+            loop.remove_reader(c)
+    assert sorted(calls) == [b"x", b"y"]

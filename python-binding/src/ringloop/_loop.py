@@ -55,11 +55,6 @@ from ._transport import (
 __all__ = ["Loop"]
 
 
-def _run_handle(handle: events.Handle) -> None:
-    # A readiness event's reader/writer handle, run during the I/O phase of the iteration.
-    handle._run()
-
-
 _NEG_ECANCELED = -errno.ECANCELED
 _socket_type = socket.socket
 _raw_accept = socket.socket._accept  # type: ignore[attr-defined]
@@ -351,7 +346,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         if already_ready:
             self._run_ready(already_ready)
         if selector._pending is not None:
-            selector.dispatch(_run_handle)
+            selector.dispatch()
         if ntodo > already_ready:
             self._run_ready(ntodo - already_ready)
 

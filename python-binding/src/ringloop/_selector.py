@@ -15,11 +15,15 @@ import selectors
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
-from ._transport import RECEIVING_DATA, RingStreamTransport
+from asyncio import events as _events
+
+from ._transport import RECEIVING_DATA, RingStreamTransport, _report_callback_error
 
 
 #: Up to this many events a poll's records are read through a view made in advance.
 _PRESLICED = 64
+
+_Handle = _events.Handle
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -248,10 +252,11 @@ class RingSelector(selectors.BaseSelector):
         cancelled while events of that batch may still be queued for it)."""
         self._retired.append(token)
 
-    def dispatch(self, run_ready: Callable[[Any], None]) -> None:
+    def dispatch(self, run_ready: Optional[Callable[[Any], None]] = None) -> None:
         """Delivers the events of the last :meth:`select`, in order, in one pass: a completion
         event goes to its handler, ``handler(result, flags, aux)``; a readiness event's reader or
-        writer handle goes to ``run_ready`` (as asyncio's selector loop runs I/O callbacks).
+        writer handle runs as asyncio's selector loop runs I/O callbacks: through ``run_ready``
+        when given (debug mode times it), else here, as ``Handle._run()`` would run it.
 
         The handler is looked up at delivery time: one removed by an earlier callback of the same
         batch (a transport closed meanwhile) no longer receives events. Received buffers stay
@@ -269,7 +274,10 @@ class RingSelector(selectors.BaseSelector):
         buffers = self._buffers
         receiving_data = RECEIVING_DATA
         transport_type = RingStreamTransport
+        fd_to_key = self._fd_to_key
         handler: Any = None
+        # The readiness handle being run here, for its exception's report.
+        handle: Any = None
         self.dispatching = True
         try:
             while True:
@@ -295,7 +303,34 @@ class RingSelector(selectors.BaseSelector):
                             else:
                                 handler._on_recv(result, flags, aux)
                         elif type(handler) is int:
-                            self._ready_event(handler, run_ready)
+                            # What BaseSelectorEventLoop._process_events and then Handle._run()
+                            # do for one (key, mask) pair, spelled out (three Python frames
+                            # less per readiness event), except that the handle runs now
+                            # instead of being queued for later in this iteration.
+                            key = fd_to_key.get(handler >> 1)
+                            if key is None:
+                                continue
+                            handle = key.data[handler & 1]
+                            if handle is None:
+                                continue
+                            if handle._cancelled:
+                                handle = None
+                                if handler & 1:
+                                    self._remove_writer(key.fileobj)
+                                else:
+                                    self._remove_reader(key.fileobj)
+                            elif run_ready is None and type(handle) is _Handle:
+                                if handle._args:
+                                    handle._context.run(handle._callback, *handle._args)
+                                else:
+                                    handle._context.run(handle._callback)
+                                handle = None
+                            elif run_ready is not None:
+                                run_ready(handle)
+                                handle = None
+                            else:
+                                handle._run()  # another Handle type: its own _run()
+                                handle = None
                         else:
                             handler(result, flags, aux)
                     break
@@ -307,28 +342,13 @@ class RingSelector(selectors.BaseSelector):
                         handler._fatal_error(
                             exc, "Fatal error: protocol.data_received() call failed."
                         )
+                    elif handle is not None:
+                        _report_callback_error(handle, exc)  # as Handle._run() reports it
                     else:
                         self._on_error(exc, handler)
-                    handler = None
+                    handler = handle = None
             self._pending = None
             self._pending_count = 0
         finally:
             self.dispatching = False
-            handler = None  # a surviving frame object must not keep it alive
-
-    def _ready_event(self, watch: int, run_ready: Callable[[Any], None]) -> None:
-        # What BaseSelectorEventLoop._process_events does for one (key, mask) pair, except that
-        # the handle runs now instead of being queued for later in this iteration.
-        key = self._fd_to_key.get(watch >> 1)
-        if key is None:
-            return
-        handle = key.data[watch & 1]
-        if handle is None:
-            return
-        if handle._cancelled:
-            if watch & 1:
-                self._remove_writer(key.fileobj)
-            else:
-                self._remove_reader(key.fileobj)
-        else:
-            run_ready(handle)
+            handler = handle = None  # a surviving frame object must not keep them alive
