@@ -1307,6 +1307,41 @@ fn poll_raw_with_a_tiny_array_loses_nothing(choice: BackendChoice) {
     }
 }
 
+/// A raw-mode caller with no callback-mode work of its own (the Python loop) still runs a
+/// callback another thread sends while it waits in `poll_raw`, and a timer that callback sets.
+fn poll_raw_runs_callbacks_sent_from_another_thread(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let ran = Arc::new(AtomicUsize::new(0));
+    let handle = lp.handle();
+    let remote_ran = ran.clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        handle
+            .call_soon_threadsafe(move |lp| {
+                remote_ran.fetch_add(1, Ordering::SeqCst);
+                let timer_ran = remote_ran.clone();
+                lp.call_later(MS, move |_| {
+                    timer_ran.fetch_add(10, Ordering::SeqCst);
+                })
+                .unwrap();
+            })
+            .unwrap();
+    });
+    let mut events = [Event::default(); 8];
+    let start = Instant::now();
+    while ran.load(Ordering::SeqCst) != 11 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ran {}",
+            ran.load(Ordering::SeqCst)
+        );
+        // Wait without a deadline: only the wake of the sender, then the timer, end it.
+        let n = lp.poll_raw(None, &mut events).unwrap();
+        assert!(events[..n].iter().all(|e| e.token == u64::MAX));
+    }
+    sender.join().unwrap();
+}
+
 fn raw_buffer_events_seen_by_run_wait_for_poll_raw(choice: BackendChoice) {
     let Some(mut lp) = make(choice) else { return };
     let (a, b) = pair();
@@ -1689,6 +1724,7 @@ suite!(
     signal_handler_runs_on_the_loop,
     poll_raw_returns_only_raw_events,
     poll_raw_with_a_tiny_array_loses_nothing,
+    poll_raw_runs_callbacks_sent_from_another_thread,
     poll_raw_with_a_large_array_separates_loop_events,
     raw_buffer_events_seen_by_run_wait_for_poll_raw,
     raw_callbacks_echo,

@@ -472,6 +472,15 @@ impl EventLoop {
             || self.batch_pos < self.batch_len
     }
 
+    /// Whether a callback-mode step may find work: a batch being dispatched, ready callbacks,
+    /// timers, or items from other threads.
+    fn has_callback_work(&self) -> bool {
+        self.batch_pos < self.batch_len
+            || !self.ready.is_empty()
+            || self.timers.len() > 0
+            || self.remote.has_pending()
+    }
+
     fn check_open(&self) -> io::Result<()> {
         if self.closing || self.closed {
             Err(closed_error())
@@ -904,11 +913,16 @@ impl EventLoop {
             self.held_buffer = self.held_raw.iter().any(|e| e.flags & flags::BUFFER != 0);
             return Ok(n);
         }
-        self.dispatch_batch();
-        self.update_time();
-        self.run_timers();
-        self.drain_remote();
-        self.run_ready();
+        // A raw-mode caller (the Python loop) usually has no callback-mode work at all: then the
+        // steps that would find none are skipped, before the wait and after it.
+        let callback_work = self.has_callback_work();
+        if callback_work {
+            self.dispatch_batch();
+            self.update_time();
+            self.run_timers();
+            self.drain_remote();
+            self.run_ready();
+        }
         let wait = if !self.ready.is_empty() || self.remote.has_pending() {
             Some(Duration::ZERO)
         } else if let Some(deadline) = self.timers.next_deadline() {
@@ -978,6 +992,9 @@ impl EventLoop {
         };
         self.batch_len = ours;
         self.batch_pos = 0;
+        if ours == 0 && !self.has_callback_work() {
+            return Ok(kept);
+        }
         let dispatched = catch_unwind(AssertUnwindSafe(|| {
             self.dispatch_batch();
             self.run_timers();
