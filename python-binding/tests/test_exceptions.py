@@ -1,6 +1,7 @@
 """The exception handler receives what escapes callbacks, tasks and protocol methods."""
 
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
@@ -138,16 +139,23 @@ def test_keyboard_interrupt_in_a_callback_propagates_out_of_the_loop(loop):
     assert loop.run_until_complete(asyncio.sleep(0, result="again")) == "again"
 
 
-def test_exception_in_a_reader_or_writer_callback_goes_to_the_handler(loop):
-    # A readiness callback fails as a call_soon callback does: reported with asyncio's message
-    # and handle, and the other callbacks of the same iteration still run.
-    contexts = []
-    loop.set_exception_handler(_collecting_handler(contexts))
+@contextlib.contextmanager
+def _two_readable_pairs():
+    # Two socket pairs (a, b) and (c, d) whose a and c each have a byte to read: b"x", b"y".
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     with a, b, c, d:
         b.send(b"x")
         d.send(b"y")
+        yield a, b, c, d
+
+
+def test_exception_in_a_reader_or_writer_callback_goes_to_the_handler(loop):
+    # A readiness callback fails as a call_soon callback does: reported with asyncio's message
+    # and handle, and the other callbacks of the same iteration still run.
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    with _two_readable_pairs() as (a, b, c, d):
         seen = []
 
         def bad_reader():
@@ -182,11 +190,7 @@ def test_exception_in_a_reader_or_writer_callback_goes_to_the_handler(loop):
 def test_keyboard_interrupt_in_a_reader_callback_stops_the_loop_and_keeps_the_other_events(loop):
     # As in asyncio, the interrupt leaves the loop at once; a reader that was ready in the same
     # iteration runs on the next run instead of being lost.
-    a, b = socket.socketpair()
-    c, d = socket.socketpair()
-    with a, b, c, d:
-        b.send(b"x")
-        d.send(b"y")
+    with _two_readable_pairs() as (a, b, c, d):
         calls = []
 
         def interrupting_reader():
