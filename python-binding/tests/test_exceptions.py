@@ -184,7 +184,7 @@ def test_exception_in_a_reader_or_writer_callback_goes_to_the_handler(loop):
         assert "bad_reader" in context["message"]
         assert isinstance(context["handle"], asyncio.Handle)
     for context in by_type[ValueError]:
-        assert "bad_writer('writer')" in context["message"]
+        assert "bad_writer" in context["message"]  # (3.13 leaves the arguments out)
 
 
 def test_keyboard_interrupt_in_a_reader_callback_stops_the_loop_and_keeps_the_other_events(loop):
