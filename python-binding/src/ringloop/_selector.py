@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import math
 import selectors
+from asyncio import events as _events
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, WRITABLE, Reactor
-from asyncio import events as _events
-
 from ._transport import RECEIVING_DATA, RingStreamTransport, _report_callback_error
 
 
