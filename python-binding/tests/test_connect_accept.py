@@ -301,6 +301,32 @@ def test_a_failing_connection_made_is_reported_and_the_connection_still_works(lo
     run(loop, main())
 
 
+def test_a_failing_connection_made_in_debug_mode_is_reported_with_its_arguments(loop):
+    # In debug mode asyncio's report shows the callback's arguments (on 3.13 only then).
+    async def main():
+        reported = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        server, address = await start_echo_server(loop)
+
+        class Careless(CollectingClientProtocol):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                raise ZeroDivisionError("in connection_made")
+
+        loop.set_debug(True)
+        try:
+            transport, _ = await loop.create_connection(lambda: Careless(loop), *address)
+        finally:
+            loop.set_debug(False)
+        transport.close()
+        assert [type(c["exception"]) for c in reported] == [ZeroDivisionError]
+        assert "connection_made(<" in reported[0]["message"], reported[0]["message"]
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 def test_keyboard_interrupt_in_connection_made_stops_the_loop_and_the_connection_goes_on(loop):
     server, address = run(loop, start_echo_server(loop))
     interrupted = []

@@ -55,9 +55,29 @@ DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 
 
+def _format_takes_debug() -> bool:
+    # Python 3.13's Handle._run() formats the callback with debug=loop.get_debug() (its
+    # arguments are left out unless debug mode is on); earlier versions always show them.
+    import inspect
+
+    try:
+        parameters = inspect.signature(format_helpers._format_callback_source).parameters
+    except (TypeError, ValueError):
+        return False
+    return "debug" in parameters
+
+
+_FORMAT_TAKES_DEBUG = _format_takes_debug()
+
+
 def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
     # What Handle._run() does with an exception from its callback.
-    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    if _FORMAT_TAKES_DEBUG:
+        cb = format_helpers._format_callback_source(
+            handle._callback, handle._args, debug=handle._loop.get_debug()
+        )
+    else:
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
     context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
     if handle._source_traceback:
         context["source_traceback"] = handle._source_traceback
