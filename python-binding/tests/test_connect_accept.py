@@ -273,7 +273,8 @@ def test_accept_out_of_fds_backs_off_reports_it_and_serves_the_connection_later(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_failing_connection_made_is_reported_and_the_connection_still_works(loop):
+@pytest.mark.parametrize("debug", [False, True], ids=["", "debug"])
+def test_a_failing_connection_made_is_reported_and_the_connection_still_works(loop, debug):
     async def main():
         reported = []
         loop.set_exception_handler(lambda _, context: reported.append(context))
@@ -285,42 +286,23 @@ def test_a_failing_connection_made_is_reported_and_the_connection_still_works(lo
                 raise ZeroDivisionError("in connection_made")
 
         # create_connection still returns, and the transport reads and writes.
-        transport, protocol = await loop.create_connection(lambda: Careless(loop), *address)
+        loop.set_debug(debug)
+        try:
+            transport, protocol = await loop.create_connection(lambda: Careless(loop), *address)
+        finally:
+            loop.set_debug(False)
         assert len(reported) == 1
         context = reported[0]
         assert isinstance(context["exception"], ZeroDivisionError)
         assert context["message"].startswith("Exception in callback ")
         assert "connection_made" in context["message"]
+        if debug:
+            # asyncio's report shows the callback's arguments in debug mode (on 3.13 only then).
+            assert "connection_made(<" in context["message"], context["message"]
         assert context["handle"]._callback == protocol.connection_made
         transport.write(b"after the failure")
         transport.write_eof()
         assert await protocol.done == b"after the failure"
-        server.close()
-        await server.wait_closed()
-
-    run(loop, main())
-
-
-def test_a_failing_connection_made_in_debug_mode_is_reported_with_its_arguments(loop):
-    # In debug mode asyncio's report shows the callback's arguments (on 3.13 only then).
-    async def main():
-        reported = []
-        loop.set_exception_handler(lambda _, context: reported.append(context))
-        server, address = await start_echo_server(loop)
-
-        class Careless(CollectingClientProtocol):
-            def connection_made(self, transport):
-                super().connection_made(transport)
-                raise ZeroDivisionError("in connection_made")
-
-        loop.set_debug(True)
-        try:
-            transport, _ = await loop.create_connection(lambda: Careless(loop), *address)
-        finally:
-            loop.set_debug(False)
-        transport.close()
-        assert [type(c["exception"]) for c in reported] == [ZeroDivisionError]
-        assert "connection_made(<" in reported[0]["message"], reported[0]["message"]
         server.close()
         await server.wait_closed()
 
