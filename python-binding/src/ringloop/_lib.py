@@ -149,11 +149,10 @@ class Library:
             # Without argtypes, for Reactor.recv_once (one call per sock_recv): see there.
             self.rl_op_recv_once_bare = pydll._FuncPtr(("rl_op_recv_once", pydll))
             self.rl_op_recv_once_bare.restype = _i32
-        # rl_poll without argtypes, for the loop's once-per-iteration poll: it passes ctypes
-        # objects of the exact parameter types, built once (Reactor.poll_forever_args and
-        # poll_nowait_args), so no argument is converted per call (converting the four cost
-        # ~0.6 µs of a ~2 µs call). With a zero timeout it never blocks, so that call may keep
-        # the GIL (PyDLL).
+        # rl_poll without argtypes, for the loop's once-per-iteration poll: it passes
+        # parameters prepared once (Reactor.poll_forever_args and poll_nowait_args), so no
+        # argument is converted per call. With a zero timeout it never blocks, so that call may
+        # keep the GIL (PyDLL).
         self.rl_poll_bare = cdll._FuncPtr(("rl_poll", cdll))
         self.rl_poll_bare.restype = _i32
         self.rl_poll_nowait_bare = pydll._FuncPtr(("rl_poll", pydll))
@@ -312,8 +311,8 @@ class Reactor:
         self._watch = lib.rl_op_watch
         self._recv = lib.rl_op_recv
         # recv_once() calls rl_op_recv_once without argtypes (their conversions were ~40% of a
-        # ~0.56 us call): the loop and out pointers and the token go as ctypes objects of the
-        # parameter types, built once; fd and max_len as Python ints, which ctypes passes as C
+        # ~0.56 us call): the loop and out pointers go as prepared parameters, the token as a
+        # c_uint64 set per call; fd and max_len as Python ints, which ctypes passes as C
         # ints (the same 32 bits as the u32 max_len below 2**31, and recv_once keeps it there).
         self._recv_once = lib.rl_op_recv_once_bare
         self._token_arg = ctypes.c_uint64()

@@ -318,18 +318,16 @@ class RingSelector(selectors.BaseSelector):
                                     self._remove_writer(key.fileobj)
                                 else:
                                     self._remove_reader(key.fileobj)
-                            elif run_ready is None and type(handle) is _Handle:
-                                if handle._args:
-                                    handle._context.run(handle._callback, *handle._args)
-                                else:
-                                    handle._context.run(handle._callback)
-                                handle = None
-                            elif run_ready is not None:
+                                continue
+                            if run_ready is not None:
                                 run_ready(handle)
-                                handle = None
-                            else:
+                            elif type(handle) is not _Handle:
                                 handle._run()  # another Handle type: its own _run()
-                                handle = None
+                            elif handle._args:
+                                handle._context.run(handle._callback, *handle._args)
+                            else:
+                                handle._context.run(handle._callback)
+                            handle = None
                         else:
                             handler(result, flags, aux)
                     break

@@ -55,19 +55,19 @@ DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
 
 
-def _format_takes_debug() -> bool:
-    # Python 3.13's Handle._run() formats the callback with debug=loop.get_debug() (its
-    # arguments are left out unless debug mode is on); earlier versions always show them.
+def _takes_parameter(func: Any, name: str) -> bool:
+    # Whether this Python's version of an asyncio function has the parameter `name`.
     import inspect
 
     try:
-        parameters = inspect.signature(format_helpers._format_callback_source).parameters
+        return name in inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
-    return "debug" in parameters
 
 
-_FORMAT_TAKES_DEBUG = _format_takes_debug()
+# Python 3.13's Handle._run() formats the callback with debug=loop.get_debug() (its arguments
+# are left out unless debug mode is on); earlier versions always show them.
+_FORMAT_TAKES_DEBUG = _takes_parameter(format_helpers._format_callback_source, "debug")
 
 
 def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
@@ -84,17 +84,8 @@ def _report_callback_error(handle: events.Handle, exc: BaseException) -> None:
     handle._loop.call_exception_handler(context)
 
 
-def _server_hooks_take_transport() -> bool:
-    # Python 3.13 changed Server._attach()/_detach() to take the transport.
-    import inspect
-
-    try:
-        return len(inspect.signature(Server._attach).parameters) > 1
-    except (TypeError, ValueError):
-        return False
-
-
-_SERVER_HOOKS_TAKE_TRANSPORT = _server_hooks_take_transport()
+# Python 3.13 changed Server._attach()/_detach() to take the transport.
+_SERVER_HOOKS_TAKE_TRANSPORT = _takes_parameter(Server._attach, "transport")
 
 
 #: RingStreamTransport._receiving while reading: which receive fast path dispatch() takes.

@@ -463,13 +463,10 @@ impl EventLoop {
 
     /// Whether anything keeps [`RunMode::Default`] running (see the module doc).
     pub fn is_alive(&self) -> bool {
-        !self.ready.is_empty()
-            || self.timers.len() > 0
+        self.has_callback_work()
             || !self.ops.is_empty()
             || !self.watched.is_empty()
             || self.pool_in_flight > 0
-            || self.remote.has_pending()
-            || self.batch_pos < self.batch_len
     }
 
     /// Whether a callback-mode step may find work: a batch being dispatched, ready callbacks,
@@ -915,8 +912,7 @@ impl EventLoop {
         }
         // A raw-mode caller (the Python loop) usually has no callback-mode work at all: then the
         // steps that would find none are skipped, before the wait and after it.
-        let callback_work = self.has_callback_work();
-        if callback_work {
+        if self.has_callback_work() {
             self.dispatch_batch();
             self.update_time();
             self.run_timers();
