@@ -269,3 +269,40 @@ def test_scheduling_on_a_closed_loop_raises(loop):
         loop.call_later(1, lambda: None)
     with pytest.raises(RuntimeError):
         loop.call_soon_threadsafe(lambda: None)
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "no-debug"])
+def test_debug_mode_refuses_scheduling_from_another_thread_while_running(loop, debug):
+    # asyncio's debug-mode check: call_soon/call_later/call_at from a thread other than the
+    # running loop's raise instead of corrupting the loop's queues. Off without debug mode.
+    loop.set_debug(debug)
+    outcomes = {}
+
+    def from_other_thread():
+        for name, schedule in (
+            ("call_soon", lambda: loop.call_soon(lambda: None)),
+            ("call_later", lambda: loop.call_later(60, lambda: None)),
+            ("call_at", lambda: loop.call_at(loop.time() + 60, lambda: None)),
+        ):
+            try:
+                schedule()
+            except RuntimeError as exc:
+                outcomes[name] = str(exc)
+            else:
+                outcomes[name] = None
+
+    async def scenario():
+        thread = threading.Thread(target=from_other_thread)
+        thread.start()
+        # Blocks the loop (its thread id stays set) while the other thread tries.
+        thread.join()
+
+    run(loop, scenario())
+    for timer in list(loop._scheduled):
+        timer.cancel()
+    if debug:
+        assert set(outcomes) == {"call_soon", "call_later", "call_at"}
+        for message in outcomes.values():
+            assert message is not None and "other than the current one" in message
+    else:
+        assert outcomes == {"call_soon": None, "call_later": None, "call_at": None}

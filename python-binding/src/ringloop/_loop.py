@@ -146,7 +146,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         self._reactor = reactor
         self._pid = os.getpid()
         # A single-thread io_uring ring is bound to the first thread that runs the loop
-        # (_check_thread): _poll_thread is that thread's native id once it has run.
+        # (_check_ring_thread): _poll_thread is that thread's native id once it has run.
         self._bound = single_thread and reactor.backend == "io_uring"
         self._poll_thread: Optional[int] = None
         self._handlers: Dict[int, Any] = {WAKE_TOKEN: self._on_wake}
@@ -214,7 +214,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 "create a new loop in the child"
             )
 
-    def _check_thread(self) -> None:
+    def _check_ring_thread(self) -> None:
         if not self._bound or self.is_closed() or self.is_running():
             return  # (asyncio's own checks report the last two)
         thread = threading.get_native_id()
@@ -230,12 +230,12 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
 
     def run_forever(self) -> None:
         self._check_process()
-        self._check_thread()
+        self._check_ring_thread()
         super().run_forever()
 
     def run_until_complete(self, future: Any) -> Any:
         self._check_process()  # before a task is created for the coroutine
-        self._check_thread()
+        self._check_ring_thread()
         return super().run_until_complete(future)
 
     def _bind_fast_methods(self) -> None:

@@ -287,6 +287,7 @@ class RingSelector(selectors.BaseSelector):
                             continue  # removed since (asyncio's removals take effect at once)
                         if type(handler) is transport_type:
                             receiving = handler._receiving
+                            # (In the transport's context, as its protocol callbacks run.)
                             if receiving and result > 0 and flags & EV_MORE:
                                 # The stream transports' steady state, inline: bytes straight
                                 # from the receive buffer to data_received(), or copied into
@@ -294,13 +295,16 @@ class RingSelector(selectors.BaseSelector):
                                 handler._data_iteration = iteration
                                 start = aux * buffer_size
                                 if receiving == receiving_data:
-                                    handler._protocol.data_received(
-                                        buffer_bytes[start : start + result]
+                                    handler._context.run(
+                                        handler._protocol.data_received,
+                                        buffer_bytes[start : start + result],
                                     )
                                 else:
-                                    handler._deliver_buffered(buffers[start : start + result])
+                                    handler._context.run(
+                                        handler._deliver_buffered, buffers[start : start + result]
+                                    )
                             else:
-                                handler._on_recv(result, flags, aux)
+                                handler._context.run(handler._on_recv, result, flags, aux)
                         elif type(handler) is int:
                             # What BaseSelectorEventLoop._process_events and then Handle._run()
                             # do for one (key, mask) pair, spelled out (three Python frames

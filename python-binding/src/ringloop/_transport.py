@@ -10,11 +10,18 @@ Writing tries ``socket.send`` first; only what the kernel did not take is handed
 (``rl_op_send`` of a ``bytes`` object kept alive until its event), and writes made while a send
 is in flight wait in a list until it completes. Flow control, EOF,
 close and abort follow asyncio's ``_SelectorSocketTransport`` exactly.
+
+Every protocol callback runs in the context the transport was created in (a copy of it, taken
+then), as with asyncio, whose transports get there through the contexts of the handles they
+schedule, and uvloop: a context variable set before ``create_connection``/``create_server``
+is seen in ``connection_made``, ``data_received``, ``eof_received`` and ``connection_lost``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
+import functools
 import logging
 import os
 import socket
@@ -40,6 +47,8 @@ from ._lib import EV_MORE, READABLE
 logger = logging.getLogger("asyncio")
 
 _ECANCELED = errno.ECANCELED
+_copy_context = contextvars.copy_context
+_partial = functools.partial
 _os_write = os.write
 # A socket's family/type/proto as plain ints: socket.socket's properties convert each to an enum
 # member through a Python-level enum call (~0.5 us apiece, several per connection).
@@ -133,6 +142,9 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
+        # What every protocol callback runs in: RingSelector.dispatch() enters it for this
+        # transport's events, and the callbacks the transport schedules carry it.
+        self._context = _copy_context()
         self._reactor = loop._reactor
         self._buffers = loop._reactor.buffers
         self._buffer_bytes = loop._reactor.buffer_bytes
@@ -201,7 +213,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             and _sock_proto(sock) == _IPPROTO_TCP
         ):
             sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        loop.call_soon(self._connected, self._protocol, waiter)
+        loop.call_soon(self._connected, self._protocol, waiter, context=self._context)
 
     def _connected(self, protocol: protocols.BaseProtocol, waiter: Optional[Any]) -> None:
         # asyncio's transports schedule protocol.connection_made(), the start of reading and the
@@ -212,7 +224,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             protocol.connection_made(self)
         except (SystemExit, KeyboardInterrupt):
             # The loop stops; the rest runs when it goes on, as asyncio's queued callbacks would.
-            self._loop.call_soon(self._connected_rest, waiter)
+            self._loop.call_soon(self._connected_rest, waiter, context=self._context)
             raise
         except BaseException as exc:
             handle = events.Handle(protocol.connection_made, (self,), self._loop, None)
@@ -282,7 +294,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             # never calls back into the protocol from resume_reading() itself), and a new
             # multishot receive (same token) is armed only once every event the current poll
             # returned for the cancelled one has been dispatched.
-            self._loop.call_soon(self._start_reading)
+            self._loop.call_soon(self._start_reading, context=self._context)
         else:
             self._start_reading()
         if self._loop.get_debug():
@@ -313,7 +325,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._handlers[token] = self
             else:
                 self._recv_op = self._reactor.watch(self._sock_fd, READABLE, token)
-                self._handlers[token] = self._on_readable
+                self._handlers[token] = _partial(self._context.run, self._on_readable)
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
@@ -365,7 +377,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
                 # Data and EOF came from the same poll: eof_received() waits for the next turn,
                 # as with the selector loop (which sees EOF on the recv() after the one that
                 # returned the last data); protocols may rely on that turn in between.
-                self._loop.call_soon(self._deliver_eof)
+                self._loop.call_soon(self._deliver_eof, context=self._context)
             else:
                 self._deliver_eof()
         else:
@@ -579,7 +591,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._write_size += len(chunk)
         try:
             self._send_op = self._reactor.send(self._sock_fd, chunk, self._send_token)
-            self._handlers[self._send_token] = self._on_send
+            self._handlers[self._send_token] = _partial(self._context.run, self._on_send)
         except (OSError, RuntimeError) as exc:
             self._inflight = None
             self._write_size = 0
@@ -658,7 +670,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._stop_reading()
         if not self._write_size:
             self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
 
     def abort(self) -> None:
         self._force_close(None)
@@ -698,7 +710,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._stop_reading()
         self._conn_lost += 1
         self._write_idle = False
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
