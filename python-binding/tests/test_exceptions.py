@@ -99,6 +99,68 @@ def test_exception_in_data_received_is_reported_and_closes_the_transport(loop):
     assert any(isinstance(c.get("exception"), RuntimeError) for c in contexts), contexts
 
 
+class DataReceivedWithAMonkeypatch(asyncio.Protocol):
+    """Replaces its own data_received after connection_made: asyncio looks the method up on
+    every delivery, so the replacement must be the one called."""
+
+    def __init__(self, loop):
+        self.seen = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.data_received = self.seen.append
+
+    def data_received(self, data):
+        raise AssertionError("the class's data_received ran")
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+class NoDataReceived(asyncio.BaseProtocol):
+    """Neither a Protocol nor a BufferedProtocol: data for it is a protocol error."""
+
+    def __init__(self, loop):
+        self.lost = loop.create_future()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("protocol_class", [NoDataReceived, DataReceivedWithAMonkeypatch])
+def test_data_received_is_looked_up_on_the_protocol_as_asyncio_does(loop, protocol_class):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    protocols = []
+
+    def factory():
+        protocols.append(protocol_class(loop))
+        return protocols[-1]
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"data")
+        await writer.drain()
+        if protocol_class is NoDataReceived:
+            assert await reader.read() == b""  # the server side was closed
+            await protocols[0].lost
+        else:
+            while not protocols or protocols[0].seen != [b"data"]:
+                await asyncio.sleep(0.001)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    if protocol_class is NoDataReceived:
+        assert [type(c.get("exception")) for c in contexts] == [AttributeError], contexts
+        assert "data_received" in str(contexts[0]["exception"])
+    else:
+        assert contexts == []
+
+
 def test_call_exception_handler_uses_the_default_handler_without_a_custom_one(loop, caplog):
     loop.set_exception_handler(None)
     with caplog.at_level(logging.ERROR, logger="asyncio"):

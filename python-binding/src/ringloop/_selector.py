@@ -296,7 +296,7 @@ class RingSelector(selectors.BaseSelector):
                                 start = aux * buffer_size
                                 if receiving == receiving_data:
                                     handler._context.run(
-                                        handler._data_received,
+                                        handler._protocol.data_received,
                                         buffer_bytes[start : start + result],
                                     )
                                 else:

@@ -261,9 +261,6 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._deliver = self._deliver_buffered if self._buffered else self._deliver_data
         self._protocol = protocol
-        # Bound once, as uvloop's transports do: a bound method made per event costs ~400
-        # instructions when it is handed to Context.run() instead of called in place.
-        self._data_received = getattr(protocol, "data_received", None)
         self._refresh_receiving()
         self._protocol_connected = True
 
@@ -460,7 +457,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 
     def _deliver_data(self, view: Any) -> None:
         try:
-            self._data_received(bytes(view))
+            self._protocol.data_received(bytes(view))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -726,7 +723,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             self._held.clear()
             self._sock.close()
             self._sock = None
-            self._protocol = self._data_received = None
+            self._protocol = None
             self._loop = None
             server = self._server
             if server is not None:
