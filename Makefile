@@ -16,7 +16,8 @@ export CARGO_TERM_COLOR := never
 # valgrind for leak checks, libuv/liburing for the reference servers, strace/perf for profiling).
 DEB_PACKAGES := clang libclang-dev libclang-rt-14-dev valgrind libuv1-dev liburing-dev pkg-config strace
 # Python packages for the test and bench environment.
-PY_PACKAGES := pytest pytest-timeout uvloop setuptools-rust wheel matplotlib
+# pyOpenSSL and psutil: uvloop's test suite imports them (python-binding/tools/run_uvloop_tests.py).
+PY_PACKAGES := pytest pytest-timeout uvloop pyOpenSSL psutil setuptools-rust wheel matplotlib
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
