@@ -222,6 +222,41 @@ def test_bytes_that_arrive_as_a_receive_is_cancelled_come_before_newer_ones(loop
     run(loop, main())
 
 
+@pytest.mark.parametrize("second", ["sock_recv", "sock_recv_into"])
+def test_a_receive_started_after_a_cancelled_one_gets_the_bytes_that_one_took(loop, second):
+    # (uvloop's test_sock_send_before_cancel.) The bytes are sent while a receive waits, and it
+    # is cancelled before the loop has seen them; the next receive starts at once, and nothing
+    # more is sent: whatever the cancelled receive's op took must reach it.
+    async def main():
+        client, server_side = await connected_pair(loop)
+        with client, server_side:
+            waiting = asyncio.ensure_future(loop.sock_recv(server_side, 1))
+            done, _ = await asyncio.wait([waiting], timeout=0.05)
+            assert not done
+            await loop.sock_sendall(client, b"1")
+            waiting.cancel()
+            if second == "sock_recv":
+                data = await asyncio.wait_for(loop.sock_recv(server_side, 1), 5)
+            else:
+                buf = bytearray(1)
+                count = await asyncio.wait_for(loop.sock_recv_into(server_side, buf), 5)
+                data = bytes(buf[:count])
+            try:
+                data = (await waiting) + data  # it may have got the byte before the cancel
+            except asyncio.CancelledError:
+                pass
+            client.send(b"2")
+            client.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = await loop.sock_recv(server_side, 10)
+                if not chunk:
+                    break
+                data += chunk
+            assert data == b"12"
+
+    run(loop, main())
+
+
 def test_sock_recv_returns_at_once_when_the_bytes_are_waiting(loop):
     # asyncio's sock_recv tries recv() before waiting. ringloop receives through an op, except
     # after a receive that filled its whole request: then the next one also takes the waiting

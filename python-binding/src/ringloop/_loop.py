@@ -56,6 +56,8 @@ __all__ = ["Loop"]
 
 
 _NEG_ECANCELED = -errno.ECANCELED
+# _recv_latest's answer for an fd with no receive op started.
+_NO_RECV = (None,)
 _socket_type = socket.socket
 _raw_accept = socket.socket._accept  # type: ignore[attr-defined]
 _ipaddr_info = base_events._ipaddr_info  # type: ignore[attr-defined]
@@ -187,11 +189,17 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # fds whose last receive filled its whole request: more bytes are probably waiting, so
         # the next sock_recv*() reads them at once, as asyncio's does (a small read from a full
         # socket then costs one recv() instead of an op and two loop iterations: ~1 us
-        # against ~6 us). Never for an fd on which a receive op was cancelled: bytes the kernel
-        # gave that op afterwards wait in the reactor for the next op, and a recv() from here
-        # would overtake them.
+        # against ~6 us). Never while a cancelled receive op on the fd has not brought its event:
+        # bytes the kernel may have given it precede any that a recv() from here would get.
         self._recv_filled: Set[int] = set()
-        self._recv_cancelled: Set[int] = set()
+        # fd -> how many of its cancelled receive ops have not brought their event yet, and the
+        # futures of those ops.
+        self._recv_abandoned: Dict[int, int] = {}
+        self._abandoned_futures: Set[Any] = set()
+        # fd -> the future and request of the receive op started last on it, until its event:
+        # where bytes that an earlier, abandoned op brought afterwards go first (they precede
+        # whatever this op gets).
+        self._recv_latest: Dict[int, Tuple[Any, int, int, Any, Any]] = {}
 
     @property
     def backend(self) -> str:
@@ -597,16 +605,23 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
 
         def on_received(result: int, flags: int, aux: int) -> None:
             del handlers[token]
+            latest = self._recv_latest
+            if latest.get(fd, _NO_RECV)[0] is fut:
+                del latest[fd]
+            if fut in self._abandoned_futures:
+                self._settle_abandoned(fd, fut)
             if result > 0:
                 # (Not for sock_recv() of more than 64 KiB: a bytes object that large may cost
                 # recv() an mmap, see RingDatagramTransport.)
                 if result == n and (target is not None or n <= MAX_READ_SIZE):
-                    if fd not in self._recv_cancelled:
+                    if fd not in self._recv_abandoned:
                         self._recv_filled.add(fd)
                 start = aux * buffer_size
                 if fut.done():
-                    # The caller gave up after the kernel took these bytes.
+                    # The caller gave up (or a later receive was given earlier bytes) after the
+                    # kernel took these bytes: they are the next ones in the stream.
                     self._keep_leftovers(sock, buffer_bytes[start : start + result])
+                    self._hand_leftovers_to_latest(sock, fd)
                 elif target is None:
                     fut.set_result(buffer_bytes[start : start + result])
                 else:
@@ -625,7 +640,51 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         except BaseException:
             del handlers[token]
             raise
+        self._recv_latest[fd] = (fut, op, n, target, sock)
         return fut, op
+
+    def _abandon_op(self, fd: int, fut: Any, op: int) -> None:
+        # Cancels a receive op whose future is cancelled or already has its result; the op's
+        # event still comes, to its handler, which keeps any bytes it brings for the next
+        # receive on the socket.
+        self._recv_abandoned[fd] = self._recv_abandoned.get(fd, 0) + 1
+        self._abandoned_futures.add(fut)
+        self._recv_filled.discard(fd)
+        try:
+            self._reactor.cancel(op)
+        except (OSError, RuntimeError):
+            pass
+
+    def _settle_abandoned(self, fd: int, fut: Any) -> None:
+        # An abandoned receive op on fd brought its (last) event.
+        self._abandoned_futures.discard(fut)
+        count = self._recv_abandoned[fd] - 1
+        if count:
+            self._recv_abandoned[fd] = count
+        else:
+            del self._recv_abandoned[fd]
+
+    def _hand_leftovers_to_latest(self, sock: Any, fd: int) -> None:
+        # Bytes just kept for sock came after their receiver gave up. A receive started on the
+        # same socket since then is waiting for bytes that come after these: it gets these
+        # instead (as many as it asked for), and its op is cancelled; what that op still brings
+        # is kept behind them, in order.
+        latest = self._recv_latest.get(fd)
+        if latest is None:
+            return
+        fut, op, n, target, latest_sock = latest
+        if latest_sock is not sock or fut.done():
+            return
+        early = self._take_leftovers(sock, n)
+        if not early:
+            return
+        del self._recv_latest[fd]
+        if target is None:
+            fut.set_result(early)
+        else:
+            target[: len(early)] = early
+            fut.set_result(len(early))
+        self._abandon_op(fd, fut, op)
 
     def _recv_now(self, sock: Any, fd: int, n: int, target: Any) -> Any:
         # One recv() from the socket (asyncio's first attempt): the bytes, or the count copied
@@ -657,14 +716,10 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 return
             result = fut.result()
             self._keep_leftovers(sock, result if target is None else bytes(target[:result]))
+            self._hand_leftovers_to_latest(sock, fd)
             return
         if op:
-            self._recv_cancelled.add(fd)
-            self._recv_filled.discard(fd)
-            try:
-                self._reactor.cancel(op)
-            except (OSError, RuntimeError):
-                pass
+            self._abandon_op(fd, fut, op)
 
     def _keep_leftovers(self, sock: Any, data: bytes) -> None:
         # Bytes received for sock whose receiver gave up: after any kept before, for the next
