@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import unittest
 from pathlib import Path
+
+from suite_results import JsonLinesResult, iter_tests, read_json_lines, write_record
 
 HERE = Path(__file__).resolve().parent
 EXPECTED_DIFFERENCES = HERE / "cpython_expected_differences.txt"
@@ -110,30 +111,33 @@ PASSING = {"pass", "xfail"}
 # Child process: run one module (or a list of test ids) and stream outcomes as JSON lines.
 
 
-class StreamingResult(unittest.TestResult):
-    """Writes one JSON line per test outcome, and one when a test starts (crash forensics)."""
+class StreamingResult(JsonLinesResult):
+    """Writes one JSON line per test outcome, and one when a test starts (crash forensics).
+
+    One outcome per test: a failed subtest fails its test (the subtest's id leads the detail),
+    passed subtests are not recorded, an unexpected success is a failure.
+    """
+
+    detail_chars = 3000
 
     def __init__(self, out):
-        super().__init__()
-        self.out = out
+        super().__init__(out)
         self._outcomes = {}
 
-    def _emit(self, record):
-        self.out.write(json.dumps(record) + "\n")
-        self.out.flush()
-
-    @staticmethod
-    def _detail(err):
-        lines = traceback.format_exception(*err)
-        text = "".join(lines)
-        return text[-3000:]
-
     def startTest(self, test):
-        super().startTest(test)
         self._outcomes.pop(test.id(), None)
-        self._emit({"event": "start", "id": test.id()})
+        super().startTest(test)
 
-    def _record(self, test, outcome, detail=None):
+    def _record(self, test, outcome, detail=None, parent=None):
+        if parent is not None and outcome != "skip":
+            # A subtest's outcome is its test's; a skipped subtest keeps its own id.
+            if outcome == "pass":
+                return
+            test, detail = parent, f"{test.id()}\n{detail}"
+        elif outcome == "xfail":
+            detail = None  # an expected failure's traceback is not kept
+        elif outcome == "unexpected-success":
+            outcome, detail = "fail", "unexpected success"
         test_id = test.id()
         # A failed subtest makes the whole test a failure; later outcomes cannot upgrade it.
         if self._outcomes.get(test_id) in ("fail", "error") and outcome == "pass":
@@ -141,50 +145,11 @@ class StreamingResult(unittest.TestResult):
         self._outcomes[test_id] = outcome
         self._emit({"event": "outcome", "id": test_id, "outcome": outcome, "detail": detail})
 
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self._record(test, "pass")
-
-    def addFailure(self, test, err):
-        super().addFailure(test, err)
-        self._record(test, "fail", self._detail(err))
-
-    def addError(self, test, err):
-        super().addError(test, err)
-        # setUpClass/tearDownModule failures arrive with a placeholder "test".
-        self._record(test, "error", self._detail(err))
-
-    def addSkip(self, test, reason):
-        super().addSkip(test, reason)
-        self._record(test, "skip", reason)
-
-    def addExpectedFailure(self, test, err):
-        super().addExpectedFailure(test, err)
-        self._record(test, "xfail")
-
-    def addUnexpectedSuccess(self, test):
-        super().addUnexpectedSuccess(test)
-        self._record(test, "fail", "unexpected success")
-
-    def addSubTest(self, test, subtest, err):
-        super().addSubTest(test, subtest, err)
-        if err is not None:
-            failure = issubclass(err[0], test.failureException)
-            self._record(test, "fail" if failure else "error", f"{subtest.id()}\n{self._detail(err)}")
-
-
-def _iter_tests(suite):
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from _iter_tests(item)
-        else:
-            yield item
-
 
 def _filter_suite(suite, module_name):
     duplicates = DUPLICATE_CLASSES.get(module_name, set())
     kept = unittest.TestSuite()
-    for test in _iter_tests(suite):
+    for test in iter_tests(suite):
         if type(test).__name__ in duplicates:
             continue
         kept.addTest(test)
@@ -249,7 +214,7 @@ def child_main(args):
         started = time.monotonic()
         suite.run(result)
         stats["seconds"] = round(time.monotonic() - started, 1)
-        out.write(json.dumps({"event": "stats", **stats}) + "\n")
+        write_record(out, {"event": "stats", **stats})
     return 0
 
 
@@ -273,15 +238,7 @@ def available_modules():
 def read_results(path):
     """(outcomes by test id, stats, test running when the child died or None)."""
     outcomes, stats, running = {}, {}, None
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return outcomes, stats, running
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+    for record in read_json_lines(path):
         if record["event"] == "start":
             running = record["id"]
         elif record["event"] == "outcome":

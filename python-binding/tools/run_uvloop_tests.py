@@ -51,6 +51,8 @@ import traceback
 import unittest
 from pathlib import Path
 
+from suite_results import JsonLinesResult, iter_tests, read_json_lines, write_record
+
 HERE = Path(__file__).resolve().parent
 EXPECTED_DIFFERENCES = HERE / "uvloop_expected_differences.txt"
 DEFAULT_CACHE_DIR = HERE.parent.parent / "target" / "python-binding" / "uvloop-sdist"
@@ -72,7 +74,7 @@ def ringloop_column(backend):
 # Child process: run the selected classes on one loop and write one JSON line per outcome.
 
 
-class RecordingResult(unittest.TextTestResult):
+class RecordingResult(JsonLinesResult, unittest.TextTestResult):
     """The usual verbose unittest output (for the log), plus one JSON line per outcome.
 
     Subtests are recorded under their own ids. A test that has no outcome of its own because a
@@ -82,26 +84,20 @@ class RecordingResult(unittest.TextTestResult):
     """
 
     def __init__(self, records, stats, test_timeout, stream, descriptions, verbosity):
-        super().__init__(stream, descriptions, verbosity)
-        self.records = records
+        super().__init__(records, stream, descriptions, verbosity)
         self.stats = stats
         self.test_timeout = test_timeout
         self._watchdog = None
         self._recorded = set()
         self._failed_subtests = {}
 
-    def _emit(self, record):
-        self.records.write(json.dumps(record) + "\n")
-        self.records.flush()
-
-    @staticmethod
-    def _detail(err):
-        return "".join(traceback.format_exception(*err))[-4000:]
-
     def _record(self, test, outcome, detail=None, parent=None):
         self._recorded.add(test.id())
         self._emit({"event": "outcome", "id": test.id(), "outcome": outcome, "detail": detail,
-                    "parent": parent})
+                    "parent": parent.id() if parent is not None else None})
+        if parent is not None and outcome in ("fail", "error"):
+            if self._failed_subtests.get(parent.id()) != "error":
+                self._failed_subtests[parent.id()] = outcome
 
     def _test_hung(self, test):
         self.stream.writeln(f"\n{test.id()} still running after {self.test_timeout:.0f}s; threads:")
@@ -115,8 +111,6 @@ class RecordingResult(unittest.TextTestResult):
 
     def startTest(self, test):
         super().startTest(test)
-        # Written before the test runs, so the parent knows which test a crash was in.
-        self._emit({"event": "start", "id": test.id()})
         self._watchdog = threading.Timer(self.test_timeout, self._test_hung, (test,))
         self._watchdog.daemon = True
         self._watchdog.start()
@@ -131,42 +125,6 @@ class RecordingResult(unittest.TextTestResult):
         if failed is not None and test.id() not in self._recorded:
             self._record(test, failed, "a subtest did not pass (see the subtests' outcomes)")
 
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self._record(test, "pass")
-
-    def addFailure(self, test, err):
-        super().addFailure(test, err)
-        self._record(test, "fail", self._detail(err))
-
-    def addError(self, test, err):
-        super().addError(test, err)
-        # setUpClass/tearDownClass errors arrive with a stand-in test whose id names the class.
-        self._record(test, "error", self._detail(err))
-
-    def addSkip(self, test, reason):
-        super().addSkip(test, reason)
-        parent = getattr(test, "test_case", None)  # a skipped subtest
-        self._record(test, "skip", reason, parent.id() if parent is not None else None)
-
-    def addExpectedFailure(self, test, err):
-        super().addExpectedFailure(test, err)
-        self._record(test, "xfail", self._detail(err))
-
-    def addUnexpectedSuccess(self, test):
-        super().addUnexpectedSuccess(test)
-        self._record(test, "unexpected-success")
-
-    def addSubTest(self, test, subtest, err):
-        super().addSubTest(test, subtest, err)
-        if err is None:
-            self._record(subtest, "pass", parent=test.id())
-            return
-        outcome = "fail" if issubclass(err[0], test.failureException) else "error"
-        self._record(subtest, outcome, self._detail(err), test.id())
-        if self._failed_subtests.get(test.id()) != "error":
-            self._failed_subtests[test.id()] = outcome
-
 
 class RecordingRunner(unittest.TextTestRunner):
     def __init__(self, records, stats, test_timeout, **kwargs):
@@ -178,14 +136,6 @@ class RecordingRunner(unittest.TextTestRunner):
     def _makeResult(self):
         return RecordingResult(self.records, self.stats, self.test_timeout, self.stream,
                                self.descriptions, self.verbosity)
-
-
-def _iter_tests(suite):
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from _iter_tests(item)
-        else:
-            yield item
 
 
 def _install_ringloop(test_base, base_class, test_classes, stats):
@@ -259,12 +209,12 @@ def child_main(args):
         suite = unittest.TestSuite(loader.loadTestsFromTestCase(cls) for cls in test_classes)
     with open(args.results, "w", encoding="utf-8") as records:
         # The tests in order, so that the parent can continue after one that hung or crashed.
-        records.write(json.dumps({"event": "plan", "ids": [t.id() for t in _iter_tests(suite)]}) + "\n")
+        write_record(records, {"event": "plan", "ids": [t.id() for t in iter_tests(suite)]})
         runner = RecordingRunner(records, stats, args.test_timeout, stream=sys.stdout, verbosity=2)
         started = time.monotonic()
         runner.run(suite)
         stats["seconds"] = round(time.monotonic() - started, 1)
-        records.write(json.dumps({"event": "stats", **stats}) + "\n")
+        write_record(records, {"event": "stats", **stats})
     # Outcomes are in the records; a non-zero status means the run itself went wrong.
     return 0
 
@@ -317,15 +267,7 @@ def uvloop_tests_dir(cache_dir):
 def read_records(path):
     """(planned test ids, outcomes by test id, stats, test running when the child ended or None)."""
     plan, outcomes, stats, running = [], {}, {}, None
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return plan, outcomes, stats, running
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+    for record in read_json_lines(path):
         if record["event"] == "plan":
             plan = record["ids"]
         elif record["event"] == "start":

@@ -1,0 +1,112 @@
+"""Per-test outcomes of a foreign unittest suite, passed from a child process as JSON lines.
+
+Shared by run_cpython_asyncio.py and run_uvloop_tests.py (each imports it as a sibling module:
+the directory of the running script is on ``sys.path``, in the parent and in the children it
+starts). The child writes one JSON object per line: ``{"event": "start", "id": ...}`` before a
+test runs (so the parent knows which test a crash was in), ``{"event": "outcome", ...}`` per
+outcome, and whatever else the script adds (a plan, the run's stats). The parent reads the lines
+back with ``read_json_lines``; a line cut short by a crash is skipped.
+
+``JsonLinesResult`` turns unittest's callbacks into outcome names (``pass``, ``fail``, ``error``,
+``skip``, ``xfail``, ``unexpected-success``) and hands each to one hook, ``_record``, which each
+script defines: how an outcome, and a subtest's, is recorded is where the two scripts differ.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import unittest
+from pathlib import Path
+
+
+def iter_tests(suite):
+    """The test cases of a (nested) suite, in order."""
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from iter_tests(item)
+        else:
+            yield item
+
+
+def write_record(out, record):
+    """Writes one JSON line and flushes it, so that a crash right after loses nothing."""
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+
+
+def read_json_lines(path):
+    """The records of a JSON-lines file, in order; none if it does not exist."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+
+
+class JsonLinesResult(unittest.TestResult):
+    """A unittest result that writes a ``start`` record per test and passes every outcome to
+    ``_record``. Combine it with ``unittest.TextTestResult`` (listed after it) for the usual
+    console output as well.
+    """
+
+    #: How much of the end of a traceback an outcome keeps.
+    detail_chars = 4000
+
+    def __init__(self, records, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records = records
+
+    def _emit(self, record):
+        write_record(self.records, record)
+
+    def _detail(self, err):
+        return "".join(traceback.format_exception(*err))[-self.detail_chars:]
+
+    def _record(self, test, outcome, detail=None, parent=None):
+        """Records ``test``'s ``outcome``. ``detail`` is the end of the traceback (the reason of a
+        skip); ``parent`` is the test case when ``test`` is one of its subtests."""
+        raise NotImplementedError
+
+    def startTest(self, test):
+        super().startTest(test)
+        # Written before the test runs, so the parent knows which test a crash was in.
+        self._emit({"event": "start", "id": test.id()})
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._record(test, "pass")
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._record(test, "fail", self._detail(err))
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        # setUpClass/tearDownModule errors arrive with a stand-in test whose id names the class.
+        self._record(test, "error", self._detail(err))
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        # A skipped subtest arrives as itself, its test case in ``test_case``.
+        self._record(test, "skip", reason, getattr(test, "test_case", None))
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._record(test, "xfail", self._detail(err))
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._record(test, "unexpected-success")
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is None:
+            self._record(subtest, "pass", parent=test)
+            return
+        outcome = "fail" if issubclass(err[0], test.failureException) else "error"
+        self._record(subtest, outcome, self._detail(err), test)
