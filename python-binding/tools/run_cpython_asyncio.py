@@ -36,7 +36,14 @@ import time
 import unittest
 from pathlib import Path
 
-from suite_results import JsonLinesResult, iter_tests, read_json_lines, write_record
+from suite_results import (
+    BACKENDS,
+    JsonLinesResult,
+    iter_tests,
+    load_expected_differences,
+    read_json_lines,
+    write_record,
+)
 
 HERE = Path(__file__).resolve().parent
 EXPECTED_DIFFERENCES = HERE / "cpython_expected_differences.txt"
@@ -103,7 +110,6 @@ DUPLICATE_CLASSES = {
     },
 }
 
-BACKENDS = ("io_uring", "epoll")
 PASSING = {"pass", "xfail"}
 
 
@@ -295,22 +301,6 @@ def counts(record):
         key = {"xfail": "pass", "hang": "error", "crash": "error"}.get(outcome["outcome"], outcome["outcome"])
         tally[key] += 1
     return tally
-
-
-def load_expected_differences(path):
-    """{test id: {backend or "all": reason}} from the committed file."""
-    expected = {}
-    if not path.exists():
-        return expected
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(None, 2)
-        if len(parts) < 3 or parts[1] not in ("all", *BACKENDS):
-            raise SystemExit(f"{path}:{number}: expected '<test id> <all|io_uring|epoll> <reason>'")
-        expected.setdefault(parts[0], {})[parts[1]] = parts[2]
-    return expected
 
 
 def regressions(stdlib, ringloop_record):

@@ -51,13 +51,19 @@ import traceback
 import unittest
 from pathlib import Path
 
-from suite_results import JsonLinesResult, iter_tests, read_json_lines, write_record
+from suite_results import (
+    BACKENDS,
+    JsonLinesResult,
+    iter_tests,
+    load_expected_differences,
+    read_json_lines,
+    write_record,
+)
 
 HERE = Path(__file__).resolve().parent
 EXPECTED_DIFFERENCES = HERE / "uvloop_expected_differences.txt"
 DEFAULT_CACHE_DIR = HERE.parent.parent / "target" / "python-binding" / "uvloop-sdist"
 
-BACKENDS = ("io_uring", "epoll")
 #: The loop each kind of test class is written for: the reference ringloop is compared with.
 REFERENCE = {"aio": "stdlib", "uv": "uvloop"}
 #: Outcomes that end a child process early; the tests after them run in a new one.
@@ -379,22 +385,6 @@ def rerunnable_id(record, reference, test_id):
     name = (entry or {}).get("parent") or test_id
     # "setUpClass (module.Class)" and the like name no loadable test.
     return None if " " in name else name
-
-
-def load_expected_differences(path):
-    """{test id: {backend or "all": reason}}. A test id covers its subtests."""
-    expected = {}
-    if not path.exists():
-        return expected
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(None, 2)
-        if len(parts) < 3 or parts[1] not in ("all", *BACKENDS):
-            raise SystemExit(f"{path}:{number}: expected '<test id> <all|io_uring|epoll> <reason>'")
-        expected.setdefault(parts[0], {})[parts[1]] = parts[2]
-    return expected
 
 
 def tally(record):

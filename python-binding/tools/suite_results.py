@@ -110,3 +110,24 @@ class JsonLinesResult(unittest.TestResult):
             return
         outcome = "fail" if issubclass(err[0], test.failureException) else "error"
         self._record(subtest, outcome, self._detail(err), test)
+
+
+BACKENDS = ("io_uring", "epoll")
+
+
+def load_expected_differences(path):
+    """{test id: {backend or "all": reason}} from an expected-differences file: one
+    ``<test id> <all|io_uring|epoll> <reason>`` per line, ``#`` comments. A test id covers its
+    subtests."""
+    expected = {}
+    if not path.exists():
+        return expected
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 3 or parts[1] not in ("all", *BACKENDS):
+            raise SystemExit(f"{path}:{number}: expected '<test id> <all|io_uring|epoll> <reason>'")
+        expected.setdefault(parts[0], {})[parts[1]] = parts[2]
+    return expected
