@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +37,11 @@ from pathlib import Path
 from suite_results import (
     BACKENDS,
     JsonLinesResult,
+    child_environment,
     iter_tests,
     load_expected_differences,
     read_json_lines,
+    run_logged,
     write_record,
 )
 
@@ -260,27 +260,13 @@ def read_results(path):
 def run_child(python, module, column, tests, timeout, log_dir):
     """Runs one child; returns the column's record for the module."""
     mode = "stdlib" if column == "stdlib" else "ringloop"
-    env = dict(os.environ)
-    env.pop("RINGLOOP_BACKEND", None)
-    if mode == "ringloop":
-        env["RINGLOOP_BACKEND"] = column.split("-", 1)[1]
-    env["PYTHONUNBUFFERED"] = "1"
     tag = f"{module}.{column}" + (".rerun" if tests else "")
     results = Path(log_dir) / f"{tag}.jsonl"
     log = Path(log_dir) / f"{tag}.log"
     command = [python, str(Path(__file__).resolve()), "--child", "--mode", mode, "--results", str(results)]
     command += ["--module", module] if not tests else ["--tests", *tests]
     started = time.monotonic()
-    status = None
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   cwd=tempfile.gettempdir(), start_new_session=True)
-        try:
-            status = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-            status = "timeout"
+    status = run_logged(command, child_environment(column), log, timeout)
     outcomes, stats, running = read_results(results)
     if running is not None:
         outcomes[running] = {"outcome": "hang" if status == "timeout" else "crash",

@@ -54,9 +54,11 @@ from pathlib import Path
 from suite_results import (
     BACKENDS,
     JsonLinesResult,
+    child_environment,
     iter_tests,
     load_expected_differences,
     read_json_lines,
+    run_logged,
     write_record,
 )
 
@@ -290,11 +292,6 @@ def read_records(path):
 
 def run_child(column, classes, tests_dir, modules, tests, args, log_dir, tag):
     """Runs the suite (or only ``tests``) on one loop in one subprocess; returns its record."""
-    env = dict(os.environ)
-    env.pop("RINGLOOP_BACKEND", None)
-    if column.startswith("ringloop-"):
-        env["RINGLOOP_BACKEND"] = column.split("-", 1)[1]
-    env["PYTHONUNBUFFERED"] = "1"
     results = Path(log_dir) / f"{tag}.jsonl"
     log = Path(log_dir) / f"{tag}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--loop", column,
@@ -303,15 +300,7 @@ def run_child(column, classes, tests_dir, modules, tests, args, log_dir, tag):
     if tests:
         command += ["--tests", *tests]
     started = time.monotonic()
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   cwd=tempfile.gettempdir(), start_new_session=True)
-        try:
-            status = process.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-            status = "timeout"
+    status = run_logged(command, child_environment(column), log, args.timeout)
     plan, outcomes, stats, running = read_records(results)
     # The test the process ended in (its outcome says how), or a problem no test outcome records.
     ended_in, problem = running, None

@@ -15,6 +15,9 @@ script defines: how an outcome, and a subtest's, is recorded is where the two sc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
 import traceback
 import unittest
 from pathlib import Path
@@ -27,6 +30,31 @@ def iter_tests(suite):
             yield from iter_tests(item)
         else:
             yield item
+
+
+def child_environment(column):
+    """The environment of a child process that runs the suite on ``column`` (``stdlib`` or
+    ``ringloop-<backend>``): the backend forced for ringloop, output unbuffered."""
+    env = dict(os.environ)
+    env.pop("RINGLOOP_BACKEND", None)
+    if column.startswith("ringloop-"):
+        env["RINGLOOP_BACKEND"] = column.split("-", 1)[1]
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_logged(command, env, log, timeout):
+    """Runs ``command`` with its output in the file ``log``; returns its exit status, or
+    ``"timeout"`` after killing its whole process group at ``timeout`` seconds."""
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                   cwd=tempfile.gettempdir(), start_new_session=True)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+            return "timeout"
 
 
 def write_record(out, record):
