@@ -27,6 +27,7 @@ OUT = BENCHES / "out"
 BIN = OUT / "bin"
 ECHOLOAD = ROOT / "target" / "release" / "echoload"
 PYECHO = BENCHES / "servers" / "pyecho.py"
+PYFLOOR = BENCHES / "servers" / "pyfloor.py"
 PYTHON_SRC = ROOT / "python-binding" / "src"
 LIB_DIR = ROOT / "target" / "release"
 
@@ -65,7 +66,7 @@ def c_example(name: str) -> Optional[Path]:
 
 
 def python_servers(python: str, loops=PY_LOOPS, modes=PY_MODES) -> list[ServerSpec]:
-    return [
+    specs = [
         ServerSpec(
             name=f"py {loop}/{mode}",
             group="python",
@@ -76,6 +77,23 @@ def python_servers(python: str, loops=PY_LOOPS, modes=PY_MODES) -> list[ServerSp
         for mode in modes
         for loop in loops
     ]
+    if "protocol" in modes and "ringloop-io_uring" in loops:
+        # The least a pure-Python server over the library can cost (servers/pyfloor.py), right
+        # after protocol mode, whose baselines it is compared with.
+        floor = ServerSpec(
+            name="py ringloop-io_uring/floor",
+            group="python",
+            argv=(python, str(PYFLOOR), "--backend", "io_uring", "--port", "PORT"),
+            loop="ringloop-io_uring",
+            mode="floor",
+        )
+        specs.insert(len(loops), floor)
+    return specs
+
+
+def baseline_mode(mode: str) -> str:
+    """The mode whose asyncio and uvloop servers a Python server is compared with."""
+    return "protocol" if mode == "floor" else mode
 
 
 def c_servers() -> list[ServerSpec]:

@@ -4,6 +4,7 @@
 #
 #   benches/callgrind_steady.sh LOOP MODE [CONNECTIONS] [SIZE]
 #   e.g. benches/callgrind_steady.sh ringloop-io_uring protocol 100 1024
+#   MODE floor runs servers/pyfloor.py on LOOP's backend (ringloop-io_uring or ringloop-epoll).
 #
 # The server (benches/servers/pyecho.py) runs under callgrind; after a 2,000-round-trip warm-up the
 # counters are zeroed and echoload runs N round trips on fresh connections, then the counters are
@@ -19,9 +20,10 @@ trap 'rm -rf "$WORK"' EXIT
 
 count() {  # count N -> total Ir over N round trips (plus one connection set-up)
     local n=$1 port=$((20000 + RANDOM % 20000)) out=$WORK/cg.$1
+    local server=("$ROOT/benches/servers/pyecho.py" --loop "$LOOP" --mode "$MODE")
+    [ "$MODE" = floor ] && server=("$ROOT/benches/servers/pyfloor.py" --backend "${LOOP#ringloop-}")
     PYTHONPATH=$ROOT/python-binding/src valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
-        "$PY" "$ROOT/benches/servers/pyecho.py" --loop "$LOOP" --mode "$MODE" --port "$port" \
-        >"$WORK/log.$n" 2>"$WORK/err.$n" &
+        "$PY" "${server[@]}" --port "$port" >"$WORK/log.$n" 2>"$WORK/err.$n" &
     local pid=$!
     for _ in $(seq 600); do grep -q listening "$WORK/log.$n" && break; sleep 0.1; done
     "$LOAD" --port "$port" -c "$CONNS" -s "$SIZE" --requests 2000 --warmup 0 >/dev/null

@@ -220,7 +220,8 @@ def cell_record(spec, size: int, conns: int, status: str, runs: list, detail: st
 # C rows against the hand-written io_uring server and the libuv server.
 def baselines(record: dict) -> tuple[tuple[str, str], tuple[str, str]]:
     if record["group"] == "python":
-        return (f"py asyncio/{record['mode']}", "asyncio"), (f"py uvloop/{record['mode']}", "uvloop")
+        mode = benchlib.baseline_mode(record["mode"])
+        return (f"py asyncio/{mode}", "asyncio"), (f"py uvloop/{mode}", "uvloop")
     return ("c io_uring (liburing)", "io_uring"), ("c libuv", "libuv")
 
 
