@@ -56,8 +56,6 @@ __all__ = ["Loop"]
 
 
 _NEG_ECANCELED = -errno.ECANCELED
-# _recv_latest's answer for an fd with no receive op started.
-_NO_RECV = (None,)
 _socket_type = socket.socket
 _raw_accept = socket.socket._accept  # type: ignore[attr-defined]
 _ipaddr_info = base_events._ipaddr_info  # type: ignore[attr-defined]
@@ -109,6 +107,60 @@ _MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 # longer p99).
 _RECV_BUFFER_SIZE = 128 * 1024
 _RECV_BUFFER_COUNT = 64
+
+
+class _RecvOp:
+    """One receive op of ``sock_recv``/``sock_recv_into``: its completion handler (``complete``,
+    registered under ``token``) and what the loop needs to hand late bytes on (it is the fd's
+    entry in ``Loop._recv_latest`` while it is the latest). Slots instead of a closure and a
+    tuple per call: the cells, the function object and the tuple cost more to build and free."""
+
+    __slots__ = ("loop", "fut", "fd", "n", "target", "sock", "token", "op")
+
+    loop: "Loop"
+    fut: Any
+    fd: int
+    n: int
+    target: Any
+    sock: Any
+    token: int
+    op: int
+
+    def complete(self, result: int, flags: int, aux: int) -> None:
+        loop = self.loop
+        fd = self.fd
+        fut = self.fut
+        del loop._handlers[self.token]
+        latest = loop._recv_latest
+        if latest.get(fd) is self:
+            del latest[fd]
+        if fut in loop._abandoned_futures:
+            loop._settle_abandoned(fd, fut)
+        if result > 0:
+            target = self.target
+            reactor = loop._reactor
+            # (Not for sock_recv() of more than 64 KiB: a bytes object that large may cost
+            # recv() an mmap, see RingDatagramTransport.)
+            if result == self.n and (target is not None or result <= MAX_READ_SIZE):
+                if fd not in loop._recv_abandoned:
+                    loop._recv_filled.add(fd)
+            start = aux * reactor.buffer_size
+            if fut.done():
+                # The caller gave up (or a later receive was given earlier bytes) after the
+                # kernel took these bytes: they are the next ones in the stream.
+                loop._keep_leftovers(self.sock, reactor.buffer_bytes[start : start + result])
+                loop._hand_leftovers_to_latest(self.sock, fd)
+            elif target is None:
+                fut.set_result(reactor.buffer_bytes[start : start + result])
+            else:
+                target[:result] = reactor.buffers[start : start + result]
+                fut.set_result(result)
+        elif fut.done():
+            return
+        elif result == 0:
+            fut.set_result(b"" if self.target is None else 0)
+        elif result != _NEG_ECANCELED:
+            fut.set_exception(OSError(-result, os.strerror(-result)))
 
 
 class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,misc]
@@ -199,7 +251,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # fd -> the future and request of the receive op started last on it, until its event:
         # where bytes that an earlier, abandoned op brought afterwards go first (they precede
         # whatever this op gets).
-        self._recv_latest: Dict[int, Tuple[Any, int, int, Any, Any]] = {}
+        self._recv_latest: Dict[int, _RecvOp] = {}
 
     @property
     def backend(self) -> str:
@@ -596,52 +648,24 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             if result is not None:
                 return result, 0
         fut = self.create_future()
-        reactor = self._reactor
         token = self._new_token()
+        recv = _RecvOp()
+        recv.loop = self
+        recv.fut = fut
+        recv.fd = fd
+        recv.n = n
+        recv.target = target
+        recv.sock = sock
+        recv.token = token
         handlers = self._handlers
-        buffer_bytes = reactor.buffer_bytes
-        buffers = reactor.buffers
-        buffer_size = reactor.buffer_size
-
-        def on_received(result: int, flags: int, aux: int) -> None:
-            del handlers[token]
-            latest = self._recv_latest
-            if latest.get(fd, _NO_RECV)[0] is fut:
-                del latest[fd]
-            if fut in self._abandoned_futures:
-                self._settle_abandoned(fd, fut)
-            if result > 0:
-                # (Not for sock_recv() of more than 64 KiB: a bytes object that large may cost
-                # recv() an mmap, see RingDatagramTransport.)
-                if result == n and (target is not None or n <= MAX_READ_SIZE):
-                    if fd not in self._recv_abandoned:
-                        self._recv_filled.add(fd)
-                start = aux * buffer_size
-                if fut.done():
-                    # The caller gave up (or a later receive was given earlier bytes) after the
-                    # kernel took these bytes: they are the next ones in the stream.
-                    self._keep_leftovers(sock, buffer_bytes[start : start + result])
-                    self._hand_leftovers_to_latest(sock, fd)
-                elif target is None:
-                    fut.set_result(buffer_bytes[start : start + result])
-                else:
-                    target[:result] = buffers[start : start + result]
-                    fut.set_result(result)
-            elif fut.done():
-                return
-            elif result == 0:
-                fut.set_result(b"" if target is None else 0)
-            elif result != _NEG_ECANCELED:
-                fut.set_exception(OSError(-result, os.strerror(-result)))
-
-        handlers[token] = on_received
+        handlers[token] = recv.complete
         try:
-            op = reactor.recv_once(fd, min(n, 0xFFFFFFFF), token)
+            recv.op = self._reactor.recv_once(fd, n if n < 0xFFFFFFFF else 0xFFFFFFFF, token)
         except BaseException:
             del handlers[token]
             raise
-        self._recv_latest[fd] = (fut, op, n, target, sock)
-        return fut, op
+        self._recv_latest[fd] = recv
+        return fut, recv.op
 
     def _abandon_op(self, fd: int, fut: Any, op: int) -> None:
         # Cancels a receive op whose future is cancelled or already has its result; the op's
@@ -672,10 +696,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         latest = self._recv_latest.get(fd)
         if latest is None:
             return
-        fut, op, n, target, latest_sock = latest
-        if latest_sock is not sock or fut.done():
+        fut = latest.fut
+        target = latest.target
+        if latest.sock is not sock or fut.done():
             return
-        early = self._take_leftovers(sock, n)
+        early = self._take_leftovers(sock, latest.n)
         if not early:
             return
         del self._recv_latest[fd]
@@ -684,7 +709,7 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         else:
             target[: len(early)] = early
             fut.set_result(len(early))
-        self._abandon_op(fd, fut, op)
+        self._abandon_op(fd, fut, latest.op)
 
     def _recv_now(self, sock: Any, fd: int, n: int, target: Any) -> Any:
         # One recv() from the socket (asyncio's first attempt): the bytes, or the count copied
