@@ -366,11 +366,17 @@ def draw_chart(summary: dict, cells: list):
         ax = axes[conns_list.index(conns)][sizes.index(size)]
         values = []
         bar_colors = []
+        hatches = []
         for name in names:
             r = by_key.get((name, size, conns))
             values.append(r["rps"] if r and r["rps"] else 0)
             bar_colors.append(colors.get(r["loop"] if r else "", "#7f7f7f"))
-        ax.barh(range(len(names)), values, color=bar_colors)
+            hatches.append("//" if r and r["mode"] == "floor" else None)  # a bound, not a loop
+        bars = ax.barh(range(len(names)), values, color=bar_colors)
+        for bar, hatch in zip(bars, hatches):
+            if hatch:
+                bar.set_hatch(hatch)
+                bar.set_edgecolor("white")
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names if sizes.index(size) == 0 else [], fontsize=7)
         ax.set_ylim(len(names) - 0.5, -0.5)  # first server on top
