@@ -24,7 +24,7 @@ import sys
 from collections import deque
 
 from ringloop._lib import EV_MORE, EVENT_SIZE, EVENT_STRUCT, READABLE, Reactor
-from ringloop._loop import _RECV_BUFFER_COUNT, _RECV_BUFFER_SIZE
+from ringloop._loop import _new_reactor
 
 EXIT_LOOP_UNAVAILABLE = 3
 # Token = fd << 2 | kind.
@@ -89,8 +89,7 @@ class EchoProtocol:
 
 
 def serve(backend: str, listener: socket.socket) -> None:
-    reactor = Reactor(backend, buffer_size=_RECV_BUFFER_SIZE, buffer_count=_RECV_BUFFER_COUNT,
-                      single_thread=True)
+    reactor = _new_reactor(backend, single_thread=True)  # the loop's receive pool
     if reactor.backend != backend:
         raise OSError(f"ringloop gave backend {reactor.backend!r} instead of {backend!r}")
     protocols: dict[int, EchoProtocol] = {}

@@ -65,6 +65,43 @@ def test_ringloop_backend_environment_variable_selects_the_default(ringloop):
     assert run_python(explicit, RINGLOOP_BACKEND="epoll") == "io_uring"
 
 
+def test_the_receive_pool_is_sized_for_the_backend_that_runs(ringloop, monkeypatch):
+    # epoll lends buffers last-in first-out and starves receives when more connections are
+    # ready than it has buffers, so it gets a larger pool than io_uring's ring does.
+    from ringloop import _loop
+
+    def pool_of(**kwargs):
+        loop = ringloop.Loop(**kwargs)
+        try:
+            return loop.backend, loop._reactor.buffer_count
+        finally:
+            loop.close()
+
+    assert pool_of(backend="epoll") == ("epoll", _loop._RECV_BUFFER_COUNT_EPOLL)
+    try:
+        uring = pool_of(backend="io_uring")
+    except OSError:
+        uring = None  # no io_uring on this kernel
+    if uring is not None:
+        assert uring == ("io_uring", _loop._RECV_BUFFER_COUNT)
+
+    # The library choosing epoll by itself (a kernel without io_uring): the reactor it made with
+    # io_uring's pool is freed and made again with epoll's.
+    made = []
+    real_reactor = _loop.Reactor
+
+    def library_picks_epoll(backend, **kwargs):
+        reactor = real_reactor("epoll" if backend is None else backend, **kwargs)
+        made.append(reactor)
+        return reactor
+
+    monkeypatch.delenv("RINGLOOP_BACKEND", raising=False)
+    monkeypatch.setattr(_loop, "Reactor", library_picks_epoll)
+    assert pool_of() == ("epoll", _loop._RECV_BUFFER_COUNT_EPOLL)
+    assert [r.buffer_count for r in made] == [_loop._RECV_BUFFER_COUNT, _loop._RECV_BUFFER_COUNT_EPOLL]
+    assert made[0].closed and made[1].closed
+
+
 def test_run_uses_a_ringloop_loop_and_closes_it(ringloop):
     seen = {}
 
