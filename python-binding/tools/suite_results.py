@@ -34,8 +34,18 @@ def iter_tests(suite):
 
 def child_environment(column):
     """The environment of a child process that runs the suite on ``column`` (``stdlib`` or
-    ``ringloop-<backend>``): the backend forced for ringloop, output unbuffered."""
+    ``ringloop-<backend>``): the backend forced for ringloop, output unbuffered, and relative
+    ``PYTHONPATH`` entries and ``RINGLOOP_LIBRARY`` made absolute: the child runs in another
+    directory (run_logged), where ``PYTHONPATH=../src`` would silently import whatever
+    ``ringloop`` is installed instead of the one meant."""
     env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(entry) if entry else entry
+            for entry in env["PYTHONPATH"].split(os.pathsep)
+        )
+    if env.get("RINGLOOP_LIBRARY"):
+        env["RINGLOOP_LIBRARY"] = os.path.abspath(env["RINGLOOP_LIBRARY"])
     env.pop("RINGLOOP_BACKEND", None)
     if column.startswith("ringloop-"):
         env["RINGLOOP_BACKEND"] = column.split("-", 1)[1]
