@@ -119,20 +119,18 @@ _RECV_BUFFER_COUNT_EPOLL = 256
 def _new_reactor(backend: Optional[str], single_thread: bool) -> Reactor:
     # The pool's size depends on the backend (see _RECV_BUFFER_COUNT_EPOLL); when the library
     # chose epoll itself (no io_uring here, or RINGLOOP_BACKEND), the reactor is made again.
+    def make(backend: Optional[str]) -> Reactor:
+        count = _RECV_BUFFER_COUNT_EPOLL if backend == "epoll" else _RECV_BUFFER_COUNT
+        return Reactor(
+            backend, buffer_size=_RECV_BUFFER_SIZE, buffer_count=count, single_thread=single_thread
+        )
+
     if backend is None and os.environ.get("RINGLOOP_BACKEND") == "epoll":
         backend = "epoll"  # what the library would choose (and spares making it twice)
-    count = _RECV_BUFFER_COUNT_EPOLL if backend == "epoll" else _RECV_BUFFER_COUNT
-    reactor = Reactor(
-        backend, buffer_size=_RECV_BUFFER_SIZE, buffer_count=count, single_thread=single_thread
-    )
-    if reactor.backend == "epoll" and count != _RECV_BUFFER_COUNT_EPOLL:
+    reactor = make(backend)
+    if reactor.backend == "epoll" and backend != "epoll":
         reactor.free()
-        reactor = Reactor(
-            "epoll",
-            buffer_size=_RECV_BUFFER_SIZE,
-            buffer_count=_RECV_BUFFER_COUNT_EPOLL,
-            single_thread=single_thread,
-        )
+        reactor = make("epoll")
     return reactor
 
 
@@ -270,9 +268,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # futures of those ops.
         self._recv_abandoned: Dict[int, int] = {}
         self._abandoned_futures: Set[Any] = set()
-        # fd -> the future and request of the receive op started last on it, until its event:
-        # where bytes that an earlier, abandoned op brought afterwards go first (they precede
-        # whatever this op gets).
+        # fd -> the receive op started last on it, until its event: where bytes that an
+        # earlier, abandoned op brought afterwards go first (they precede whatever this op gets).
         self._recv_latest: Dict[int, _RecvOp] = {}
 
     @property
