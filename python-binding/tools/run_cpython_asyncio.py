@@ -343,7 +343,7 @@ def parent_main(args):
     columns = ["stdlib"] + [f"ringloop-{b}" for b in args.backends]
     if args.skip_stdlib:
         columns.remove("stdlib")
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="cpython-asyncio-"))
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="cpython-asyncio-")).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
 
     # Long modules first, so the two workers finish together.

@@ -428,7 +428,7 @@ def parent_main(args):
 
     version, tests_dir = uvloop_tests_dir(args.cache_dir)
     modules = args.modules or sorted(p.stem for p in tests_dir.glob("test_*.py"))
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="uvloop-tests-"))
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="uvloop-tests-")).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()

@@ -55,10 +55,16 @@ def child_environment(column):
 
 def run_logged(command, env, log, timeout):
     """Runs ``command`` with its output in the file ``log``; returns its exit status, or
-    ``"timeout"`` after killing its whole process group at ``timeout`` seconds."""
-    with open(log, "wb") as log_file:
+    ``"timeout"`` after killing its whole process group at ``timeout`` seconds.
+
+    The child runs in a directory of its own, which is also its ``TMPDIR`` and is removed
+    afterwards: some suite tests leave files behind (uvloop's ``test_udp`` binds Unix sockets
+    under the temp directory and never unlinks them), and a child killed at the timeout cannot
+    clean up at all."""
+    with open(log, "wb") as log_file, tempfile.TemporaryDirectory(prefix="suite-child-") as scratch:
+        env = dict(env, TMPDIR=scratch)
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   cwd=tempfile.gettempdir(), start_new_session=True)
+                                   cwd=scratch, start_new_session=True)
         try:
             return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
