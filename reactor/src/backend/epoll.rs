@@ -13,6 +13,8 @@
 //!   `poll` has recycled buffers, so the loop does not spin and no byte leaves the socket before
 //!   there is room for it.
 //! * Everything is level-triggered, so an fd whose events do not fit is simply reported again.
+//!   That lets `epoll_wait` ask for fewer fds when recent receives were large ([`BatchSize`]):
+//!   a poll's received bytes then stay in the CPU's cache until the caller has read them.
 //! * An accept that hits a resource error (EMFILE...) is "paused": its read interest is dropped
 //!   until the back-off delay has passed (`AcceptBackoff`), so a listener whose connections cannot
 //!   be accepted does not make every `epoll_wait` return at once; `poll` caps its wait at the end
@@ -44,6 +46,10 @@ use crate::{flags, BackendKind, Event, Interest, Options};
 const WAKE_DATA: u64 = u64::MAX;
 /// How many epoll events one `epoll_wait` returns at most; the rest come next time.
 const EPOLL_BATCH: usize = 256;
+/// The fewest ready fds one `epoll_wait` asks for, however large the receives.
+const MIN_EPOLL_BATCH: usize = 2;
+/// About how many bytes the recvs of one `poll` should bring in (see [`BatchSize`]).
+const RECV_BYTES_PER_POLL: usize = 256 * 1024;
 /// Reads per ready fd and `poll` for one recv: enough to drain a burst, bounded for fairness.
 const RECV_BURST: usize = 4;
 /// Connections accepted per ready listener and `poll`.
@@ -87,6 +93,45 @@ struct Op {
     waiting: bool,
 }
 
+/// How many ready fds to take per `epoll_wait`: all that fit ([`EPOLL_BATCH`]) while receives
+/// are small, fewer as they grow, so that one poll receives about [`RECV_BYTES_PER_POLL`].
+///
+/// Why: every fd of a batch gets its own pool buffer, and the caller reads those buffers only
+/// after the whole batch was received. At 100 connections echoing 10 KiB, a batch of 100 ready
+/// fds spreads 1 MiB of fresh data over as many buffers; the kernel's copies and the caller's
+/// reads then miss the cache. Measured on the Python echo server (server CPU per round trip): at
+/// 10 KiB x 100 connections, 5.7-5.8 us with 256 fds per `epoll_wait`, 4.6-4.7 us with 32; at
+/// 100 KiB x 100, 34.4 us with 256, 22.3 us with 4. Fewer fds per wait cost an extra
+/// `epoll_wait` now and then, which is what keeps the floor at [`MIN_EPOLL_BATCH`].
+struct BatchSize {
+    /// Received bytes per ready fd, a moving average over recent waits.
+    bytes_per_fd: usize,
+    /// Bytes received since the current wait returned.
+    received: usize,
+}
+
+impl BatchSize {
+    const fn new() -> BatchSize {
+        BatchSize {
+            bytes_per_fd: 0,
+            received: 0,
+        }
+    }
+
+    /// How many fds the next `epoll_wait` asks for.
+    fn limit(&self) -> usize {
+        (RECV_BYTES_PER_POLL / self.bytes_per_fd.max(1)).clamp(MIN_EPOLL_BATCH, EPOLL_BATCH)
+    }
+
+    /// Accounts for the `ready_fds` events of the wait that just ended.
+    fn update(&mut self, ready_fds: usize) {
+        if let Some(sample) = self.received.checked_div(ready_fds) {
+            self.bytes_per_fd = (self.bytes_per_fd * 3 + sample) / 4;
+        }
+        self.received = 0;
+    }
+}
+
 pub(crate) struct Epoll {
     epoll: nix::sys::epoll::Epoll,
     ops: OpTable<Op>,
@@ -101,6 +146,7 @@ pub(crate) struct Epoll {
     /// Accepts paused after a resource error, resumed when their delay is over.
     backoff: AcceptBackoff,
     epoll_events: Vec<libc::epoll_event>,
+    batch: BatchSize,
     scratch: Vec<u64>,
     wake: Arc<WakeShared>,
     wake_token: u64,
@@ -133,6 +179,7 @@ impl Epoll {
             stash_waiters: Vec::new(),
             backoff: AcceptBackoff::new(opts.accept_retry_delay),
             epoll_events: vec![epoll_event(0, 0); EPOLL_BATCH],
+            batch: BatchSize::new(),
             scratch: Vec::new(),
             wake_token: opts.wake_token,
             wake: wake.clone(),
@@ -399,6 +446,7 @@ impl Epoll {
                     return;
                 }
                 Ok(n) => {
+                    self.batch.received += n;
                     self.emit(
                         key,
                         token,
@@ -443,6 +491,7 @@ impl Epoll {
                     self.finish(key, 0);
                 }
                 Ok(n) => {
+                    self.batch.received += n;
                     // Its one event; the op is over.
                     self.emit(0, token, n as i32, flags::BUFFER, u64::from(bid));
                     self.discard(key);
@@ -660,12 +709,13 @@ impl Epoll {
             // Rounded up: waking before a timer's deadline would only spin.
             Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
         };
-        // SAFETY: the buffer holds `len` writable epoll_event records.
+        let room = self.batch.limit().min(self.epoll_events.len());
+        // SAFETY: the buffer holds at least `room` writable epoll_event records.
         let rc = unsafe {
             libc::epoll_wait(
                 self.epoll.0.as_raw_fd(),
                 self.epoll_events.as_mut_ptr(),
-                self.epoll_events.len() as i32,
+                room as i32,
                 timeout_ms,
             )
         };
@@ -736,6 +786,7 @@ impl Backend for Epoll {
                         self.on_ready(data as RawFd, revents);
                     }
                 }
+                self.batch.update(count);
                 // One whose delay is over listens again; the next wait sees its backlog.
                 self.resume_accepts();
                 if !self.ready.is_empty() || wait == Some(Duration::ZERO) {
@@ -909,5 +960,47 @@ impl Drop for Epoll {
             let fd = self.ops.get(key).map_or(-1, |op| op.fd);
             self.purge_ready(key, fd, false, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_follows_the_size_of_receives() {
+        let mut batch = BatchSize::new();
+        assert_eq!(
+            batch.limit(),
+            EPOLL_BATCH,
+            "nothing received yet: take every ready fd"
+        );
+
+        // 100 ready fds with 10 KiB each, wait after wait: the limit settles where one wait
+        // brings in about RECV_BYTES_PER_POLL.
+        for _ in 0..32 {
+            batch.received = 100 * 10 * 1024;
+            batch.update(100);
+        }
+        assert_eq!(batch.limit(), RECV_BYTES_PER_POLL / (10 * 1024));
+
+        // Huge receives never stop the fds from being taken at all.
+        for _ in 0..32 {
+            batch.received = 4 << 20;
+            batch.update(2);
+        }
+        assert_eq!(batch.limit(), MIN_EPOLL_BATCH);
+
+        // Readiness-only events (watches, the wake) receive nothing: back to full batches.
+        for _ in 0..64 {
+            batch.update(50);
+        }
+        assert_eq!(batch.limit(), EPOLL_BATCH);
+        assert_eq!(batch.received, 0);
+
+        // A wait that timed out (no events) leaves the estimate as it was.
+        batch.received = 0;
+        batch.update(0);
+        assert_eq!(batch.limit(), EPOLL_BATCH);
     }
 }
