@@ -4,9 +4,16 @@
  *   echo_poll PORT      (0 picks a free port; prints "listening on PORT" when ready)
  *
  * Runs until SIGINT or SIGTERM, then closes every connection through the loop, frees the loop
- * and exits 0. Received data lives in loop-owned buffers only until the next rl_poll(), so it is
- * copied into a per-connection output queue; while a send is in flight, newer data waits in the
- * queue. A connection whose queue grows past MAX_QUEUED is dropped. */
+ * and exits 0.
+ *
+ * Received bytes are echoed without a copy: the program keeps the loop-owned buffer they arrived
+ * in (rl_buffer_keep), sends straight from it, and releases it at the send's event. Sends on one
+ * socket complete in order, so a connection's in-flight sends form a FIFO. Copying takes over
+ * when a connection already has MAX_INFLIGHT sends out or the program keeps half of the loop's
+ * buffers (a peer that does not read its echo must not starve every other connection's
+ * receives): those bytes go to a per-connection queue, sent as one buffer once the sends before
+ * it are out, and newer bytes join the queue while it is not empty. A connection whose queue
+ * grows past MAX_QUEUED is dropped. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <signal.h>
@@ -19,6 +26,10 @@
  * instead: on io_uring a cancelled multishot receive may already have taken bytes from the socket
  * that are then not delivered, which would corrupt the echoed stream.) */
 #define MAX_QUEUED (64u << 20)
+/* Sends one connection may have in flight (kept buffers plus at most one queue send). */
+#define MAX_INFLIGHT 8
+/* An in-flight entry that is the connection's queue send rather than a kept buffer. */
+#define QUEUE_SEND (-1)
 
 /* Token layout: kind in the low 8 bits, connection slot and generation above. */
 enum kind { K_ACCEPT = 1, K_SIGNAL, K_RECV, K_SEND, K_CLOSE };
@@ -35,13 +46,17 @@ struct conn {
     int closing;        /* rl_op_close submitted */
     int close_done;     /* its event arrived */
     int eof;            /* the peer finished sending: close once everything is echoed */
-    struct buf queue;   /* received, not yet handed to a send */
-    struct buf sending; /* owned by the in-flight send (len > 0) */
+    struct buf queue;   /* received and copied, not yet handed to a send */
+    struct buf sending; /* owned by the in-flight queue send (len > 0) */
+    /* In-flight sends, oldest first: a kept buffer's id, or QUEUE_SEND. */
+    int inflight[MAX_INFLIGHT];
+    int inflight_head, inflight_count;
 };
 
 static struct conn conns[MAX_CONNS];
 static const uint8_t *buffer_base;
-static uint32_t buffer_size;
+static uint32_t buffer_size, buffer_count;
+static uint32_t kept_buffers; /* buffers kept by all connections together */
 
 static uint64_t token_of(int slot, enum kind kind)
 {
@@ -73,12 +88,27 @@ static void append(struct buf *b, const uint8_t *data, size_t len)
     b->len += len;
 }
 
+static void push_inflight(struct conn *c, int entry)
+{
+    c->inflight[(c->inflight_head + c->inflight_count) % MAX_INFLIGHT] = entry;
+    c->inflight_count++;
+}
+
+static int pop_inflight(struct conn *c)
+{
+    int entry = c->inflight[c->inflight_head];
+    c->inflight_head = (c->inflight_head + 1) % MAX_INFLIGHT;
+    c->inflight_count--;
+    return entry;
+}
+
 static void release(struct conn *c)
 {
     free(c->queue.data);
     free(c->sending.data);
     memset(&c->queue, 0, sizeof c->queue);
     memset(&c->sending, 0, sizeof c->sending);
+    c->inflight_head = c->inflight_count = 0;
     c->fd = -1;
     c->gen++;
 }
@@ -100,14 +130,15 @@ static void start_close(rl_loop *loop, struct conn *c)
 /* A connection slot is freed once its close completed and no send still reads its memory. */
 static void maybe_release(struct conn *c)
 {
-    if (c->close_done && c->sending.len == 0)
+    if (c->close_done && c->inflight_count == 0)
         release(c);
 }
 
+/* Hands the queue to a send, unless one is out already (or the connection is full or closing). */
 static void flush(rl_loop *loop, struct conn *c)
 {
     struct buf swap;
-    if (c->sending.len > 0 || c->queue.len == 0 || c->closing)
+    if (c->sending.len > 0 || c->queue.len == 0 || c->closing || c->inflight_count == MAX_INFLIGHT)
         return;
     swap = c->sending;
     c->sending = c->queue;
@@ -115,6 +146,21 @@ static void flush(rl_loop *loop, struct conn *c)
     c->queue.len = 0;
     CHECK_RL(rl_op_send(loop, c->fd, c->sending.data, c->sending.len, token_of(slot_index(c), K_SEND),
                         NULL));
+    push_inflight(c, QUEUE_SEND);
+}
+
+/* Sends a received chunk straight from the loop's buffer, keeping it until the send's event;
+ * returns 0 when the chunk must be copied instead. */
+static int send_in_place(rl_loop *loop, struct conn *c, const rl_event *ev)
+{
+    if (c->queue.len > 0 || c->inflight_count == MAX_INFLIGHT || kept_buffers >= buffer_count / 2)
+        return 0;
+    CHECK_RL(rl_buffer_keep(loop, (uint32_t)ev->aux));
+    kept_buffers++;
+    CHECK_RL(rl_op_send(loop, c->fd, buffer_base + ev->aux * buffer_size, (size_t)ev->result,
+                        token_of(slot_index(c), K_SEND), NULL));
+    push_inflight(c, (int)ev->aux);
+    return 1;
 }
 
 static void start_recv(rl_loop *loop, struct conn *c)
@@ -149,12 +195,14 @@ static void on_recv(rl_loop *loop, struct conn *c, const rl_event *ev)
             start_close(loop, c);
             return;
         }
-        append(&c->queue, buffer_base + ev->aux * buffer_size, (size_t)ev->result);
-        flush(loop, c);
+        if (!send_in_place(loop, c, ev)) {
+            append(&c->queue, buffer_base + ev->aux * buffer_size, (size_t)ev->result);
+            flush(loop, c);
+        }
     }
     if (!(ev->flags & RL_EV_MORE) && c->receiving) {
         c->receiving = 0;
-        if (ev->result == 0 && (c->sending.len > 0 || c->queue.len > 0))
+        if (ev->result == 0 && (c->inflight_count > 0 || c->queue.len > 0))
             c->eof = 1; /* echo what is queued, then close (on_send) */
         else
             start_close(loop, c);
@@ -163,7 +211,13 @@ static void on_recv(rl_loop *loop, struct conn *c, const rl_event *ev)
 
 static void on_send(rl_loop *loop, struct conn *c, const rl_event *ev)
 {
-    c->sending.len = 0;
+    int entry = pop_inflight(c);
+    if (entry == QUEUE_SEND) {
+        c->sending.len = 0;
+    } else {
+        CHECK_RL(rl_buffer_release(loop, (uint32_t)entry));
+        kept_buffers--;
+    }
     if (ev->result < 0) {
         start_close(loop, c);
         maybe_release(c);
@@ -174,7 +228,7 @@ static void on_send(rl_loop *loop, struct conn *c, const rl_event *ev)
         return;
     }
     flush(loop, c);
-    if (c->eof && c->sending.len == 0)
+    if (c->eof && c->inflight_count == 0)
         start_close(loop, c);
 }
 
@@ -193,7 +247,7 @@ int main(int argc, char **argv)
     rl_options_init(&opts);
     opts.flags |= RL_OPT_SINGLE_THREAD;
     CHECK_RL(rl_loop_new(&opts, &loop));
-    CHECK_RL(rl_buffers(loop, &buffer_base, &buffer_size, NULL));
+    CHECK_RL(rl_buffers(loop, &buffer_base, &buffer_size, &buffer_count));
     CHECK_RL(rl_op_signal(loop, SIGINT, K_SIGNAL, NULL));
     CHECK_RL(rl_op_signal(loop, SIGTERM, K_SIGNAL, NULL));
     listen_fd = listen_tcp(port);

@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 2
+#define RL_VERSION_MINOR 3
 
 /**
  * Patch version (fixes only).
@@ -775,7 +775,8 @@ int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token,
  * Starts a multishot receive on the stream socket `fd` into loop-owned buffers.
  *
  * Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
- * are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll`. Every event but
+ * are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll` (or until
+ * `rl_buffer_release`, see `rl_buffer_keep`). Every event but
  * the last has `RL_EV_MORE`; the last has `result` 0 (end of stream) or `-errno`, or comes
  * after `rl_op_cancel`. When the loop runs out of buffers the receive pauses and resumes after
  * the next `rl_poll`: no `-ENOBUFS`, no lost bytes.
@@ -795,9 +796,9 @@ int rl_op_recv(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
  *
  * Exactly one event carries `token`, never with `RL_EV_MORE`: `result > 0` is the byte count,
  * with `RL_EV_BUFFER` and `aux` = the buffer id (bytes at `base + aux * buffer_size`, see
- * `rl_buffers`, until the next `rl_poll`); `result` 0 is end of stream; `result < 0` is `-errno`,
- * `-ECANCELED` after `rl_op_cancel` / `rl_op_cancel_token` (that event is queued by the cancel
- * itself). When the loop runs out of buffers the receive waits for the next `rl_poll`: no
+ * `rl_buffers`, until the next `rl_poll` unless kept with `rl_buffer_keep`); `result` 0 is end
+ * of stream; `result < 0` is `-errno`, `-ECANCELED` after `rl_op_cancel` / `rl_op_cancel_token`
+ * (that event is queued by the cancel itself). When the loop runs out of buffers the receive waits for the next `rl_poll`: no
  * `-ENOBUFS`, no lost bytes.
  *
  * Lossless with cancels: bytes a cancelled receive on this socket (`rl_op_recv` or
@@ -954,6 +955,31 @@ int rl_buffers(struct rl_loop *loop,
                const uint8_t **base,
                uint32_t *buffer_size,
                uint32_t *buffer_count);
+
+/**
+ * Keeps receive buffer `buffer_id` — the `aux` of an `RL_EV_BUFFER` event the last `rl_poll`
+ * returned — beyond the next `rl_poll`: its bytes stay valid and unchanged until
+ * `rl_buffer_release`, so they can be sent on without a copy (`rl_op_send` straight from the
+ * buffer, released at the send's event: an echo, a proxy). Without this, a buffer's bytes are
+ * valid only until the next `rl_poll`.
+ *
+ * A kept buffer is out of the loop's pool meanwhile: keeping many makes receives wait for
+ * buffers (no bytes are lost, see `rl_op_recv`). A buffer still kept when the loop is freed is
+ * freed with it.
+ *
+ * Returns 0, `-EINVAL` (an id past the pool), `-ENOENT` (a buffer the last `rl_poll` did not
+ * return, or one already kept), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_buffer_keep(struct rl_loop *loop, uint32_t buffer_id);
+
+/**
+ * Gives back a buffer kept with `rl_buffer_keep`: the next `rl_poll` returns it to the pool, and
+ * its bytes must not be used after that.
+ *
+ * Returns 0, `-EINVAL` (an id past the pool), `-ENOENT` (a buffer that is not kept),
+ * `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ */
+int rl_buffer_release(struct rl_loop *loop, uint32_t buffer_id);
 
 /**
  * Wakes the loop if it is blocked in `rl_poll` or `rl_run`. Wakes coalesce: any number of calls

@@ -139,6 +139,10 @@ enum Call {
     Wake(LoopRef),
     Stop(LoopRef),
     Buffers(LoopRef, u8),
+    /// Keeps a buffer: one the last poll returned (`true`) or any id.
+    BufferKeep(LoopRef, u16, bool),
+    /// Releases a buffer: one the last poll returned (`true`) or any id.
+    BufferRelease(LoopRef, u16, bool),
     Strerror(i32),
 }
 
@@ -207,6 +211,8 @@ struct Harness {
     ops: Vec<(u64, bool)>,
     timers: Vec<u64>,
     next_token: u64,
+    /// Buffer ids of the last poll's events (of whichever loop).
+    last_buffers: Vec<u32>,
 }
 
 fn pick<T: Copy>(items: &[T], index: u8) -> Option<T> {
@@ -242,6 +248,7 @@ impl Harness {
             ops: Vec::new(),
             timers: Vec::new(),
             next_token: 1,
+            last_buffers: Vec::new(),
         }
     }
 
@@ -418,6 +425,7 @@ impl Harness {
         }
         if rc > 0 {
             assert!(rc as u32 <= capacity);
+            self.last_buffers.clear();
             let (base, size, count) = self.buffers_of(lp);
             for ev in &events[..rc as usize] {
                 if ev.token & (0xff << 56) == TOKEN_ACCEPT && ev.result >= 0 {
@@ -426,6 +434,7 @@ impl Harness {
                 }
                 if ev.flags & RL_EV_BUFFER != 0 {
                     assert!(ev.result >= 0 && (ev.aux as u32) < count);
+                    self.last_buffers.push(ev.aux as u32);
                     assert!(ev.result as u32 <= size);
                     // The bytes are readable (ASan checks the access).
                     // SAFETY: buffer `aux` lies inside the region rl_buffers described.
@@ -1033,6 +1042,23 @@ impl Harness {
                     )
                 };
                 check(rc, "rl_buffers");
+            }
+            Call::BufferKeep(r, id, recent) | Call::BufferRelease(r, id, recent) => {
+                let lp = self.lp(r);
+                let id = match pick(&self.last_buffers, id as u8) {
+                    Some(polled) if recent => polled,
+                    _ => u32::from(id),
+                };
+                let rc = if matches!(call, Call::BufferKeep(..)) {
+                    rl_buffer_keep(lp, id)
+                } else {
+                    rl_buffer_release(lp, id)
+                };
+                check(rc, "rl_buffer_keep/release");
+                assert!(
+                    [0, -libc::EINVAL, -libc::ENOENT, RL_EHANDLE, RL_ESTATE].contains(&rc),
+                    "keep/release returned {rc}"
+                );
             }
             // A code the input made up (RL_EPANIC among them, which libFuzzer finds by its
             // comparisons): only its description is checked.

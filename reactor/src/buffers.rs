@@ -1,7 +1,8 @@
 //! The receive-buffer pool: `count` buffers of `size` bytes in one anonymous mapping whose address
 //! never changes (bindings map it once), plus the list of buffers lent to the caller by the last
-//! `poll`. How a free buffer reaches the kernel again is the backend's business (io_uring: the
-//! provided-buffer ring; epoll: a free list).
+//! `poll` and the buffers the caller keeps beyond it ([`BufferPool::keep`]). How a free buffer
+//! reaches the kernel again is the backend's business (io_uring: the provided-buffer ring; epoll:
+//! a free list); a kept buffer reaches it only after [`BufferPool::release`].
 //!
 //! The pool is deliberately not `MADV_DONTFORK`: a forked child keeps a readable copy of bytes it
 //! was handed before the fork (the kernel only ever writes the parent's pages), instead of a hole
@@ -68,6 +69,9 @@ pub(crate) struct BufferPool {
     /// Buffers handed to the caller by the last `poll`; recycled at the start of the next one.
     /// Capacity `count` is reserved up front, so pushing never allocates.
     lent: Vec<u16>,
+    /// `kept[id]`: buffer `id` was taken out of `lent` by the caller and is not recycled until
+    /// released.
+    kept: Vec<bool>,
 }
 
 impl BufferPool {
@@ -98,6 +102,7 @@ impl BufferPool {
             size: size as usize,
             count: count as usize,
             lent: Vec::with_capacity(count as usize),
+            kept: vec![false; count as usize],
         })
     }
 
@@ -138,5 +143,42 @@ impl BufferPool {
     /// Takes the buffers lent by the previous `poll`, to give them back to the kernel or free list.
     pub(crate) fn take_lent(&mut self) -> std::vec::Drain<'_, u16> {
         self.lent.drain(..)
+    }
+
+    /// Keeps buffer `id`, lent by the last `poll`, out of the next one's recycling until
+    /// [`BufferPool::release`]: `EINVAL` for an id past the pool, `ENOENT` for a buffer the last
+    /// `poll` did not lend (or one already kept).
+    pub(crate) fn keep(&mut self, id: u32) -> io::Result<()> {
+        let index = self.check_id(id)?;
+        let Some(pos) = self
+            .lent
+            .iter()
+            .position(|&lent| usize::from(lent) == index)
+        else {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        };
+        self.lent.swap_remove(pos);
+        self.kept[index] = true;
+        Ok(())
+    }
+
+    /// Gives a kept buffer back: the next `poll` recycles it as if that `poll` had lent it.
+    /// `EINVAL` for an id past the pool, `ENOENT` for a buffer that is not kept.
+    pub(crate) fn release(&mut self, id: u32) -> io::Result<()> {
+        let index = self.check_id(id)?;
+        if !self.kept[index] {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        self.kept[index] = false;
+        // Never allocates: kept and lent buffers together are at most `count`.
+        self.lent.push(index as u16);
+        Ok(())
+    }
+
+    fn check_id(&self, id: u32) -> io::Result<usize> {
+        match usize::try_from(id) {
+            Ok(index) if index < self.count => Ok(index),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
     }
 }

@@ -305,6 +305,25 @@ impl Reactor {
         self.backend.buffers().data(event.aux, event.result)
     }
 
+    /// Keeps receive buffer `id` — the `aux` of a [`crate::flags::BUFFER`] event the last
+    /// [`Reactor::poll`] returned — beyond the next `poll`: its bytes stay where they are, and
+    /// the buffer goes back to the pool only at the first `poll` after
+    /// [`Reactor::release_buffer`]. This is how received bytes are sent on without a copy (an
+    /// echo, a proxy): [`Reactor::send`] straight from the buffer, released at the send's event.
+    ///
+    /// A kept buffer is out of the pool meanwhile: keeping many makes receives wait for buffers
+    /// (no bytes are lost). Errors: `EINVAL` for an id past the pool, `ENOENT` for a buffer the
+    /// last `poll` did not return (or one already kept).
+    pub fn keep_buffer(&mut self, id: u32) -> io::Result<()> {
+        self.backend.buffers_mut().keep(id)
+    }
+
+    /// Gives back a buffer kept with [`Reactor::keep_buffer`]; the next `poll` recycles it.
+    /// Errors: `EINVAL` for an id past the pool, `ENOENT` for a buffer that is not kept.
+    pub fn release_buffer(&mut self, id: u32) -> io::Result<()> {
+        self.backend.buffers_mut().release(id)
+    }
+
     /// The whole receive-buffer region: `(base, buffer_size, buffer_count)`. Buffer `id` starts at
     /// `base + id * buffer_size`. The region's address is fixed for the reactor's lifetime, so a
     /// binding may map it once.

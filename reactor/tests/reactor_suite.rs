@@ -671,6 +671,145 @@ fn pool_exhaustion_loses_nothing(choice: BackendChoice, events_len: usize) {
     assert!(received == expected, "bytes differ");
 }
 
+fn errno_of(result: std::io::Result<()>) -> i32 {
+    result
+        .expect_err("expected an error")
+        .raw_os_error()
+        .unwrap()
+}
+
+/// The bytes of buffer `id`, read through the region (as a binding would), not `event_data`.
+fn region_bytes(reactor: &Reactor, id: u32, len: usize) -> Vec<u8> {
+    let (base, size, _) = reactor.buffer_region();
+    // SAFETY: `id` is below the pool's count and `len` below its buffer size (the caller's
+    // promise); the region lives as long as the reactor.
+    unsafe { std::slice::from_raw_parts(base.add(id as usize * size), len).to_vec() }
+}
+
+/// A kept buffer survives later polls unchanged and is not handed out again; keeping the whole
+/// pool pauses the receive without losing bytes; a release brings the buffer back; an echo can
+/// send straight from a kept buffer. Bad ids and double keeps/releases are refused.
+fn kept_buffers_stay_until_released(choice: BackendChoice) {
+    let opts = Options {
+        buffer_size: 512,
+        buffer_count: 4,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
+        return;
+    };
+    let (ours, mut peer) = tcp_pair();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    reactor.recv_multi(ours.as_raw_fd(), 1).unwrap();
+    let mut events = vec![Event::default(); 16];
+
+    // Nothing lent yet.
+    assert_eq!(errno_of(reactor.keep_buffer(0)), libc::ENOENT);
+    assert_eq!(errno_of(reactor.keep_buffer(4)), libc::EINVAL);
+    assert_eq!(errno_of(reactor.release_buffer(0)), libc::ENOENT);
+    assert_eq!(errno_of(reactor.release_buffer(u32::MAX)), libc::EINVAL);
+
+    // One message per poll, each buffer kept: after four, the whole pool is kept.
+    let mut kept: Vec<(u32, Vec<u8>)> = Vec::new();
+    for i in 0..4u8 {
+        let message = vec![b'a' + i; 100 + usize::from(i)];
+        peer.write_all(&message).unwrap();
+        poll_until(&mut reactor, &mut events, |r, batch| {
+            for ev in batch {
+                assert_eq!((ev.token, ev.result), (1, message.len() as i32));
+                let id = ev.aux as u32;
+                assert!(
+                    kept.iter().all(|(k, _)| *k != id),
+                    "kept buffer {id} was handed out again"
+                );
+                assert_eq!(r.event_data(ev).unwrap(), &message[..]);
+                r.keep_buffer(id).unwrap();
+                assert_eq!(errno_of(r.keep_buffer(id)), libc::ENOENT, "kept twice");
+                kept.push((id, message.clone()));
+            }
+            !batch.is_empty()
+        });
+    }
+    for (id, bytes) in &kept {
+        assert_eq!(region_bytes(&reactor, *id, bytes.len()), *bytes);
+    }
+
+    // No buffer left: the next message waits in the socket, and the kept bytes stay intact.
+    let waiting = random_bytes(300, 9);
+    peer.write_all(&waiting).unwrap();
+    let seen = poll_for(&mut reactor, Duration::from_millis(300));
+    assert!(seen.is_empty(), "received with every buffer kept: {seen:?}");
+    for (id, bytes) in &kept {
+        assert_eq!(region_bytes(&reactor, *id, bytes.len()), *bytes);
+    }
+
+    // Echo the first kept buffer straight from the pool, then release it: the waiting message
+    // arrives (in that buffer, the only free one), whole.
+    let (first, first_bytes) = kept.remove(0);
+    let (base, size, _) = reactor.buffer_region();
+    // SAFETY: the buffer is kept, so the loop leaves it alone until it is released below,
+    // after the send's event.
+    unsafe {
+        reactor.send(
+            ours.as_raw_fd(),
+            base.add(first as usize * size),
+            first_bytes.len(),
+            2,
+        )
+    }
+    .unwrap();
+    let mut received = Vec::new();
+    let mut sent = false;
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            match ev.token {
+                2 => {
+                    assert_eq!(ev.result, first_bytes.len() as i32);
+                    r.release_buffer(first).unwrap();
+                    assert_eq!(errno_of(r.release_buffer(first)), libc::ENOENT);
+                    sent = true;
+                }
+                1 => {
+                    assert!(ev.result > 0);
+                    assert!(
+                        kept.iter().all(|(k, _)| *k as u64 != ev.aux),
+                        "a kept buffer was handed out"
+                    );
+                    received.extend_from_slice(r.event_data(ev).unwrap());
+                }
+                other => panic!("unexpected token {other}"),
+            }
+        }
+        sent && received.len() == waiting.len()
+    });
+    assert!(received == waiting);
+    let mut echoed = vec![0u8; first_bytes.len()];
+    peer.read_exact(&mut echoed).unwrap();
+    assert_eq!(echoed, first_bytes);
+    for (id, bytes) in &kept {
+        assert_eq!(region_bytes(&reactor, *id, bytes.len()), *bytes);
+    }
+
+    // A buffer lent two polls ago can no longer be kept; released buffers serve receives again.
+    let stale = first;
+    for (id, _) in kept.drain(..) {
+        reactor.release_buffer(id).unwrap();
+    }
+    let more = random_bytes(2000, 10);
+    peer.write_all(&more).unwrap();
+    let mut received = Vec::new();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            received.extend_from_slice(r.event_data(ev).unwrap());
+        }
+        received.len() == more.len()
+    });
+    assert!(received == more);
+    let _ = reactor.poll(Some(Duration::ZERO), &mut events).unwrap();
+    assert_eq!(errno_of(reactor.keep_buffer(stale)), libc::ENOENT);
+}
+
 /// Child-process half of the EMFILE test (run by [`emfile_on_accept`] with a low fd limit).
 fn emfile_child(choice: BackendChoice) {
     if std::env::var_os("RINGLOOP_EMFILE_CHILD").is_none() {
@@ -1340,6 +1479,10 @@ macro_rules! suite {
             #[test]
             fn buffer_pool_exhaustion_with_one_event_per_poll() {
                 pool_exhaustion_loses_nothing($choice, 1);
+            }
+            #[test]
+            fn kept_buffers_stay_until_released() {
+                super::kept_buffers_stay_until_released($choice);
             }
             #[test]
             fn emfile_on_accept_is_reported_and_survived() {

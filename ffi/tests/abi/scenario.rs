@@ -121,6 +121,74 @@ fn raw_timers(lp: *mut rl_loop) {
     println!("raw timers: fired in deadline order, cancelled one never fired");
 }
 
+/// `rl_buffer_keep` / `rl_buffer_release`: a kept buffer's bytes outlive later polls and can be
+/// sent straight from the pool; bad ids and double keeps or releases are errors.
+fn raw_kept_buffer(lp: *mut rl_loop) {
+    let (a, mut b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    // SAFETY (whole function): a valid loop; the kept buffer stays valid until its release,
+    // which comes after the send from it has completed.
+    unsafe {
+        let mut base: *const u8 = ptr::null();
+        let mut size = 0u32;
+        let mut count = 0u32;
+        check(rl_buffers(lp, &mut base, &mut size, &mut count), "rl_buffers");
+        assert_eq!(rl_buffer_keep(ptr::null_mut(), 0), RL_EHANDLE);
+        assert_eq!(rl_buffer_release(ptr::null_mut(), 0), RL_EHANDLE);
+        assert_eq!(rl_buffer_keep(lp, count), -libc_errno::EINVAL);
+        assert_eq!(rl_buffer_release(lp, 0), -libc_errno::ENOENT, "nothing kept");
+        check(rl_op_recv(lp, a.as_raw_fd(), 20, ptr::null_mut()), "rl_op_recv");
+        b.write_all(b"kept across polls").unwrap();
+        let mut kept = None;
+        while kept.is_none() {
+            for ev in poll(lp, -1) {
+                assert_eq!(ev.token, 20);
+                assert_eq!(ev.result, 17);
+                let id = ev.aux as u32;
+                check(rl_buffer_keep(lp, id), "rl_buffer_keep");
+                assert_eq!(rl_buffer_keep(lp, id), -libc_errno::ENOENT, "kept twice");
+                kept = Some(id);
+            }
+        }
+        let id = kept.unwrap();
+        let bytes = base.add(id as usize * size as usize);
+        // Later receives, over several polls, never reuse the kept buffer.
+        for round in 0..5u8 {
+            b.write_all(&[round; 64]).unwrap();
+            let mut got = 0;
+            while got < 64 {
+                for ev in poll(lp, -1) {
+                    assert_eq!(ev.token, 20);
+                    assert_ne!(ev.aux, u64::from(id), "the kept buffer was reused");
+                    got += ev.result;
+                }
+            }
+        }
+        assert_eq!(std::slice::from_raw_parts(bytes, 17), b"kept across polls");
+        // Echo it back from the pool itself, then release it.
+        check(
+            rl_op_send(lp, a.as_raw_fd(), bytes.cast(), 17, 21, ptr::null_mut()),
+            "rl_op_send",
+        );
+        let mut sent = None;
+        while sent.is_none() {
+            for ev in poll(lp, -1) {
+                assert_eq!(ev.token, 21);
+                sent = Some(ev.result);
+            }
+        }
+        assert_eq!(sent, Some(17));
+        check(rl_buffer_release(lp, id), "rl_buffer_release");
+        assert_eq!(rl_buffer_release(lp, id), -libc_errno::ENOENT, "released twice");
+        let mut echoed = [0u8; 17];
+        std::io::Read::read_exact(&mut b, &mut echoed).unwrap();
+        assert_eq!(&echoed, b"kept across polls");
+        check(rl_op_cancel_token(lp, 20), "rl_op_cancel_token");
+        let _ = poll(lp, 0);
+    }
+    println!("raw kept buffer: outlived 5 polls, echoed from the pool, released once");
+}
+
 fn raw_echo(lp: *mut rl_loop) {
     let (a, b) = UnixStream::pair().expect("socketpair");
     a.set_nonblocking(true).unwrap();
@@ -847,6 +915,7 @@ fn main() {
     }
     raw_timers(lp);
     raw_echo(lp);
+    raw_kept_buffer(lp);
     raw_recv_once(lp);
     raw_wake(lp);
     callback_mode(lp);

@@ -739,6 +739,10 @@ impl Backend for Epoll {
         &self.pool
     }
 
+    fn buffers_mut(&mut self) -> &mut BufferPool {
+        &mut self.pool
+    }
+
     fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
         if self.fork_generation != fork_generation() {
             return Err(forked_child_error());

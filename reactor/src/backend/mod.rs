@@ -46,6 +46,8 @@ mod uring;
 pub(crate) trait Backend: Send {
     fn kind(&self) -> BackendKind;
     fn buffers(&self) -> &BufferPool;
+    /// The pool itself, for the caller's keep and release of lent buffers.
+    fn buffers_mut(&mut self) -> &mut BufferPool;
     /// Recycles lent buffers, submits, waits at most `timeout`, fills `events`.
     fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize>;
     fn watch(&mut self, fd: RawFd, interest: Interest, token: u64) -> io::Result<u64>;

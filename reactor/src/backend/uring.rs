@@ -1315,6 +1315,10 @@ impl Backend for Uring {
         &self.pool
     }
 
+    fn buffers_mut(&mut self) -> &mut BufferPool {
+        &mut self.pool
+    }
+
     fn poll(&mut self, timeout: Option<Duration>, events: &mut [Event]) -> io::Result<usize> {
         if self.fork_generation != fork_generation() {
             return Err(forked_child_error());

@@ -103,6 +103,17 @@ impl RawOps<'_> {
         self.lp.reactor.cancel_token(token)
     }
 
+    /// See [`crate::Reactor::keep_buffer`]: a buffer of an event [`super::EventLoop::poll_raw`]
+    /// returned, kept beyond the next poll.
+    pub fn keep_buffer(&mut self, id: u32) -> io::Result<()> {
+        self.lp.reactor.keep_buffer(id)
+    }
+
+    /// See [`crate::Reactor::release_buffer`].
+    pub fn release_buffer(&mut self, id: u32) -> io::Result<()> {
+        self.lp.reactor.release_buffer(id)
+    }
+
     /// See [`crate::Reactor::add_timer`].
     pub fn add_timer(&mut self, deadline_ns: u64, token: u64) -> io::Result<TimerId> {
         self.check(token)?;
