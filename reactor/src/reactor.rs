@@ -3,7 +3,8 @@
 //! CONTRACT (fixed; the C ABI, the callback loop and the Python binding are written against it):
 //!
 //! * Every submission returns an [`OpId`] and later produces events carrying the caller's token.
-//! * [`Reactor::poll`] first recycles the receive buffers lent by the previous `poll`, then flushes
+//! * [`Reactor::poll`] first recycles the receive buffers lent by the previous `poll` (except those
+//!   kept with [`Reactor::keep_buffer`], which wait for [`Reactor::release_buffer`]), then flushes
 //!   pending submissions and waits in one system call where the backend allows, then fills
 //!   `events` (never more than `events.len()`; what does not fit stays queued for the next call,
 //!   nothing is dropped). `timeout`: `None` waits forever, `Some(Duration::ZERO)` does not wait.
