@@ -19,11 +19,13 @@ CONNS=${CONNS:-100}; SIZE=${SIZE:-1024}
 LOAD=$ROOT/target/release/echoload
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# valgrind's gdbserver FIFOs, which a killed server leaves behind, go with the work dir.
+VGDB=--vgdb-prefix=$WORK/vgdb
 
 count() {  # count N -> total Ir over N round trips (plus one connection set-up)
     local n=$1 out=$WORK/cg.$1 port=""
     shift
-    valgrind --tool=callgrind --vgdb-prefix="$WORK/vgdb" --dump-instr=no --callgrind-out-file="$out.%p" \
+    valgrind --tool=callgrind "$VGDB" --dump-instr=no --callgrind-out-file="$out.%p" \
         "$SERVER" "$@" 0 >"$WORK/log.$n" 2>"$WORK/err.$n" &
     local pid=$!
     for _ in $(seq 600); do
@@ -33,9 +35,9 @@ count() {  # count N -> total Ir over N round trips (plus one connection set-up)
     done
     [ -n "$port" ] || { echo "server did not start:" >&2; cat "$WORK/err.$n" >&2; exit 1; }
     "$LOAD" --port "$port" -c "$CONNS" -s "$SIZE" --requests 2000 --warmup 0 >/dev/null
-    callgrind_control --vgdb-prefix="$WORK/vgdb" -z "$pid" >/dev/null 2>&1
+    callgrind_control "$VGDB" -z "$pid" >/dev/null 2>&1
     "$LOAD" --port "$port" -c "$CONNS" -s "$SIZE" --requests "$n" --warmup 0 >/dev/null
-    callgrind_control --vgdb-prefix="$WORK/vgdb" -d "$pid" >/dev/null 2>&1
+    callgrind_control "$VGDB" -d "$pid" >/dev/null 2>&1
     sleep 1
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true

@@ -17,19 +17,21 @@ PY=${VPY:-$ROOT/.venv/bin/python}
 LOAD=$ROOT/target/release/echoload
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# valgrind's gdbserver FIFOs, which a killed server leaves behind, go with the work dir.
+VGDB=--vgdb-prefix=$WORK/vgdb
 
 count() {  # count N -> total Ir over N round trips (plus one connection set-up)
     local n=$1 port=$((20000 + RANDOM % 20000)) out=$WORK/cg.$1
     local server=("$ROOT/benches/servers/pyecho.py" --loop "$LOOP" --mode "$MODE")
     [ "$MODE" = floor ] && server=("$ROOT/benches/servers/pyfloor.py" --backend "${LOOP#ringloop-}")
-    PYTHONPATH=$ROOT/python-binding/src valgrind --tool=callgrind --vgdb-prefix="$WORK/vgdb" --callgrind-out-file="$out.%p" \
+    PYTHONPATH=$ROOT/python-binding/src valgrind --tool=callgrind "$VGDB" --callgrind-out-file="$out.%p" \
         "$PY" "${server[@]}" --port "$port" >"$WORK/log.$n" 2>"$WORK/err.$n" &
     local pid=$!
     for _ in $(seq 600); do grep -q listening "$WORK/log.$n" && break; sleep 0.1; done
     "$LOAD" --port "$port" -c "$CONNS" -s "$SIZE" --requests 2000 --warmup 0 >/dev/null
-    callgrind_control --vgdb-prefix="$WORK/vgdb" -z "$pid" >/dev/null
+    callgrind_control "$VGDB" -z "$pid" >/dev/null
     "$LOAD" --port "$port" -c "$CONNS" -s "$SIZE" --requests "$n" --warmup 0 >/dev/null
-    callgrind_control --vgdb-prefix="$WORK/vgdb" -d "$pid" >/dev/null
+    callgrind_control "$VGDB" -d "$pid" >/dev/null
     sleep 1
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true

@@ -182,9 +182,8 @@ pub unsafe extern "C" fn rl_op_watch(
 ///
 /// Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
 /// are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll` (or until
-/// `rl_buffer_release`, see `rl_buffer_keep`). Every event but
-/// the last has `RL_EV_MORE`; the last has `result` 0 (end of stream) or `-errno`, or comes
-/// after `rl_op_cancel`. When the loop runs out of buffers the receive pauses and resumes after
+/// `rl_buffer_release`, see `rl_buffer_keep`). Every event but the last has `RL_EV_MORE`; the
+/// last has `result` 0 (end of stream) or `-errno`, or comes after `rl_op_cancel`. When the loop runs out of buffers the receive pauses and resumes after
 /// the next `rl_poll`: no `-ENOBUFS`, no lost bytes.
 ///
 /// Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
@@ -216,8 +215,8 @@ pub unsafe extern "C" fn rl_op_recv(
 /// with `RL_EV_BUFFER` and `aux` = the buffer id (bytes at `base + aux * buffer_size`, see
 /// `rl_buffers`, until the next `rl_poll` unless kept with `rl_buffer_keep`); `result` 0 is end
 /// of stream; `result < 0` is `-errno`, `-ECANCELED` after `rl_op_cancel` / `rl_op_cancel_token`
-/// (that event is queued by the cancel itself). When the loop runs out of buffers the receive waits for the next `rl_poll`: no
-/// `-ENOBUFS`, no lost bytes.
+/// (that event is queued by the cancel itself). When the loop runs out of buffers the receive
+/// waits for the next `rl_poll`: no `-ENOBUFS`, no lost bytes.
 ///
 /// Lossless with cancels: bytes a cancelled receive on this socket (`rl_op_recv` or
 /// `rl_op_recv_once`) had already taken from it come first, at most `max_len` of them (the rest

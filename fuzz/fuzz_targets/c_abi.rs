@@ -423,9 +423,12 @@ impl Harness {
         if null_events && capacity > 0 {
             assert_eq!(rc, -libc::EINVAL);
         }
+        if rc >= 0 {
+            // This poll recycled whatever the previous one lent.
+            self.last_buffers.clear();
+        }
         if rc > 0 {
             assert!(rc as u32 <= capacity);
-            self.last_buffers.clear();
             let (base, size, count) = self.buffers_of(lp);
             for ev in &events[..rc as usize] {
                 if ev.token & (0xff << 56) == TOKEN_ACCEPT && ev.result >= 0 {

@@ -176,9 +176,11 @@ impl BufferPool {
     }
 
     fn check_id(&self, id: u32) -> io::Result<usize> {
-        match usize::try_from(id) {
-            Ok(index) if index < self.count => Ok(index),
-            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        let index = id as usize;
+        if index < self.count {
+            Ok(index)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
         }
     }
 }

@@ -14,7 +14,7 @@ mod sys {
 }
 
 use std::ffi::CStr;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::ptr;
@@ -181,7 +181,7 @@ fn raw_kept_buffer(lp: *mut rl_loop) {
         check(rl_buffer_release(lp, id), "rl_buffer_release");
         assert_eq!(rl_buffer_release(lp, id), -libc_errno::ENOENT, "released twice");
         let mut echoed = [0u8; 17];
-        std::io::Read::read_exact(&mut b, &mut echoed).unwrap();
+        b.read_exact(&mut echoed).unwrap();
         assert_eq!(&echoed, b"kept across polls");
         check(rl_op_cancel_token(lp, 20), "rl_op_cancel_token");
         let _ = poll(lp, 0);
