@@ -62,16 +62,32 @@ impl Drop for Mapping {
     }
 }
 
+/// Where a buffer is, as far as lending goes (see [`BufferPool::keep`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lend {
+    /// With the kernel, in a free list, or stashed: the backend's business.
+    Pool,
+    /// Listed in `lent`: handed out by the last `poll` (or released by the caller), recycled by
+    /// the next one.
+    Lent,
+    /// Kept by the caller, and still listed in `lent` (kept since the last `poll`).
+    KeptListed,
+    /// Kept by the caller, no longer listed.
+    Kept,
+}
+
 pub(crate) struct BufferPool {
     region: Mapping,
     size: usize,
     count: usize,
-    /// Buffers handed to the caller by the last `poll`; recycled at the start of the next one.
-    /// Capacity `count` is reserved up front, so pushing never allocates.
+    /// Buffers handed to the caller by the last `poll` (and released ones), for the next `poll`
+    /// to recycle. An entry whose buffer was kept meanwhile stays listed and is skipped by
+    /// [`BufferPool::take_lent`]: keeping and releasing are O(1), with no search of this list.
+    /// A buffer is listed at most once; capacity `count` is reserved up front, so pushing never
+    /// allocates.
     lent: Vec<u16>,
-    /// `kept[id]`: buffer `id` was taken out of `lent` by the caller and is not recycled until
-    /// released.
-    kept: Vec<bool>,
+    /// Per buffer.
+    state: Vec<Lend>,
 }
 
 impl BufferPool {
@@ -102,7 +118,7 @@ impl BufferPool {
             size: size as usize,
             count: count as usize,
             lent: Vec::with_capacity(count as usize),
-            kept: vec![false; count as usize],
+            state: vec![Lend::Pool; count as usize],
         })
     }
 
@@ -137,50 +153,98 @@ impl BufferPool {
 
     /// Records that buffer `id` was handed to the caller by this `poll`.
     pub(crate) fn lend(&mut self, id: u16) {
+        self.state[usize::from(id)] = Lend::Lent;
         self.lent.push(id);
     }
 
-    /// Takes the buffers lent by the previous `poll`, to give them back to the kernel or free list.
-    pub(crate) fn take_lent(&mut self) -> std::vec::Drain<'_, u16> {
-        self.lent.drain(..)
+    /// Takes the buffers lent by the previous `poll` (not those kept since), to give them back to
+    /// the kernel or free list. The caller must run the iterator to its end.
+    pub(crate) fn take_lent(&mut self) -> impl Iterator<Item = u16> + '_ {
+        let state = &mut self.state;
+        self.lent.drain(..).filter(move |&id| {
+            let lend = &mut state[usize::from(id)];
+            match *lend {
+                Lend::Lent => {
+                    *lend = Lend::Pool;
+                    true
+                }
+                Lend::KeptListed => {
+                    // Kept since it was lent: the caller has it until it is released.
+                    *lend = Lend::Kept;
+                    false
+                }
+                // Never listed in these states.
+                Lend::Pool | Lend::Kept => false,
+            }
+        })
     }
 
     /// Keeps buffer `id`, lent by the last `poll`, out of the next one's recycling until
     /// [`BufferPool::release`]: `EINVAL` for an id past the pool, `ENOENT` for a buffer the last
     /// `poll` did not lend (or one already kept).
     pub(crate) fn keep(&mut self, id: u32) -> io::Result<()> {
-        let index = self.check_id(id)?;
-        let Some(pos) = self
-            .lent
-            .iter()
-            .position(|&lent| usize::from(lent) == index)
-        else {
+        let lend = self.lend_state(id)?;
+        if *lend != Lend::Lent {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
-        };
-        self.lent.swap_remove(pos);
-        self.kept[index] = true;
+        }
+        *lend = Lend::KeptListed;
         Ok(())
     }
 
     /// Gives a kept buffer back: the next `poll` recycles it as if that `poll` had lent it.
     /// `EINVAL` for an id past the pool, `ENOENT` for a buffer that is not kept.
     pub(crate) fn release(&mut self, id: u32) -> io::Result<()> {
-        let index = self.check_id(id)?;
-        if !self.kept[index] {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        let lend = self.lend_state(id)?;
+        let listed = match *lend {
+            Lend::KeptListed => true,
+            Lend::Kept => false,
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        *lend = Lend::Lent;
+        if !listed {
+            self.lent.push(id as u16);
         }
-        self.kept[index] = false;
-        // Never allocates: kept and lent buffers together are at most `count`.
-        self.lent.push(index as u16);
         Ok(())
     }
 
-    fn check_id(&self, id: u32) -> io::Result<usize> {
-        let index = id as usize;
-        if index < self.count {
-            Ok(index)
-        } else {
-            Err(io::Error::from_raw_os_error(libc::EINVAL))
+    /// Buffer `id`'s state, or `EINVAL` for an id past the pool.
+    fn lend_state(&mut self, id: u32) -> io::Result<&mut Lend> {
+        self.state
+            .get_mut(id as usize)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno(result: io::Result<()>) -> i32 {
+        result.unwrap_err().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn keep_and_release_move_buffers_in_and_out_of_recycling() {
+        let mut pool = BufferPool::new(64, 8).unwrap();
+        pool.lend(1);
+        pool.lend(2);
+        pool.lend(3);
+        assert_eq!(errno(pool.keep(8)), libc::EINVAL);
+        assert_eq!(errno(pool.keep(0)), libc::ENOENT, "never lent");
+        pool.keep(2).unwrap();
+        // Kept and released again and again before the next poll: listed once, recycled once.
+        for _ in 0..100 {
+            pool.keep(3).unwrap();
+            pool.release(3).unwrap();
         }
+        assert_eq!(pool.take_lent().collect::<Vec<_>>(), [1, 3]);
+        // Buffer 2 stays with the caller over any number of polls.
+        assert_eq!(pool.take_lent().count(), 0);
+        assert_eq!(errno(pool.keep(1)), libc::ENOENT, "recycled");
+        assert_eq!(errno(pool.release(1)), libc::ENOENT, "not kept");
+        pool.release(2).unwrap();
+        assert_eq!(errno(pool.release(2)), libc::ENOENT, "released twice");
+        assert_eq!(pool.take_lent().collect::<Vec<_>>(), [2]);
+        assert!(pool.lent.capacity() == 8, "the list never grew");
     }
 }
