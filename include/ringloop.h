@@ -777,8 +777,9 @@ int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token,
  * Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
  * are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll` (or until
  * `rl_buffer_release`, see `rl_buffer_keep`). Every event but the last has `RL_EV_MORE`; the
- * last has `result` 0 (end of stream) or `-errno`, or comes after `rl_op_cancel`. When the loop runs out of buffers the receive pauses and resumes after
- * the next `rl_poll`: no `-ENOBUFS`, no lost bytes.
+ * last has `result` 0 (end of stream) or `-errno`, or comes after `rl_op_cancel`. When the loop
+ * runs out of buffers the receive pauses and resumes after the next `rl_poll`: no `-ENOBUFS`, no
+ * lost bytes.
  *
  * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL`, `-EBADF`, `RL_EHANDLE`,
  * `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread only.
@@ -786,10 +787,7 @@ int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token,
  * # Safety
  * `op_out` is NULL or writable.
  */
-int rl_op_recv(struct rl_loop *loop,
-               int fd,
-               uint64_t token,
-               uint64_t *op_out);
+int rl_op_recv(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
 
 /**
  * One receive of at most `max_len` bytes from the stream socket `fd` into a loop-owned buffer

@@ -15,9 +15,9 @@ const MAX_ERRNO: c_int = 4095;
 /// Maps an `io::Error` from the reactor to the C convention.
 ///
 /// The loop's state errors (re-entering `run`, using a closed loop, using a loop inherited across
-/// `fork`) are `RL_ESTATE`. OS errors keep their errno. Errors the reactor builds itself carry a kind instead; each kind
-/// maps to the errno that names the same condition, so C callers only ever see `-errno` or one of
-/// the library's codes.
+/// `fork`) are `RL_ESTATE`. OS errors keep their errno. Errors the reactor builds itself carry a
+/// kind instead; each kind maps to the errno that names the same condition, so C callers only ever
+/// see `-errno` or one of the library's codes.
 pub(crate) fn from_io(err: &io::Error) -> c_int {
     if ringloop::callback::StateError::is(err) || ringloop::ForkedChildError::is(err) {
         return RL_ESTATE;
