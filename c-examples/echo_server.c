@@ -7,10 +7,15 @@
  * accepting, closes every connection through the loop, lets rl_run() return once nothing is left
  * and frees the loop: exit status 0.
  *
- * Received bytes are valid only during the receive callback, so they are appended to the
- * connection's output queue; while a send is in flight, newer data waits there. A connection whose
- * queue grows past MAX_QUEUED is dropped. After the peer's end of stream the server echoes what it
- * still holds, then closes. */
+ * Received bytes are echoed without a copy: the receive callback keeps the loop buffer they are
+ * in (rl_recv_keep), sends straight from it, and the send's callback releases it. Sends on one
+ * socket complete in order, so a connection's in-flight sends form a FIFO. Copying takes over when
+ * a connection already has MAX_INFLIGHT sends out, when the server keeps half of the loop's
+ * buffers (a peer that does not read its echo must not starve every other connection's
+ * receives), or for bytes the loop delivers from a copy of its own: those bytes go to the
+ * connection's output queue, sent as one buffer once the sends before it are out, and newer bytes
+ * join the queue while it is not empty. A connection whose queue grows past MAX_QUEUED is dropped.
+ * After the peer's end of stream the server echoes what it still holds, then closes. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <signal.h>
@@ -22,6 +27,10 @@
  * instead: on io_uring a cancelled multishot receive may already have taken bytes from the socket
  * that are then not delivered, which would corrupt the echoed stream.) */
 #define MAX_QUEUED (64u << 20)
+/* Sends one connection may have in flight (kept buffers plus at most one queue send). */
+#define MAX_INFLIGHT 8
+/* An in-flight entry that is the connection's queue send rather than a kept buffer. */
+#define QUEUE_SEND (-1)
 
 struct buf {
     unsigned char *data;
@@ -38,8 +47,11 @@ struct conn {
     int eof;            /* the peer finished sending: close once everything is echoed */
     int closing;        /* rl_close submitted */
     int close_done;     /* ... and its callback ran */
-    struct buf queue;   /* received, not yet handed to a send */
-    struct buf sending; /* owned by the in-flight send while len > 0 */
+    struct buf queue;   /* received and copied, not yet handed to a send */
+    struct buf sending; /* owned by the in-flight queue send while len > 0 */
+    /* In-flight sends, oldest first: a kept buffer's id, or QUEUE_SEND. */
+    int inflight[MAX_INFLIGHT];
+    int inflight_head, inflight_count;
 };
 
 struct server {
@@ -48,6 +60,8 @@ struct server {
     uint64_t accept_op;
     struct conn *conns;
     unsigned long accepted;
+    uint32_t buffer_count; /* the loop's receive buffers */
+    uint32_t kept_buffers; /* kept by all connections together */
 };
 
 static void on_recv(rl_loop *loop, const rl_outcome *o, void *data);
@@ -73,10 +87,24 @@ static void append(struct buf *b, const uint8_t *data, size_t len)
     b->len += len;
 }
 
+static void push_inflight(struct conn *c, int entry)
+{
+    c->inflight[(c->inflight_head + c->inflight_count) % MAX_INFLIGHT] = entry;
+    c->inflight_count++;
+}
+
+static int pop_inflight(struct conn *c)
+{
+    int entry = c->inflight[c->inflight_head];
+    c->inflight_head = (c->inflight_head + 1) % MAX_INFLIGHT;
+    c->inflight_count--;
+    return entry;
+}
+
 /* A connection is freed once its close completed and no send still reads its memory. */
 static void maybe_free(struct conn *c)
 {
-    if (!c->close_done || c->sending.len > 0)
+    if (!c->close_done || c->inflight_count > 0)
         return;
     if (c->prev)
         c->prev->next = c->next;
@@ -105,17 +133,37 @@ static void start_recv(rl_loop *loop, struct conn *c)
     c->receiving = 1;
 }
 
-/* Hands the queued bytes to a send, unless one is in flight. */
+/* Hands the queue to a send, unless one is out already (or the connection is full or closing). */
 static void flush(rl_loop *loop, struct conn *c)
 {
     struct buf swap;
-    if (c->sending.len > 0 || c->queue.len == 0 || c->closing)
+    if (c->sending.len > 0 || c->queue.len == 0 || c->closing || c->inflight_count == MAX_INFLIGHT)
         return;
     swap = c->sending;
     c->sending = c->queue;
     c->queue = swap;
     c->queue.len = 0;
     CHECK_RL(rl_send(loop, c->fd, c->sending.data, c->sending.len, on_send, c, NULL));
+    push_inflight(c, QUEUE_SEND);
+}
+
+/* Sends received bytes straight from the loop's buffer, keeping it until the send's callback;
+ * returns 0 when the bytes must be copied instead. */
+static int send_in_place(rl_loop *loop, struct conn *c, const rl_outcome *o)
+{
+    struct server *server = c->server;
+    int id;
+    if (c->queue.len > 0 || c->inflight_count == MAX_INFLIGHT ||
+        server->kept_buffers >= server->buffer_count / 2)
+        return 0;
+    id = rl_recv_keep(loop, o);
+    if (id == -ENOENT)
+        return 0; /* bytes the loop delivers from a copy (after a cancelled receive) */
+    CHECK_RL(id);
+    server->kept_buffers++;
+    CHECK_RL(rl_send(loop, c->fd, o->bytes, o->nbytes, on_send, c, NULL));
+    push_inflight(c, id);
+    return 1;
 }
 
 static void on_recv(rl_loop *loop, const rl_outcome *o, void *data)
@@ -127,12 +175,14 @@ static void on_recv(rl_loop *loop, const rl_outcome *o, void *data)
             start_close(loop, c);
             return;
         }
-        append(&c->queue, o->bytes, o->nbytes);
-        flush(loop, c);
+        if (!send_in_place(loop, c, o)) {
+            append(&c->queue, o->bytes, o->nbytes);
+            flush(loop, c);
+        }
     }
     if (!(o->flags & RL_EV_MORE) && c->receiving) {
         c->receiving = 0;
-        if (o->result == 0 && (c->sending.len > 0 || c->queue.len > 0))
+        if (o->result == 0 && (c->inflight_count > 0 || c->queue.len > 0))
             c->eof = 1; /* echo the rest first (on_send closes) */
         else
             start_close(loop, c);
@@ -142,7 +192,13 @@ static void on_recv(rl_loop *loop, const rl_outcome *o, void *data)
 static void on_send(rl_loop *loop, const rl_outcome *o, void *data)
 {
     struct conn *c = data;
-    c->sending.len = 0;
+    int entry = pop_inflight(c);
+    if (entry == QUEUE_SEND) {
+        c->sending.len = 0;
+    } else {
+        CHECK_RL(rl_buffer_release(loop, (uint32_t)entry));
+        c->server->kept_buffers--;
+    }
     if (c->closing) {
         maybe_free(c);
         return;
@@ -152,7 +208,7 @@ static void on_send(rl_loop *loop, const rl_outcome *o, void *data)
         return;
     }
     flush(loop, c);
-    if (c->eof && c->sending.len == 0)
+    if (c->eof && c->inflight_count == 0)
         start_close(loop, c);
 }
 
@@ -220,6 +276,7 @@ int main(int argc, char **argv)
     rl_options_init(&opts);
     opts.flags |= RL_OPT_SINGLE_THREAD;
     CHECK_RL(rl_loop_new(&opts, &loop));
+    CHECK_RL(rl_buffers(loop, NULL, NULL, &server.buffer_count));
     CHECK_RL(rl_signal_start(loop, SIGINT, on_stop_signal, &server));
     CHECK_RL(rl_signal_start(loop, SIGTERM, on_stop_signal, &server));
     server.listen_fd = listen_tcp(port);

@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 3
+#define RL_VERSION_MINOR 4
 
 /**
  * Patch version (fixes only).
@@ -459,8 +459,9 @@ int rl_accept(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t
 
 /**
  * Receives from the stream socket `fd` (multishot) into loop-owned buffers: `cb` gets each
- * chunk in `outcome->bytes`/`nbytes` (valid only during the call; copy what you keep) with
- * `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at end of stream or `-errno`.
+ * chunk in `outcome->bytes`/`nbytes` (valid only during the call: copy them, or keep their buffer
+ * with `rl_recv_keep`) with `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at
+ * end of stream or `-errno`.
  * When the loop's buffers run out, receiving pauses until they are recycled: no data is lost.
  *
  * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
@@ -470,6 +471,26 @@ int rl_accept(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t
  * `op_out` is NULL or writable.
  */
 int rl_recv(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
+
+/**
+ * Keeps the bytes an `rl_recv` callback got beyond the callback: called from that callback with
+ * its `outcome`, it returns the id of the loop buffer holding them, and they stay valid and
+ * unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a copy: `rl_send`
+ * straight from `outcome->bytes`, released in the send's callback (an echo, a proxy).
+ *
+ * A kept buffer is out of the loop's pool meanwhile: keeping many makes receives wait for
+ * buffers (no bytes are lost). A buffer still kept when the loop is freed is freed with it.
+ *
+ * Returns the buffer id (>= 0), or `-EINVAL` (NULL `outcome`, no bytes), `-ENOENT` (bytes that
+ * are not in a loop buffer — after `rl_cancel` of a receive, bytes it had already taken reach
+ * the next `rl_recv` on the socket from a copy: copy those — or an outcome of an earlier
+ * callback, or a buffer already kept), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+ *
+ * # Safety
+ * `outcome` is NULL or points to a readable `rl_outcome`; its `bytes` are only compared with the
+ * loop's buffer region, never read.
+ */
+int rl_recv_keep(struct rl_loop *loop, const struct rl_outcome *outcome);
 
 /**
  * Sends `len` bytes at `buf` on the stream socket `fd`; `cb` is called once with the total bytes

@@ -408,8 +408,9 @@ pub unsafe extern "C" fn rl_accept(
 }
 
 /// Receives from the stream socket `fd` (multishot) into loop-owned buffers: `cb` gets each
-/// chunk in `outcome->bytes`/`nbytes` (valid only during the call; copy what you keep) with
-/// `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at end of stream or `-errno`.
+/// chunk in `outcome->bytes`/`nbytes` (valid only during the call: copy them, or keep their buffer
+/// with `rl_recv_keep`) with `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at
+/// end of stream or `-errno`.
 /// When the loop's buffers run out, receiving pauses until they are recycled: no data is lost.
 ///
 /// Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
@@ -427,6 +428,37 @@ pub unsafe extern "C" fn rl_recv(
 ) -> c_int {
     register(r#loop, cb, data, op_out, |lp, cb| {
         lp.recv_raw(check_fd(fd)?, cb).map(|op| op.into_raw())
+    })
+}
+
+/// Keeps the bytes an `rl_recv` callback got beyond the callback: called from that callback with
+/// its `outcome`, it returns the id of the loop buffer holding them, and they stay valid and
+/// unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a copy: `rl_send`
+/// straight from `outcome->bytes`, released in the send's callback (an echo, a proxy).
+///
+/// A kept buffer is out of the loop's pool meanwhile: keeping many makes receives wait for
+/// buffers (no bytes are lost). A buffer still kept when the loop is freed is freed with it.
+///
+/// Returns the buffer id (>= 0), or `-EINVAL` (NULL `outcome`, no bytes), `-ENOENT` (bytes that
+/// are not in a loop buffer — after `rl_cancel` of a receive, bytes it had already taken reach
+/// the next `rl_recv` on the socket from a copy: copy those — or an outcome of an earlier
+/// callback, or a buffer already kept), `RL_EHANDLE`, `RL_ESTATE`. Loop thread only.
+///
+/// # Safety
+/// `outcome` is NULL or points to a readable `rl_outcome`; its `bytes` are only compared with the
+/// loop's buffer region, never read.
+#[no_mangle]
+pub unsafe extern "C" fn rl_recv_keep(r#loop: *mut rl_loop, outcome: *const rl_outcome) -> c_int {
+    with_loop(r#loop, |lp| {
+        if outcome.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller's promise: a readable outcome.
+        let (bytes, nbytes) = unsafe { ((*outcome).bytes, (*outcome).nbytes) };
+        match lp.keep_received(bytes, nbytes) {
+            Ok(id) => id as c_int,
+            Err(err) => error::from_io(&err),
+        }
     })
 }
 

@@ -108,6 +108,8 @@ enum Call {
     RemoveWriter(LoopRef, FdRef),
     Watch(LoopRef, FdRef, u8, bool),
     Recv(LoopRef, FdRef, bool),
+    /// A callback-mode receive whose callback keeps (and sometimes releases) what it gets.
+    RecvKeep(LoopRef, FdRef),
     Send(LoopRef, FdRef, u16, bool, bool),
     Accept(LoopRef, FdRef, bool),
     Connect(LoopRef, Target, bool),
@@ -166,6 +168,30 @@ unsafe extern "C" fn on_accept(_lp: *mut rl_loop, outcome: *const rl_outcome, _d
     if result >= 0 {
         // SAFETY: a successful accept outcome hands the new fd to the callback.
         drop(unsafe { OwnedFd::from_raw_fd(result) });
+    }
+}
+
+/// Receive callback that keeps the received bytes' buffer with `rl_recv_keep`, and releases every
+/// other one at once (the rest stay kept until the loop is freed, which frees them).
+unsafe extern "C" fn on_recv_keep(lp: *mut rl_loop, outcome: *const rl_outcome, _data: *mut c_void) {
+    // SAFETY: NULL is refused, not read.
+    assert_eq!(unsafe { rl_recv_keep(lp, std::ptr::null()) }, -libc::EINVAL);
+    // SAFETY: the loop passes a valid outcome for the duration of the call.
+    let nbytes = unsafe { (*outcome).nbytes };
+    // SAFETY: as above.
+    let id = unsafe { rl_recv_keep(lp, outcome) };
+    if nbytes == 0 {
+        assert_eq!(id, -libc::EINVAL, "nothing received, nothing to keep");
+        return;
+    }
+    // -ENOENT: bytes delivered from a copy (taken by a cancelled receive before).
+    assert!(id >= 0 || id == -libc::ENOENT, "rl_recv_keep returned {id}");
+    if id >= 0 {
+        // SAFETY: as above.
+        assert_eq!(unsafe { rl_recv_keep(lp, outcome) }, -libc::ENOENT, "kept twice");
+        if id % 2 == 0 {
+            assert_eq!(rl_buffer_release(lp, id as u32), 0);
+        }
     }
 }
 
@@ -590,6 +616,14 @@ impl Harness {
                 };
                 check(rc, "recv");
                 self.record_op(rc, op, raw);
+            }
+            Call::RecvKeep(r, f) => {
+                let (lp, fd) = (self.lp(r), self.fd(f));
+                let mut op = 0;
+                // SAFETY: `op` is writable.
+                let rc = unsafe { rl_recv(lp, fd, Some(on_recv_keep), null, &mut op) };
+                check(rc, "recv (keeping)");
+                self.record_op(rc, op, false);
             }
             Call::Send(r, f, len, raw, null_buf) => {
                 let (lp, fd) = (self.lp(r), self.fd(f));

@@ -646,6 +646,111 @@ unsafe extern "C" fn echo_recv(lp: *mut rl_loop, o: *const rl_outcome, data: *mu
     }
 }
 
+/// What `keep_recv` saw: the ids it kept, with the bytes at each, and the outcome of its first
+/// callback (to try again once that callback is over).
+#[derive(Default)]
+struct Keeping {
+    kept: Vec<(i32, *const u8, usize)>,
+    first: Option<rl_outcome>,
+    sent: Vec<i32>,
+}
+
+unsafe extern "C" fn keep_recv(lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is the test's `Keeping`; `o` is valid during the callback.
+    unsafe {
+        let state = &mut *(data as *mut Keeping);
+        let outcome = &*o;
+        if outcome.nbytes == 0 {
+            assert_eq!(rl_recv_keep(lp, o), -libc_errno::EINVAL, "no bytes to keep");
+            return;
+        }
+        assert_eq!(rl_recv_keep(lp, ptr::null()), -libc_errno::EINVAL);
+        assert_eq!(rl_recv_keep(ptr::null_mut(), o), RL_EHANDLE);
+        let id = rl_recv_keep(lp, o);
+        assert!(id >= 0, "rl_recv_keep: {id}");
+        assert_eq!(rl_recv_keep(lp, o), -libc_errno::ENOENT, "kept twice");
+        state.kept.push((id, outcome.bytes, outcome.nbytes));
+        state.first.get_or_insert(*outcome);
+    }
+}
+
+unsafe extern "C" fn kept_sent(lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: `data` is the test's `Keeping`; `o` is valid during the callback.
+    unsafe {
+        let state = &mut *(data as *mut Keeping);
+        state.sent.push((*o).result);
+        // The send is over: the buffer may go back to the pool.
+        let (id, _, _) = state.kept[state.sent.len() - 1];
+        check(rl_buffer_release(lp, id as u32), "rl_buffer_release");
+    }
+}
+
+fn callback_kept_buffers(lp: *mut rl_loop) {
+    let (a, mut b) = UnixStream::pair().expect("socketpair");
+    a.set_nonblocking(true).unwrap();
+    let mut state = Keeping::default();
+    let data = &mut state as *mut Keeping as *mut c_void;
+    let messages: [&[u8]; 3] = [b"first message", b"second, longer message", b"third"];
+    // SAFETY (whole block): a valid loop; `state` outlives the runs below; the kept bytes stay
+    // valid until their release, which comes in the callback of the send that reads them.
+    unsafe {
+        let mut op = 0u64;
+        check(rl_recv(lp, a.as_raw_fd(), Some(keep_recv), data, &mut op), "rl_recv");
+        for (i, message) in messages.iter().enumerate() {
+            b.write_all(message).unwrap();
+            while state.kept.len() <= i {
+                check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
+            }
+        }
+        // More receives over several iterations: the kept buffers are never reused or changed.
+        for round in 0..5u8 {
+            b.write_all(&[round; 100]).unwrap();
+            let before = state.kept.len();
+            while state.kept.len() == before {
+                check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
+            }
+        }
+        let ids: Vec<i32> = state.kept.iter().map(|k| k.0).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "a kept buffer was handed out again: {ids:?}");
+        for (i, message) in messages.iter().enumerate() {
+            let (_, bytes, len) = state.kept[i];
+            assert_eq!(std::slice::from_raw_parts(bytes, len), *message);
+        }
+        // An outcome whose callback is over: its buffer is kept already (and a buffer that was
+        // not kept is back in the pool), so nothing more can be kept from it.
+        let first = state.first.unwrap();
+        assert_eq!(rl_recv_keep(lp, &first), -libc_errno::ENOENT);
+        // Echo the three messages straight from the loop's buffers; each send's callback
+        // releases its buffer.
+        for i in 0..messages.len() {
+            let (_, bytes, len) = state.kept[i];
+            check(
+                rl_send(lp, a.as_raw_fd(), bytes.cast(), len, Some(kept_sent), data, ptr::null_mut()),
+                "rl_send",
+            );
+        }
+        while state.sent.len() < messages.len() {
+            check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
+        }
+        let lengths: Vec<i32> = messages.iter().map(|m| m.len() as i32).collect();
+        assert_eq!(state.sent, lengths);
+        let mut echoed = vec![0u8; lengths.iter().sum::<i32>() as usize];
+        b.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, messages.concat());
+        for &(id, _, _) in &state.kept[..messages.len()] {
+            assert_eq!(rl_buffer_release(lp, id as u32), -libc_errno::ENOENT, "released twice");
+        }
+        // The round buffers stay kept: the loop frees them with itself.
+        check(rl_cancel(lp, op), "rl_cancel");
+        check(rl_run(lp, RL_RUN_NOWAIT as i32), "rl_run");
+    }
+    drop((a, b));
+    println!("callback kept buffers: 8 kept over many iterations, 3 echoed from the pool and released");
+}
+
 fn mixed_modes(lp: *mut rl_loop) {
     let (a, b) = UnixStream::pair().expect("socketpair");
     a.set_nonblocking(true).unwrap();
@@ -919,6 +1024,7 @@ fn main() {
     raw_recv_once(lp);
     raw_wake(lp);
     callback_mode(lp);
+    callback_kept_buffers(lp);
     mixed_modes(lp);
     connect_and_accept(lp);
     free_cancels_registered_callbacks();

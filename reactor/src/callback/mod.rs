@@ -1026,6 +1026,29 @@ impl EventLoop {
         self.reactor.buffer_region()
     }
 
+    /// Keeps the pool buffer holding the bytes a recv callback got — `data` and `len` are its
+    /// outcome's bytes — beyond the callback, as [`RawOps::keep_buffer`] does for a raw event:
+    /// they stay valid and unchanged until [`RawOps::release_buffer`] with the returned id, so
+    /// they can be sent on without a copy (released at the send's callback). Only compares
+    /// addresses; `data` is never read.
+    ///
+    /// Errors: `EINVAL` for no bytes; `ENOENT` for bytes that are not a pool buffer of the
+    /// current batch (a stash of bytes a cancelled receive had taken is delivered from a copy;
+    /// bytes of an earlier callback) or a buffer already kept.
+    pub fn keep_received(&mut self, data: *const u8, len: usize) -> io::Result<u32> {
+        if data.is_null() || len == 0 {
+            return Err(invalid(libc::EINVAL));
+        }
+        let (base, size, count) = self.reactor.buffer_region();
+        let offset = (data as usize).wrapping_sub(base as usize);
+        if offset >= size * count || !offset.is_multiple_of(size) || len > size {
+            return Err(invalid(libc::ENOENT));
+        }
+        let id = (offset / size) as u32;
+        self.reactor.keep_buffer(id)?;
+        Ok(id)
+    }
+
     // ----- callbacks and timers -----
 
     fn push_ready(&mut self, handler: Handler) -> io::Result<()> {
