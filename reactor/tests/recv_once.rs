@@ -494,6 +494,65 @@ fn many_sockets_squeezed_pool(choice: BackendChoice) {
     assert_eq!(reactor.pending(), 0);
 }
 
+// 7. Receives that found the pool empty are served before receives started after them.
+
+fn waiting_receives_go_first(choice: BackendChoice) {
+    let opts = Options {
+        buffer_size: 512,
+        buffer_count: 2,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
+        return;
+    };
+    let (c, mut c_peer) = tcp_pair();
+    let (a, mut a_peer) = tcp_pair();
+    let (b, mut b_peer) = tcp_pair();
+    // Keep both buffers of the pool: from now on every receive waits.
+    let mut kept = Vec::new();
+    for byte in [b"x", b"y"] {
+        c_peer.write_all(byte).unwrap();
+        reactor.recv_once(c.as_raw_fd(), 0, 9).unwrap();
+        let mut events = [Event::default(); 4];
+        poll_until(&mut reactor, &mut events, |r, batch| {
+            for ev in batch {
+                assert_eq!(ev.token, 9);
+                assert_eq!(once_event(r, ev, 512), byte);
+                // Kept while the poll that returned it is the last one.
+                r.keep_buffer(ev.aux as u32).unwrap();
+                kept.push(ev.aux as u32);
+            }
+            !batch.is_empty()
+        });
+    }
+    // A's receive finds no buffer and waits (its bytes stay in the socket).
+    a_peer.write_all(b"from a").unwrap();
+    reactor.recv_once(a.as_raw_fd(), 0, 1).unwrap();
+    assert!(poll_for(&mut reactor, Duration::from_millis(50)).is_empty());
+    // B's receive starts later, and one buffer comes back before the next poll: it is A's.
+    b_peer.write_all(b"from b").unwrap();
+    reactor.recv_once(b.as_raw_fd(), 0, 2).unwrap();
+    reactor.release_buffer(kept[0]).unwrap();
+    let mut events = [Event::default(); 4];
+    let mut first = Vec::new();
+    poll_until(&mut reactor, &mut events, |r, batch| {
+        for ev in batch {
+            first.push((ev.token, once_event(r, ev, 512)));
+        }
+        !batch.is_empty()
+    });
+    assert_eq!(
+        first,
+        [(1, b"from a".to_vec())],
+        "one buffer, and it goes to A"
+    );
+    // Then B's turn.
+    reactor.release_buffer(kept[1]).unwrap();
+    let ev = only_event(&mut reactor, 2);
+    assert_eq!(once_event(&reactor, &ev, 512), b"from b");
+    assert_eq!(reactor.pending(), 0);
+}
+
 per_backend!(
     echo_200_messages_max_len_1000,
     echo_200_messages_max_len_0,
@@ -506,4 +565,5 @@ per_backend!(
     close_with_split_stash,
     clear_errors,
     many_sockets_squeezed_pool,
+    waiting_receives_go_first,
 );

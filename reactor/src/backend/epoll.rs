@@ -11,7 +11,8 @@
 //!   the next `poll`.
 //! * A recv that finds the pool dry is "starved": its read interest is dropped until the next
 //!   `poll` has recycled buffers, so the loop does not spin and no byte leaves the socket before
-//!   there is room for it.
+//!   there is room for it. That `poll` then receives for the starved recvs first, in the order
+//!   they ran dry, so a busy socket cannot keep another waiting.
 //! * Everything is level-triggered, so an fd whose events do not fit is simply reported again.
 //!   That lets `epoll_wait` ask for fewer fds when recent receives were large ([`BatchSize`]):
 //!   a poll's received bytes then stay in the CPU's cache until the caller has read them.
@@ -756,16 +757,27 @@ impl Backend for Epoll {
         self.serve_stash_waiters();
         self.resume_accepts();
         if !self.free.is_empty() && !self.starved.is_empty() {
+            // Receives that ran the pool dry go first, in the order they did: they receive now,
+            // before `epoll_wait` reports sockets whose receives started later and would take
+            // the buffers they wait for. One that finds the pool dry again waits again, in turn.
             let mut starved = std::mem::take(&mut self.starved);
             for &key in &starved {
-                if let Some(op) = self.ops.get_mut(key) {
-                    op.starved = false;
-                    let fd = op.fd;
-                    let _ = self.update_interest(fd);
+                let Some(op) = self.ops.get_mut(key) else {
+                    continue;
+                };
+                op.starved = false;
+                let (fd, token, waiting) = (op.fd, op.token, op.waiting);
+                match op.kind {
+                    Kind::Recv if !waiting => self.do_recv(key, fd, token),
+                    Kind::RecvOnce { max } if !waiting => self.do_recv_once(key, fd, token, max),
+                    _ => {}
                 }
+                let _ = self.update_interest(fd);
             }
             starved.clear();
-            self.starved = starved;
+            if self.starved.is_empty() {
+                self.starved = starved; // (keeps the allocation)
+            }
         }
         let room = events.len();
         if self.ready.len() < room {

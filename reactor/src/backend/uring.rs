@@ -7,7 +7,8 @@
 //!   with at most one event per `poll` (multishot poll is edge-like, so it is not used).
 //! * Multishot recv draws from one provided-buffer ring (group 0) over the pool's mapping. A recv
 //!   that the kernel ends without an error the caller should see (ENOBUFS, CQ overflow) is re-armed
-//!   as soon as the ring holds buffers again (lent buffers go back at the start of each `poll`).
+//!   as soon as the ring holds buffers again (lent buffers go back at the start of each `poll`),
+//!   and a recv started meanwhile is armed after it, so that it cannot take the buffers first.
 //!   Completions of a cancelled recv that carry bytes go to the fd's stash (see `ops.rs`).
 //! * A one-shot recv is `RECV` with `IOSQE_BUFFER_SELECT` from the same ring and `len` = its limit
 //!   (for a selected buffer the kernel reads at most `min(len, buffer length)`); `ENOBUFS` holds it
@@ -1329,6 +1330,14 @@ impl Uring {
                     self.emit(key, token, len, flags::MORE | flags::BUFFER, u64::from(bid))
                 }
             }
+        }
+        if !self.starved.is_empty() {
+            // Receives that found the ring empty are waiting for buffers: this one waits behind
+            // them. Armed at once, it would go to the kernel ahead of them and take the
+            // buffers they wait for; with a bounded ring (see `RingDepth`), a busy socket's
+            // one-shot receives could then starve another socket's for a second and more.
+            self.starved.push(key);
+            return Ok(());
         }
         self.arm(key)
     }
