@@ -41,7 +41,8 @@ for version in $(printf '%s\n' "${!interpreters[@]}" | sort -V); do
     pytest pytest-timeout "setuptools>=62.4" "setuptools-rust>=1.5" wheel
   "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps --force-reinstall "$package"
   if ! (cd "$package/tests" && env -u RINGLOOP_LIBRARY -u RINGLOOP_BACKEND RINGLOOP_REQUIRE=1 \
-        "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout=120 .); then
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout=120 \
+        --basetemp="$work/pytest-tmp-$version" .); then
     status=1
   fi
   if "$venv/bin/python" -c 'import test.test_asyncio' >/dev/null 2>&1; then
