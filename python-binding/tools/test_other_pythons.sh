@@ -12,6 +12,9 @@ package="$(dirname "$here")"
 work="${1:-$package/../target/python-binding}"
 mkdir -p "$work"
 main_version="${2:-}"   # the version the main run already covers, e.g. 3.11
+# pytest's tmp_path directories: short paths (Unix sockets), removed at exit.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 
 declare -A interpreters=()
 for minor in 11 12 13 14 15; do
@@ -42,7 +45,7 @@ for version in $(printf '%s\n' "${!interpreters[@]}" | sort -V); do
   "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps --force-reinstall "$package"
   if ! (cd "$package/tests" && env -u RINGLOOP_LIBRARY -u RINGLOOP_BACKEND RINGLOOP_REQUIRE=1 \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout=120 \
-        --basetemp="$work/pytest-tmp-$version" .); then
+        --basetemp="$scratch/pytest-$version" .); then
     status=1
   fi
   if "$venv/bin/python" -c 'import test.test_asyncio' >/dev/null 2>&1; then
