@@ -145,7 +145,8 @@ const MIN_RING_DEPTH: usize = 8;
 /// 100 KiB echoes, whole pool → bounded ring:
 /// - Python protocol server: 24.1-24.8 → 21.2-21.7 µs at 100 connections, 21.1-22.1 → 19.5-20.0
 ///   at 10;
-/// - C `echo_server` (copies each message): 30.2-30.3 → 25.7-26.0 µs at 100 connections.
+/// - C `echo_server`, when it still copied each message: 30.2-30.3 → 25.7-26.0 µs at 100
+///   connections.
 ///
 /// The cost: a receive that finds the ring empty ends and is armed again at the next poll. That
 /// is why the depth follows the receive size instead of being small: a fixed ring of 8 buffers
