@@ -1082,19 +1082,19 @@ impl Uring {
             self.spare.push(bid);
         }
         let limit = self.depth.limit();
-        if self.in_ring >= limit || self.spare.is_empty() {
-            return;
-        }
-        let base = self.pool.base();
-        let size = self.pool.size();
+        let (base, size) = (self.pool.base(), self.pool.size());
+        let mut any = false;
         while self.in_ring < limit {
             let Some(bid) = self.spare.pop() else { break };
             // `bid < count`: ids only come from the kernel's buffer selection.
             self.buf_ring
                 .push(bid, base.wrapping_add(bid as usize * size), size);
             self.in_ring += 1;
+            any = true;
         }
-        self.buf_ring.publish();
+        if any {
+            self.buf_ring.publish();
+        }
     }
 
     fn rearm_fired(&mut self) {
