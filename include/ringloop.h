@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 4
+#define RL_VERSION_MINOR 5
 
 /**
  * Patch version (fixes only).
@@ -458,11 +458,11 @@ int rl_remove_writer(struct rl_loop *loop, int fd);
 int rl_accept(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
 
 /**
- * Receives from the stream socket `fd` (multishot) into loop-owned buffers: `cb` gets each
- * chunk in `outcome->bytes`/`nbytes` (valid only during the call: copy them, or keep their buffer
- * with `rl_recv_keep`) with `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at
- * end of stream or `-errno`. When the loop's buffers run out, receiving pauses until they are
- * recycled: no data is lost.
+ * Receives from the stream socket or pipe `fd` (multishot; pipes as `rl_op_recv` says) into
+ * loop-owned buffers: `cb` gets each chunk in `outcome->bytes`/`nbytes` (valid only during the
+ * call: copy them, or keep their buffer with `rl_recv_keep`) with `RL_EV_MORE`, then a last call
+ * without `RL_EV_MORE`: `result` 0 at end of stream or `-errno`. When the loop's buffers run
+ * out, receiving pauses until they are recycled: no data is lost.
  *
  * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
  * `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread only.
@@ -793,7 +793,11 @@ int rl_poll(struct rl_loop *loop, int64_t timeout_ns, struct rl_event *events, u
 int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token, uint64_t *op_out);
 
 /**
- * Starts a multishot receive on the stream socket `fd` into loop-owned buffers.
+ * Starts a multishot receive on the stream socket or pipe `fd` into loop-owned buffers.
+ *
+ * A pipe is read without ever blocking the loop, whatever its `O_NONBLOCK`. On the io_uring
+ * backend pipes need Linux 6.7; before that, and for other kinds of files, the receive ends with
+ * `-ENOTSOCK`.
  *
  * Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
  * are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll` (or until

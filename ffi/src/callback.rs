@@ -407,11 +407,11 @@ pub unsafe extern "C" fn rl_accept(
     })
 }
 
-/// Receives from the stream socket `fd` (multishot) into loop-owned buffers: `cb` gets each
-/// chunk in `outcome->bytes`/`nbytes` (valid only during the call: copy them, or keep their buffer
-/// with `rl_recv_keep`) with `RL_EV_MORE`, then a last call without `RL_EV_MORE`: `result` 0 at
-/// end of stream or `-errno`. When the loop's buffers run out, receiving pauses until they are
-/// recycled: no data is lost.
+/// Receives from the stream socket or pipe `fd` (multishot; pipes as `rl_op_recv` says) into
+/// loop-owned buffers: `cb` gets each chunk in `outcome->bytes`/`nbytes` (valid only during the
+/// call: copy them, or keep their buffer with `rl_recv_keep`) with `RL_EV_MORE`, then a last call
+/// without `RL_EV_MORE`: `result` 0 at end of stream or `-errno`. When the loop's buffers run
+/// out, receiving pauses until they are recycled: no data is lost.
 ///
 /// Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`, `-EBADF`,
 /// `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread only.

@@ -178,7 +178,11 @@ pub unsafe extern "C" fn rl_op_watch(
     })
 }
 
-/// Starts a multishot receive on the stream socket `fd` into loop-owned buffers.
+/// Starts a multishot receive on the stream socket or pipe `fd` into loop-owned buffers.
+///
+/// A pipe is read without ever blocking the loop, whatever its `O_NONBLOCK`. On the io_uring
+/// backend pipes need Linux 6.7; before that, and for other kinds of files, the receive ends with
+/// `-ENOTSOCK`.
 ///
 /// Each event has `RL_EV_BUFFER`, `aux` = the buffer id and `result` = the byte count; the bytes
 /// are at `base + aux * buffer_size` (see `rl_buffers`) until the next `rl_poll` (or until

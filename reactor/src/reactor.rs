@@ -202,6 +202,10 @@ impl Reactor {
 
     /// Multishot stream receive into reactor-owned buffers: events carry [`crate::flags::BUFFER`],
     /// `aux` = buffer id, `result` = byte count; read the bytes with [`Reactor::event_data`].
+    ///
+    /// `fd` is a stream socket or a pipe (FIFO), blocking or not; a pipe is read without ever
+    /// blocking the loop. On io_uring, pipes need Linux 6.7 (`IORING_OP_READ_MULTISHOT`); before
+    /// that, and for any other kind of file, the receive ends with `-ENOTSOCK`.
     pub fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
         self.backend.recv_multi(fd, token).map(OpId)
     }

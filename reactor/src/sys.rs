@@ -101,6 +101,32 @@ pub(crate) fn is_always_ready_file(fd: std::os::fd::RawFd) -> bool {
     mode == libc::S_IFREG || mode == libc::S_IFDIR
 }
 
+/// Whether `fd` is a pipe or FIFO: receive ops read these (sockets are received from; other
+/// files are refused with `ENOTSOCK`).
+pub(crate) fn is_fifo(fd: std::os::fd::RawFd) -> bool {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success; a bad fd only yields an error.
+    let rc = unsafe { libc::fstat(fd, stat.as_mut_ptr()) };
+    if neg_errno(rc).is_err() {
+        return false;
+    }
+    // SAFETY: initialised by the successful call above.
+    unsafe { stat.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFIFO
+}
+
+/// One `read` from a pipe into `buf` that never blocks, whatever the pipe's `O_NONBLOCK` flag
+/// (`preadv2` with `RWF_NOWAIT`, at the file position: pipes have none). `EAGAIN` when empty.
+pub(crate) fn read_nowait(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, which is writable for its whole length and outlives the
+    // call; offset -1 reads at the current position.
+    let rc = unsafe { libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT) };
+    neg_errno(rc as i64).map(|n| n as usize)
+}
+
 /// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.
 pub(crate) fn file_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();

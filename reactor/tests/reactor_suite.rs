@@ -713,6 +713,90 @@ fn large_receives_reuse_a_few_buffers(choice: BackendChoice) {
     );
 }
 
+/// A multishot receive reads a pipe: byte-exact to its end of stream through a small pool, with
+/// the read end blocking or not (neither may block the loop), and with the receive cancelled and
+/// started again halfway (bytes it had taken come first).
+fn pipes_are_received_from(choice: BackendChoice) {
+    for nonblocking in [true, false] {
+        let opts = Options {
+            buffer_size: 4096,
+            buffer_count: 8,
+            ..Options::default()
+        };
+        let Some(mut reactor) = make(choice, opts) else {
+            return;
+        };
+        let flags = if nonblocking {
+            nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK
+        } else {
+            nix::fcntl::OFlag::O_CLOEXEC
+        };
+        let (rx, tx) = nix::unistd::pipe2(flags).unwrap();
+        let _ = nix::fcntl::fcntl(
+            &tx,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
+        let fd = rx.as_raw_fd();
+        // Bytes already in the pipe come with the first poll, which must not wait for more.
+        nix::unistd::write(&tx, b"first").unwrap();
+        let mut op = reactor.recv_multi(fd, 1).unwrap();
+        let mut events = [Event::default(); 16];
+        let n = reactor
+            .poll(Some(Duration::from_secs(20)), &mut events)
+            .unwrap();
+        if choice == BackendChoice::IoUring && n == 1 && events[0].result == -libc::ENOTSOCK {
+            eprintln!("SKIPPED: this kernel's io_uring cannot read pipes (no READ_MULTISHOT)");
+            return;
+        }
+        assert_eq!(n, 1, "{:?}", &events[..n]);
+        assert_eq!(events[0].flags, flags::MORE | flags::BUFFER);
+        assert_eq!(reactor.event_data(&events[0]).unwrap(), b"first");
+
+        let sent = random_bytes(1 << 20, 11);
+        let to_send = sent.clone();
+        let writer = std::thread::spawn(move || {
+            let mut tx = std::fs::File::from(tx);
+            for (i, chunk) in to_send.chunks(10_007).enumerate() {
+                tx.write_all(chunk).unwrap();
+                if i % 16 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            // Dropping the write end is the reader's end of stream.
+        });
+        let mut received = Vec::new();
+        let mut restarted = false;
+        let mut ended = false;
+        poll_until(&mut reactor, &mut events, |r, batch| {
+            for ev in batch {
+                assert_eq!(ev.token, 1);
+                assert!(!ended, "an event after the end of stream: {ev:?}");
+                if ev.result == 0 {
+                    assert_eq!(ev.flags, 0, "{ev:?}");
+                    ended = true;
+                    continue;
+                }
+                assert!(ev.result > 0, "reading the pipe failed: {ev:?}");
+                assert_eq!(ev.flags, flags::MORE | flags::BUFFER, "{ev:?}");
+                received.extend_from_slice(r.event_data(ev).unwrap());
+            }
+            if !restarted && received.len() >= sent.len() / 2 {
+                restarted = true;
+                r.cancel(op).unwrap();
+                op = r.recv_multi(fd, 1).unwrap();
+                // Bytes the cancelled receive had taken but not delivered yet come first
+                // through the new one.
+                return false;
+            }
+            ended
+        });
+        writer.join().unwrap();
+        assert_eq!(received.len(), sent.len(), "nonblocking: {nonblocking}");
+        assert!(received == sent, "the pipe's bytes arrived changed");
+        assert_eq!(reactor.pending(), 0);
+    }
+}
+
 fn errno_of(result: std::io::Result<()>) -> i32 {
     result
         .expect_err("expected an error")
@@ -1521,6 +1605,10 @@ macro_rules! suite {
             #[test]
             fn buffer_pool_exhaustion_with_one_event_per_poll() {
                 pool_exhaustion_loses_nothing($choice, 1);
+            }
+            #[test]
+            fn pipes_are_received_from() {
+                super::pipes_are_received_from($choice);
             }
             #[test]
             fn large_receives_reuse_a_few_buffers() {

@@ -38,7 +38,8 @@ use super::{
 use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
-    close_now, errno_of, fork_generation, forked_child_error, from_nix, neg_errno, neg_errno_of,
+    close_now, errno_of, fork_generation, forked_child_error, from_nix, is_fifo, neg_errno,
+    neg_errno_of, read_nowait,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -98,6 +99,8 @@ struct Op {
     /// A recv waiting for its fd's stash to be deliverable (no read interest meanwhile, so no
     /// newer byte overtakes the stashed ones).
     waiting: bool,
+    /// A multishot recv on a pipe: it reads (found out when `recv` said `ENOTSOCK`).
+    pipe: bool,
 }
 
 /// How many ready fds to take per `epoll_wait`: [`EPOLL_BATCH`] while receives are small, fewer
@@ -311,6 +314,7 @@ impl Epoll {
             starved: false,
             paused: false,
             waiting: false,
+            pipe: false,
         });
         self.fds.add_op(fd, key);
         self.live += 1;
@@ -326,6 +330,7 @@ impl Epoll {
             starved: false,
             paused: false,
             waiting: false,
+            pipe: false,
         });
         self.ops.remove(key);
         self.emit(0, token, result, 0, 0);
@@ -435,6 +440,7 @@ impl Epoll {
     }
 
     fn do_recv(&mut self, key: u64, fd: RawFd, token: u64) {
+        let mut pipe = self.ops.get(key).is_some_and(|op| op.pipe);
         for _ in 0..RECV_BURST {
             let Some(bid) = self.free.pop() else {
                 if let Some(op) = self.ops.get_mut(key) {
@@ -447,7 +453,12 @@ impl Epoll {
             let buf = unsafe {
                 std::slice::from_raw_parts_mut(self.pool.buffer_ptr(bid), self.pool.size())
             };
-            match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+            let received = if pipe {
+                read_nowait(fd, buf).map_err(|err| Errno::from_raw(-errno_of(&err)))
+            } else {
+                recv(fd, buf, MsgFlags::MSG_DONTWAIT)
+            };
+            match received {
                 Ok(0) => {
                     self.free.push(bid);
                     self.finish(key, 0);
@@ -470,6 +481,14 @@ impl Epoll {
                 Err(Errno::EAGAIN) => {
                     self.free.push(bid);
                     return;
+                }
+                Err(Errno::ENOTSOCK) if !pipe && is_fifo(fd) => {
+                    // A pipe: read it from now on (without blocking, whatever its O_NONBLOCK).
+                    self.free.push(bid);
+                    pipe = true;
+                    if let Some(op) = self.ops.get_mut(key) {
+                        op.pipe = true;
+                    }
                 }
                 Err(errno) => {
                     self.free.push(bid);

@@ -50,7 +50,7 @@ use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
     close_now, current_tid, errno_of, file_identity, fork_generation, forked_child_error,
-    is_always_ready_file, thread_exists,
+    is_always_ready_file, is_fifo, thread_exists,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -238,6 +238,9 @@ struct Op {
     /// For a recv cancelled while armed: the socket's identity at cancel time, so bytes that
     /// race with the cancel are kept only while the fd still names that socket.
     identity: Option<(u64, u64)>,
+    /// A multishot recv on a pipe: armed as a multishot read (found out when the kernel said
+    /// `ENOTSOCK` to the receive).
+    pipe: bool,
 }
 
 impl Op {
@@ -346,6 +349,8 @@ pub(crate) struct Uring {
     fork_generation: u64,
     /// Set up with `SINGLE_ISSUER | DEFER_TASKRUN` (see the module doc).
     single_issuer: bool,
+    /// The kernel has `IORING_OP_READ_MULTISHOT` (6.7), which multishot recvs on pipes need.
+    read_multishot: bool,
     /// Created `R_DISABLED` and not enabled yet: the first `poll` enables it.
     disabled: bool,
     /// The thread that enabled a single-issuer ring (its kernel thread id): the only one whose
@@ -488,6 +493,7 @@ impl Uring {
             armed: 0,
             fork_generation: fork_generation(),
             single_issuer,
+            read_multishot: probe.is_supported(opcode::ReadMulti::CODE),
             disabled: single_issuer,
             issuer: None,
         };
@@ -511,6 +517,10 @@ impl Uring {
                 }
                 opcode::PollAdd::new(fd, mask).build()
             }
+            // A pipe is read (Linux 6.7): the whole buffer each time, from its current position.
+            Kind::Recv if op.pipe => opcode::ReadMulti::new(fd, 0, BUF_GROUP)
+                .offset(u64::MAX)
+                .build(),
             Kind::Recv => opcode::RecvMulti::new(fd, BUF_GROUP).build(),
             // With a selected buffer the kernel reads min(len, buffer length) bytes (len 0: the
             // whole buffer); `max` is never 0 here.
@@ -630,6 +640,7 @@ impl Uring {
             armed: false,
             cancelled: false,
             identity: None,
+            pipe: false,
         };
         let (counted, indexed) = (op.counted(), op.indexed());
         let key = self.ops.insert(op);
@@ -863,6 +874,11 @@ impl Uring {
                     // bytes stay in the socket.
                     if !more {
                         self.starved.push(key);
+                    }
+                } else if res == -libc::ENOTSOCK && self.read_multishot && self.pipe_recv(key) {
+                    // A pipe: read it instead, armed now so that this poll's wait covers it.
+                    if let Err(err) = self.arm(key) {
+                        self.fail(key, errno_of(&err));
                     }
                 } else {
                     if let Some(bid) = buffer {
@@ -1366,6 +1382,18 @@ impl Uring {
     }
 
     /// Adds a recv and starts it (see [`Uring::serve_or_arm`]).
+    /// Marks multishot recv `key` as reading a pipe when its fd is one and it was not already;
+    /// `true` when it now is (a second `ENOTSOCK` for a pipe is an error, not a retry).
+    fn pipe_recv(&mut self, key: u64) -> bool {
+        match self.ops.get_mut(key) {
+            Some(op) if !op.pipe && is_fifo(op.fd) => {
+                op.pipe = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn start_recv(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
         let key = self.insert(fd, token, kind)?;
         if let Err(err) = self.serve_or_arm(key) {
@@ -1461,6 +1489,7 @@ impl Backend for Uring {
             armed: head,
             cancelled: false,
             identity: None,
+            pipe: false,
         });
         entry.push_send(key);
         if head {
