@@ -74,6 +74,109 @@ def test_read_pipe_pause_and_resume(loop):
     run(loop, main())
 
 
+def test_read_pipe_paused_from_data_received_gets_nothing_until_resumed(loop):
+    # Each chunk pauses reading until a later turn of the loop: bytes that arrive meanwhile (a
+    # receive in flight when reading paused) wait for the resume, in order.
+    class Pausing(PipeCollector):
+        def __init__(self, loop):
+            super().__init__(loop)
+            self.calls_while_paused = 0
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            if not self.transport.is_reading():
+                self.calls_while_paused += 1
+            super().data_received(data)
+            self.transport.pause_reading()
+            loop.call_later(0.001, self.transport.resume_reading)
+
+    async def main():
+        r, w = os.pipe()
+        transport, collector = await loop.connect_read_pipe(lambda: Pausing(loop), os.fdopen(r, "rb", 0))
+        payload = os.urandom(3 * 1024 * 1024)
+        writer = loop.run_in_executor(None, _write_and_close, w, payload)
+        assert await collector.lost is None
+        await writer
+        assert bytes(collector.received) == payload
+        assert collector.calls_while_paused == 0
+        assert collector.eof
+
+    run(loop, main())
+
+
+def _write_and_close(fd, payload):
+    with os.fdopen(fd, "wb", 0) as pipe:
+        view = memoryview(payload)
+        for start in range(0, len(view), 100_000):
+            pipe.write(view[start : start + 100_000])
+
+
+def test_read_pipe_data_received_error_is_reported_and_reading_goes_on(loop):
+    reported = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    class FailsOnce(PipeCollector):
+        def data_received(self, data):
+            super().data_received(data)
+            if len(reported) == 0 and not hasattr(self, "failed"):
+                self.failed = True
+                raise ZeroDivisionError("from data_received")
+
+    async def main():
+        r, w = os.pipe()
+        transport, collector = await loop.connect_read_pipe(lambda: FailsOnce(loop), os.fdopen(r, "rb", 0))
+        os.write(w, b"one")
+        while not collector.received:
+            await asyncio.sleep(0.001)
+        os.write(w, b"two")
+        os.close(w)
+        assert await collector.lost is None
+        assert bytes(collector.received) == b"onetwo"
+        assert [type(c["exception"]) for c in reported] == [ZeroDivisionError]
+        assert reported[0]["message"].startswith("Exception in callback ")
+        assert "_read_ready" in reported[0]["message"]
+
+    run(loop, main())
+
+
+def test_read_pipe_closed_while_reading_closes_its_fd(loop):
+    async def main():
+        r, w = os.pipe()
+        transport, collector = await loop.connect_read_pipe(lambda: PipeCollector(loop), os.fdopen(r, "rb", 0))
+        os.write(w, b"some bytes")
+        while not collector.received:
+            await asyncio.sleep(0.001)
+        transport.close()
+        assert await collector.lost is None
+        # The read end really is closed: nobody is left to read.
+        with pytest.raises(BrokenPipeError):
+            os.write(w, b"nobody reads this")
+        os.close(w)
+
+    run(loop, main())
+
+
+def test_read_pipe_on_a_terminal(loop):
+    # A pty is a character device, not a pipe: read as asyncio reads it.
+    import pty
+
+    async def main():
+        master, slave = pty.openpty()
+        try:
+            transport, collector = await loop.connect_read_pipe(lambda: PipeCollector(loop), os.fdopen(master, "rb", 0))
+            os.write(slave, b"typed\n")
+            while b"typed" not in collector.received:
+                await asyncio.sleep(0.001)
+            transport.close()
+            await collector.lost
+        finally:
+            os.close(slave)
+
+    run(loop, main())
+
+
 def test_write_pipe_reports_a_closed_reader(loop):
     async def main():
         r, w = os.pipe()

@@ -355,3 +355,57 @@ def test_ringloop_single_thread_environment_variable_sets_the_default(ringloop):
     except OSError as exc:
         pytest.skip(f"io_uring unavailable: {exc}")
     assert run_python(code, RINGLOOP_SINGLE_THREAD="0") == "pong"
+
+
+def test_read_pipes_take_a_receive_op_on_io_uring_only(loop_factory):
+    if not loop_factory.is_ringloop:
+        pytest.skip("ringloop-only behaviour")
+    loop = loop_factory()
+    try:
+        async def main():
+            r, w = os.pipe()
+            transport, _ = await loop.connect_read_pipe(asyncio.Protocol, os.fdopen(r, "rb", 0))
+            mode = transport._completion
+            transport.close()
+            os.close(w)
+            await asyncio.sleep(0)
+            return mode
+
+        assert loop.run_until_complete(main()) == (loop_factory.backend == "io_uring")
+    finally:
+        loop.close()
+
+
+def test_read_pipe_falls_back_to_readiness_when_the_kernel_cannot_receive(loop_factory, monkeypatch):
+    # io_uring before Linux 6.7 answers a receive on a pipe with ENOTSOCK. A pty gets the same
+    # answer from every kernel, so it stands in for such a pipe here.
+    import pty
+
+    from ringloop._transport import RingReadPipeTransport
+
+    if loop_factory.backend != "io_uring":
+        pytest.skip("the io_uring backend's fallback")
+    monkeypatch.setattr(RingReadPipeTransport, "_choose_mode", lambda self: setattr(self, "_completion", True))
+    loop = loop_factory()
+    master, slave = pty.openpty()
+    try:
+        class Collector(asyncio.Protocol):
+            received = b""
+
+            def data_received(self, data):
+                self.received += data
+
+        async def main():
+            transport, collector = await loop.connect_read_pipe(Collector, os.fdopen(master, "rb", 0))
+            os.write(slave, b"typed\n")
+            while b"typed" not in collector.received:
+                await asyncio.sleep(0.001)
+            assert transport._completion is False
+            transport.close()
+            await asyncio.sleep(0)
+
+        loop.run_until_complete(asyncio.wait_for(main(), 30))
+        assert loop._recv_pipes is False  # the loop's next pipes go straight to readiness
+    finally:
+        os.close(slave)
+        loop.close()

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import _socket
+import stat
 import warnings
 from typing import Any, List, Optional
 
@@ -47,6 +48,7 @@ from ._lib import EV_MORE, READABLE
 logger = logging.getLogger("asyncio")
 
 _ECANCELED = errno.ECANCELED
+_ENOTSOCK = errno.ENOTSOCK
 _copy_context = contextvars.copy_context
 _partial = functools.partial
 _os_write = os.write
@@ -807,7 +809,196 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
 
 
 class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore[misc,name-defined]
-    """asyncio's read-pipe transport (subprocess output too), reading 64 KiB at a time."""
+    """asyncio's read-pipe transport (subprocess output too). On io_uring a pipe or socket is
+    read by a multishot receive: its bytes come with the loop's one poll per iteration, with no
+    readiness event and no ``os.read()`` from Python. A character device (a tty), a ``max_size``
+    below the loop's buffer size, an io_uring kernel that cannot read pipes (before Linux 6.7)
+    and the epoll backend read as asyncio does, 64 KiB at a time (see ``Loop._recv_pipes``)."""
+
+    # The receive mode is chosen when reading first starts (after connection_made(), which may
+    # set max_size) and kept: a cancelled receive leaves the bytes it took for the next receive
+    # op, which an os.read() would overtake.
+    _completion: Optional[bool] = None
+    _recv_op: Optional[int] = None
+    _recv_token = 0
+
+    def __init__(
+        self,
+        loop: Any,
+        pipe: Any,
+        protocol: protocols.BaseProtocol,
+        waiter: Optional[Any] = None,
+        extra: Optional[dict] = None,
+    ) -> None:
+        super().__init__(loop, pipe, protocol, waiter, extra)
+        # Bytes that arrived in the poll that paused reading, delivered on resume.
+        self._held: List[bytes] = []
+        self._buffer_bytes = loop._reactor.buffer_bytes
+        self._buffer_size = loop._reactor.buffer_size
+
+    def __repr__(self) -> str:
+        if not self._completion:
+            return super().__repr__()  # type: ignore[no-any-return]
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is not None and getattr(self._loop, "_selector", None) is not None:
+            info.append("polling" if self._recv_op is not None else "idle")
+        elif self._pipe is not None:
+            info.append("open")  # the loop is closed
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def _add_reader(self, fd: int, callback: Any) -> None:
+        # asyncio's transport schedules this once connection_made() has run.
+        if not self.is_reading():
+            return
+        if self._completion is None:
+            self._choose_mode()
+        if self._completion:
+            self._start_reading()
+        else:
+            self._loop._add_reader(fd, callback)
+
+    def _choose_mode(self) -> None:
+        mode = os.fstat(self._fileno).st_mode
+        self._completion = (
+            (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
+            and self.max_size >= self._loop._reactor.buffer_size
+            and self._loop._recv_pipes
+        )
+
+    def pause_reading(self) -> None:
+        if not self._completion:
+            super().pause_reading()
+            return
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._completion is None and self._paused and not self._closing:
+            self._choose_mode()  # paused before reading ever started
+        if not self._completion:
+            super().resume_reading()
+            return
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held or self._loop._selector.dispatching:
+            # On the next turn, as in the socket transport: held bytes first, and a new receive
+            # only once the events of the current poll have all been dispatched.
+            self._loop.call_soon(self._start_reading)
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _close(self, exc: Optional[BaseException]) -> None:
+        if not self._completion:
+            super()._close(exc)
+            return
+        self._closing = True
+        self._held.clear()
+        self._stop_reading()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _start_reading(self) -> None:
+        while self._held:
+            if not self.is_reading():
+                return
+            self._deliver(self._held.pop(0))
+        if not self.is_reading() or self._recv_op is not None:
+            return
+        loop = self._loop
+        token = loop._new_token()
+        try:
+            self._recv_op = loop._reactor.recv(self._fileno, token)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+            return
+        self._recv_token = token
+        # Protocol callbacks run in a copy of the context reading started in, as asyncio's
+        # reader handle runs them.
+        loop._handlers[token] = _partial(_copy_context().run, self._on_recv)
+
+    def _stop_reading(self) -> None:
+        op, self._recv_op = self._recv_op, None
+        token, self._recv_token = self._recv_token, 0
+        if token:
+            selector = self._loop._selector
+            if selector is not None and selector.dispatching:
+                selector.retire(token)  # its events of this batch still reach _on_recv
+            else:
+                self._loop._handlers.pop(token, None)
+        if op is not None:
+            try:
+                self._loop._reactor.cancel(op)
+            except RuntimeError:
+                pass  # the loop is gone: nothing left to cancel
+
+    def _on_recv(self, result: int, flags: int, aux: int) -> None:
+        if result > 0 and flags & EV_MORE and not (self._closing or self._paused):
+            # The steady state: the bytes straight from the receive buffer to the protocol.
+            start = aux * self._buffer_size
+            try:
+                self._protocol.data_received(self._buffer_bytes[start : start + result])
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._report_error(exc)
+            return
+        if not flags & EV_MORE and self._recv_token:
+            # The receive is over (end of stream, error).
+            self._loop._handlers.pop(self._recv_token, None)
+            self._recv_op = None
+            self._recv_token = 0
+        if self._closing:
+            return
+        if result > 0:
+            start = aux * self._buffer_size
+            data = self._buffer_bytes[start : start + result]
+            if self._paused:
+                self._held.append(data)
+            else:
+                self._deliver(data)
+        elif result == -_ENOTSOCK:
+            # This kernel's io_uring cannot read pipes: read them as asyncio does (and the
+            # loop's next pipes too).
+            self._loop._recv_pipes = False
+            self._completion = False
+            if self.is_reading():
+                self._loop._add_reader(self._fileno, self._read_ready)
+        elif result == 0:
+            if self._loop.get_debug():
+                logger.info("%r was closed by peer", self)
+            self._closing = True
+            self._loop.call_soon(self._protocol.eof_received)
+            self._loop.call_soon(self._call_connection_lost, None)
+        elif result != -_ECANCELED:
+            self._fatal_error(
+                OSError(-result, os.strerror(-result)), "Fatal read error on pipe transport"
+            )
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report_error(exc)
+
+    def _report_error(self, exc: BaseException) -> None:
+        # As asyncio reports an exception from data_received() here: one in the reader callback;
+        # reading goes on.
+        _report_callback_error(events.Handle(self._read_ready, (), self._loop, None), exc)
 
     def _read_ready(self) -> None:
         if self.max_size < MAX_READ_SIZE:
