@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 5
+#define RL_VERSION_MINOR 6
 
 /**
  * Patch version (fixes only).
@@ -86,6 +86,44 @@
  * valid until the next `rl_poll`.
  */
 #define RL_EV_BUFFER 2
+
+/**
+ * `rl_event.flags` bit, with `RL_EV_BUFFER` (`rl_op_recvmsg`'s events): the buffer holds one
+ * datagram, laid out as the `RL_DGRAM_*` offsets say; its `result` payload bytes start at
+ * `RL_DGRAM_PAYLOAD`, not at the start of the buffer.
+ */
+#define RL_EV_DATAGRAM 4
+
+/**
+ * Offset, in a datagram's buffer, of the `uint32_t` length of the sender's address.
+ */
+#define RL_DGRAM_NAME_LEN 0
+
+/**
+ * Offset of the `uint32_t` full length of the datagram: more than the event's `result` when it
+ * did not fit in the buffer.
+ */
+#define RL_DGRAM_PAYLOAD_LEN 8
+
+/**
+ * Offset of the `uint32_t` `recvmsg` flags (`MSG_TRUNC` for a datagram cut short).
+ */
+#define RL_DGRAM_MSG_FLAGS 12
+
+/**
+ * Offset of the sender's address, a `struct sockaddr` of the length at `RL_DGRAM_NAME_LEN`.
+ */
+#define RL_DGRAM_NAME 16
+
+/**
+ * Room for the sender's address: `sizeof(struct sockaddr_storage)`.
+ */
+#define RL_DGRAM_NAME_MAX 128
+
+/**
+ * Offset of the payload.
+ */
+#define RL_DGRAM_PAYLOAD 144
 
 /**
  * The token of the event `rl_wake` produces in raw mode.
@@ -813,6 +851,32 @@ int rl_op_watch(struct rl_loop *loop, int fd, uint32_t interest, uint64_t token,
  * `op_out` is NULL or writable.
  */
 int rl_op_recv(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
+
+/**
+ * Starts a multishot datagram receive on the `SOCK_DGRAM` socket `fd` (UDP, Unix datagram) into
+ * loop-owned buffers: one event per datagram, with `RL_EV_MORE | RL_EV_BUFFER | RL_EV_DATAGRAM`
+ * and `aux` = the buffer id. In the buffer at `base + aux * buffer_size` (see `rl_buffers`):
+ * the sender's address at `RL_DGRAM_NAME` (its length a `uint32_t` at `RL_DGRAM_NAME_LEN`), and
+ * `result` payload bytes at `RL_DGRAM_PAYLOAD` (0 for an empty datagram). A datagram longer
+ * than `buffer_size - RL_DGRAM_PAYLOAD` is cut short: its full length is the `uint32_t` at
+ * `RL_DGRAM_PAYLOAD_LEN` and `MSG_TRUNC` is set in the one at `RL_DGRAM_MSG_FLAGS`. Valid until
+ * the next `rl_poll`, as other receive buffers (`rl_buffer_keep` keeps one).
+ *
+ * An error (`-ECONNREFUSED` after an ICMP error on a connected socket, ...) is the last event,
+ * without `RL_EV_MORE`: start a new receive to go on. Datagrams the op had received but not
+ * delivered when it is cancelled are dropped with it. When the loop runs out of buffers the
+ * receive pauses until the next `rl_poll` (datagrams wait in the socket, as the kernel keeps
+ * them).
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (reserved token, or
+ * buffers of `RL_DGRAM_PAYLOAD` bytes or less), `-EBADF`, `-ENOTSOCK`, `-EOPNOTSUPP` (not a
+ * datagram socket), `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread
+ * only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_op_recvmsg(struct rl_loop *loop, int fd, uint64_t token, uint64_t *op_out);
 
 /**
  * One receive of at most `max_len` bytes from the stream socket `fd` into a loop-owned buffer

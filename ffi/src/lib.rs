@@ -31,7 +31,7 @@ pub use raw::*;
 /// Major version of the library this header describes (incompatible ABI changes).
 pub const RL_VERSION_MAJOR: u32 = 0;
 /// Minor version (backwards-compatible additions).
-pub const RL_VERSION_MINOR: u32 = 5;
+pub const RL_VERSION_MINOR: u32 = 6;
 /// Patch version (fixes only).
 pub const RL_VERSION_PATCH: u32 = 0;
 
@@ -58,6 +58,24 @@ pub const RL_EV_MORE: u32 = 1;
 /// `rl_event.flags` bit: `aux` is the id of a loop-owned receive buffer holding `result` bytes,
 /// valid until the next `rl_poll`.
 pub const RL_EV_BUFFER: u32 = 2;
+/// `rl_event.flags` bit, with `RL_EV_BUFFER` (`rl_op_recvmsg`'s events): the buffer holds one
+/// datagram, laid out as the `RL_DGRAM_*` offsets say; its `result` payload bytes start at
+/// `RL_DGRAM_PAYLOAD`, not at the start of the buffer.
+pub const RL_EV_DATAGRAM: u32 = 4;
+
+/// Offset, in a datagram's buffer, of the `uint32_t` length of the sender's address.
+pub const RL_DGRAM_NAME_LEN: u32 = 0;
+/// Offset of the `uint32_t` full length of the datagram: more than the event's `result` when it
+/// did not fit in the buffer.
+pub const RL_DGRAM_PAYLOAD_LEN: u32 = 8;
+/// Offset of the `uint32_t` `recvmsg` flags (`MSG_TRUNC` for a datagram cut short).
+pub const RL_DGRAM_MSG_FLAGS: u32 = 12;
+/// Offset of the sender's address, a `struct sockaddr` of the length at `RL_DGRAM_NAME_LEN`.
+pub const RL_DGRAM_NAME: u32 = 16;
+/// Room for the sender's address: `sizeof(struct sockaddr_storage)`.
+pub const RL_DGRAM_NAME_MAX: u32 = 128;
+/// Offset of the payload.
+pub const RL_DGRAM_PAYLOAD: u32 = 144;
 
 /// The token of the event `rl_wake` produces in raw mode.
 pub const RL_WAKE_TOKEN: u64 = 0xFFFF_FFFF_FFFF_FFFF;
@@ -72,6 +90,13 @@ const _: () = {
     assert!(RL_ESTATE == -(RL_ERR_BASE + 4));
     assert!(RL_EV_MORE == ringloop::flags::MORE);
     assert!(RL_EV_BUFFER == ringloop::flags::BUFFER);
+    assert!(RL_EV_DATAGRAM == ringloop::flags::DATAGRAM);
+    assert!(RL_DGRAM_NAME_LEN as usize == ringloop::datagram::NAME_LEN);
+    assert!(RL_DGRAM_PAYLOAD_LEN as usize == ringloop::datagram::PAYLOAD_LEN);
+    assert!(RL_DGRAM_MSG_FLAGS as usize == ringloop::datagram::MSG_FLAGS);
+    assert!(RL_DGRAM_NAME as usize == ringloop::datagram::NAME);
+    assert!(RL_DGRAM_NAME_MAX as usize == ringloop::datagram::NAME_MAX);
+    assert!(RL_DGRAM_PAYLOAD as usize == ringloop::datagram::PAYLOAD);
     assert!(RL_READABLE == ringloop::Interest::READABLE.bits());
     assert!(RL_WRITABLE == ringloop::Interest::WRITABLE.bits());
     assert!(RL_TOKEN_RESERVED == 1 << 63);

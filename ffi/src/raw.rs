@@ -212,6 +212,44 @@ pub unsafe extern "C" fn rl_op_recv(
     })
 }
 
+/// Starts a multishot datagram receive on the `SOCK_DGRAM` socket `fd` (UDP, Unix datagram) into
+/// loop-owned buffers: one event per datagram, with `RL_EV_MORE | RL_EV_BUFFER | RL_EV_DATAGRAM`
+/// and `aux` = the buffer id. In the buffer at `base + aux * buffer_size` (see `rl_buffers`):
+/// the sender's address at `RL_DGRAM_NAME` (its length a `uint32_t` at `RL_DGRAM_NAME_LEN`), and
+/// `result` payload bytes at `RL_DGRAM_PAYLOAD` (0 for an empty datagram). A datagram longer
+/// than `buffer_size - RL_DGRAM_PAYLOAD` is cut short: its full length is the `uint32_t` at
+/// `RL_DGRAM_PAYLOAD_LEN` and `MSG_TRUNC` is set in the one at `RL_DGRAM_MSG_FLAGS`. Valid until
+/// the next `rl_poll`, as other receive buffers (`rl_buffer_keep` keeps one).
+///
+/// An error (`-ECONNREFUSED` after an ICMP error on a connected socket, ...) is the last event,
+/// without `RL_EV_MORE`: start a new receive to go on. Datagrams the op had received but not
+/// delivered when it is cancelled are dropped with it. When the loop runs out of buffers the
+/// receive pauses until the next `rl_poll` (datagrams wait in the socket, as the kernel keeps
+/// them).
+///
+/// Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (reserved token, or
+/// buffers of `RL_DGRAM_PAYLOAD` bytes or less), `-EBADF`, `-ENOTSOCK`, `-EOPNOTSUPP` (not a
+/// datagram socket), `RL_EHANDLE`, `RL_ESTATE`, `-errno`. The fd stays the caller's. Loop thread
+/// only.
+///
+/// # Safety
+/// `op_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rl_op_recvmsg(
+    r#loop: *mut rl_loop,
+    fd: c_int,
+    token: u64,
+    op_out: *mut u64,
+) -> c_int {
+    submit(r#loop, token, op_out, |state, token| {
+        let fd = check_fd(fd)?;
+        state
+            .reactor_mut()
+            .recvmsg_multi(fd, token)
+            .map_err(|e| error::from_io(&e))
+    })
+}
+
 /// One receive of at most `max_len` bytes from the stream socket `fd` into a loop-owned buffer
 /// (`max_len` 0 means the loop's buffer size; larger values are capped at it). The receive goes
 /// to the kernel with the next `rl_poll`; no readiness round trip.

@@ -143,12 +143,20 @@ impl BufferPool {
 
     /// The first `len` bytes of buffer `id`, or `None` for an out-of-range id or length.
     pub(crate) fn data(&self, id: u64, len: i32) -> Option<&[u8]> {
-        if id >= self.count as u64 || len < 0 || len as usize > self.size {
+        self.data_at(id, 0, len)
+    }
+
+    /// `len` bytes from `offset` in buffer `id`, if that lies inside it.
+    pub(crate) fn data_at(&self, id: u64, offset: usize, len: i32) -> Option<&[u8]> {
+        let end = usize::try_from(len).ok()?.checked_add(offset)?;
+        if id >= self.count as u64 || end > self.size {
             return None;
         }
         // SAFETY: in bounds (checked above); a lent buffer is not written by the kernel nor by the
         // reactor until the next `poll` (which needs `&mut` of the reactor, ending this borrow).
-        Some(unsafe { std::slice::from_raw_parts(self.buffer_ptr(id as u16), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.buffer_ptr(id as u16).add(offset), end - offset)
+        })
     }
 
     /// Records that buffer `id` was handed to the caller by this `poll`.

@@ -24,6 +24,29 @@ pub mod flags {
     /// `aux` is the id of a reactor-owned receive buffer holding `result` bytes. The buffer stays
     /// valid until the next `poll`, which recycles it.
     pub const BUFFER: u32 = 2;
+    /// With [`BUFFER`]: the buffer holds one datagram laid out as [`crate::datagram`] says, its
+    /// `result` payload bytes at [`crate::datagram::PAYLOAD`] (a datagram receive's events).
+    pub const DATAGRAM: u32 = 4;
+}
+
+/// Where a datagram receive ([`crate::Reactor::recvmsg_multi`]) puts one datagram in its buffer:
+/// a 16-byte header of four native-endian `u32`s, the sender's address, the payload. (It is the
+/// layout of io_uring's multishot `recvmsg`, with no control data; the epoll backend writes the
+/// same.)
+pub mod datagram {
+    /// Header offset of the `u32` length of the sender's address (at most [`NAME_MAX`]).
+    pub const NAME_LEN: usize = 0;
+    /// Header offset of the `u32` full length of the datagram, which exceeds the event's `result`
+    /// when the datagram did not fit in the buffer.
+    pub const PAYLOAD_LEN: usize = 8;
+    /// Header offset of the `u32` `recvmsg` flags (`MSG_TRUNC` for a datagram cut short).
+    pub const MSG_FLAGS: usize = 12;
+    /// Offset of the sender's address (a `sockaddr` of `NAME_LEN` bytes).
+    pub const NAME: usize = 16;
+    /// Room reserved for the address: `sizeof(struct sockaddr_storage)`.
+    pub const NAME_MAX: usize = 128;
+    /// Offset of the payload: the header and the address room before it.
+    pub const PAYLOAD: usize = NAME + NAME_MAX;
 }
 
 /// Readiness interest of a watch, and the readiness mask reported in a watch event's `result`.

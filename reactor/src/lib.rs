@@ -18,6 +18,6 @@ mod sys;
 mod timers;
 mod wake;
 
-pub use event::{flags, Event, Interest, OpId, TimerId};
+pub use event::{datagram, flags, Event, Interest, OpId, TimerId};
 pub use options::{BackendChoice, BackendKind, Options, DEFAULT_ACCEPT_RETRY_DELAY};
 pub use reactor::{ForkedChildError, Reactor, Waker};

@@ -221,6 +221,33 @@ impl Reactor {
         self.backend.recv_once(fd, max_len, token).map(OpId)
     }
 
+    /// Multishot datagram receive (UDP, Unix datagram sockets) into reactor-owned buffers: one
+    /// event per datagram, with [`crate::flags::MORE`], [`crate::flags::BUFFER`] and
+    /// [`crate::flags::DATAGRAM`]; `result` = the payload bytes the buffer holds (0 for an empty
+    /// datagram), read with [`Reactor::event_data`], the sender with [`Reactor::event_source`]
+    /// (the layout is in [`crate::datagram`]). A datagram longer than the buffer's room after
+    /// [`crate::datagram::PAYLOAD`] is cut short, as `recvmsg` does (`MSG_TRUNC`).
+    ///
+    /// An error (`-ECONNREFUSED` after an ICMP error on a connected socket...) ends the receive
+    /// with a last event without `MORE`: start a new one to go on. Datagrams received for a
+    /// cancelled receive and not yet delivered are dropped with it.
+    ///
+    /// Errors: `EBADF`, `ENOTSOCK`, `EOPNOTSUPP` for a socket that is not `SOCK_DGRAM`, and
+    /// `EINVAL` when the buffers are too small for anything but the header
+    /// ([`crate::datagram::PAYLOAD`] bytes or less).
+    pub fn recvmsg_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
+        if self.backend.buffers().size() <= crate::datagram::PAYLOAD {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if !crate::sys::is_datagram_socket(fd)? {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        self.backend.recvmsg_multi(fd, token).map(OpId)
+    }
+
     /// Sends `len` bytes starting at `buf`. One event: total bytes sent, or `-errno`.
     ///
     /// # Safety
@@ -307,7 +334,28 @@ impl Reactor {
         if event.flags & crate::flags::BUFFER == 0 {
             return None;
         }
+        if event.flags & crate::flags::DATAGRAM != 0 {
+            return self.backend.buffers().data_at(
+                event.aux,
+                crate::datagram::PAYLOAD,
+                event.result,
+            );
+        }
         self.backend.buffers().data(event.aux, event.result)
+    }
+
+    /// The sender's address of a datagram event ([`crate::flags::DATAGRAM`]), as the `sockaddr`
+    /// bytes `recvmsg` gave (`None` for any other event). Valid as long as its payload.
+    pub fn event_source(&self, event: &Event) -> Option<&[u8]> {
+        if event.flags & crate::flags::DATAGRAM == 0 {
+            return None;
+        }
+        let buffers = self.backend.buffers();
+        let header = buffers.data_at(event.aux, 0, crate::datagram::NAME as i32)?;
+        let at = crate::datagram::NAME_LEN;
+        let len = u32::from_ne_bytes(header[at..at + 4].try_into().ok()?) as usize;
+        let len = len.min(crate::datagram::NAME_MAX) as i32;
+        buffers.data_at(event.aux, crate::datagram::NAME, len)
     }
 
     /// Keeps receive buffer `id` — the `aux` of a [`crate::flags::BUFFER`] event the last

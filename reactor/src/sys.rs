@@ -127,6 +127,83 @@ pub(crate) fn read_nowait(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<
     neg_errno(rc as i64).map(|n| n as usize)
 }
 
+/// One `recvmsg` of a datagram from `fd` into the receive buffer at `buf` (`size` bytes), laid out
+/// as [`crate::datagram`] says: header, sender's address, payload. Never blocks. Returns the payload
+/// bytes the buffer holds (the header keeps the datagram's full length).
+///
+/// # Safety
+/// `buf..buf + size` is writable and nobody else uses it during the call; `size` is larger than
+/// [`crate::datagram::PAYLOAD`].
+pub(crate) unsafe fn recv_datagram(
+    fd: std::os::fd::RawFd,
+    buf: *mut u8,
+    size: usize,
+) -> io::Result<usize> {
+    use crate::datagram::{MSG_FLAGS, NAME, NAME_LEN, NAME_MAX, PAYLOAD, PAYLOAD_LEN};
+    let room = size - PAYLOAD;
+    let mut iov = libc::iovec {
+        // SAFETY: PAYLOAD < size (the caller's promise): inside the buffer.
+        iov_base: unsafe { buf.add(PAYLOAD) }.cast(),
+        iov_len: room,
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control); filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // SAFETY: NAME + NAME_MAX = PAYLOAD < size: the address room is inside the buffer.
+    msg.msg_name = unsafe { buf.add(NAME) }.cast();
+    msg.msg_namelen = NAME_MAX as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // MSG_TRUNC: the result is the datagram's real length even when it did not fit.
+    // SAFETY: `msg` describes memory inside the buffer, valid for the call.
+    let rc = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+    let full = neg_errno(rc as i64)? as usize;
+    let header = [
+        (NAME_LEN, (msg.msg_namelen as usize).min(NAME_MAX) as u32),
+        (NAME_LEN + 4, 0), // no control data
+        (PAYLOAD_LEN, u32::try_from(full).unwrap_or(u32::MAX)),
+        (MSG_FLAGS, msg.msg_flags as u32),
+    ];
+    for (at, value) in header {
+        // SAFETY: the header's 16 bytes are inside the buffer; unaligned writes are allowed.
+        unsafe { buf.add(at).cast::<u32>().write_unaligned(value) };
+    }
+    Ok(full.min(room))
+}
+
+/// The payload bytes a received datagram's buffer holds, from its header (as io_uring or
+/// [`recv_datagram`] wrote it), at most `room` (the buffer's size after the header and address).
+///
+/// # Safety
+/// `buf` points at a buffer holding such a header, which nobody writes during the call.
+pub(crate) unsafe fn datagram_held(buf: *const u8, room: usize) -> usize {
+    // SAFETY: the header is at the start of the buffer (the caller's promise).
+    let full = unsafe {
+        buf.add(crate::datagram::PAYLOAD_LEN)
+            .cast::<u32>()
+            .read_unaligned()
+    };
+    (full as usize).min(room)
+}
+
+/// Whether `fd` is a datagram socket (`SO_TYPE` is `SOCK_DGRAM`): `ENOTSOCK`, `EBADF`... when
+/// the question has no answer.
+pub(crate) fn is_datagram_socket(fd: std::os::fd::RawFd) -> io::Result<bool> {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind`/`len` are valid out-parameters of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    neg_errno(rc)?;
+    Ok(kind == libc::SOCK_DGRAM)
+}
+
 /// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.
 pub(crate) fn file_identity(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();

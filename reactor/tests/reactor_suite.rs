@@ -797,6 +797,123 @@ fn pipes_are_received_from(choice: BackendChoice) {
     }
 }
 
+/// A datagram receive: every datagram once, byte-exact, with its sender's address, through a small
+/// pool; empty and exactly-fitting datagrams; one too long for the buffer is cut short and says
+/// so; an ICMP error on a connected socket ends the receive; bad fds and sockets are refused.
+fn datagrams_are_received_with_their_senders(choice: BackendChoice) {
+    use ringloop::datagram;
+    use std::net::UdpSocket;
+
+    let size = 4096;
+    let opts = Options {
+        buffer_size: size as u32,
+        buffer_count: 8,
+        ..Options::default()
+    };
+    let Some(mut reactor) = make(choice, opts) else {
+        return;
+    };
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let senders = [
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let op = reactor.recvmsg_multi(server.as_raw_fd(), 9).unwrap();
+    let room = size - datagram::PAYLOAD;
+    let lengths = [0, 1, 100, room, room + 904];
+    let mut events = [Event::default(); 16];
+    for round in 0..40usize {
+        // A burst of 8 (the pool's size), each from either sender, received before the next.
+        let mut expected = Vec::new();
+        for i in 0..8usize {
+            let len = lengths[(round + i) % lengths.len()];
+            let payload = random_bytes(len, (round * 8 + i) as u64);
+            let sender = &senders[i % 2];
+            sender
+                .send_to(&payload, server.local_addr().unwrap())
+                .unwrap();
+            expected.push((sender.local_addr().unwrap().port(), payload));
+        }
+        let mut got = Vec::new();
+        poll_until(&mut reactor, &mut events, |r, batch| {
+            for ev in batch {
+                assert_eq!(ev.token, 9);
+                let all = flags::MORE | flags::BUFFER | flags::DATAGRAM;
+                assert_eq!(ev.flags, all, "{ev:?}");
+                let source = r.event_source(ev).unwrap();
+                // A sockaddr_in: family, then the port in network order.
+                assert_eq!(source.len(), std::mem::size_of::<libc::sockaddr_in>());
+                assert_eq!(
+                    u16::from_ne_bytes([source[0], source[1]]),
+                    libc::AF_INET as u16
+                );
+                let port = u16::from_be_bytes([source[2], source[3]]);
+                let header = region_bytes(r, ev.aux as u32, datagram::PAYLOAD);
+                let word = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().unwrap());
+                got.push((
+                    port,
+                    r.event_data(ev).unwrap().to_vec(),
+                    word(datagram::PAYLOAD_LEN) as usize,
+                    word(datagram::MSG_FLAGS) as i32 & libc::MSG_TRUNC != 0,
+                ));
+            }
+            got.len() >= expected.len()
+        });
+        for ((port, payload), (got_port, data, full, truncated)) in expected.iter().zip(&got) {
+            assert_eq!(port, got_port, "the sender's port");
+            assert_eq!(*full, payload.len(), "the datagram's full length");
+            assert_eq!(*truncated, payload.len() > room);
+            assert!(
+                data[..] == payload[..payload.len().min(room)],
+                "round {round}: payload"
+            );
+        }
+    }
+    reactor.cancel(op).unwrap();
+    assert_eq!(reactor.pending(), 0);
+
+    // A connected socket whose peer is gone: the ICMP error ends the receive.
+    let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_nonblocking(true).unwrap();
+    client.connect(gone_addr).unwrap();
+    reactor.recvmsg_multi(client.as_raw_fd(), 10).unwrap();
+    client.send(b"anyone?").unwrap();
+    let mut last = None;
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        last = batch.last().copied();
+        last.is_some()
+    });
+    let last = last.unwrap();
+    assert_eq!(
+        (last.token, last.result, last.flags),
+        (10, -libc::ECONNREFUSED, 0)
+    );
+    assert_eq!(reactor.pending(), 0);
+
+    // What cannot receive datagrams.
+    let stream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = |r: &mut Reactor, fd: RawFd| r.recvmsg_multi(fd, 11).unwrap_err().raw_os_error();
+    assert_eq!(
+        refused(&mut reactor, stream.as_raw_fd()),
+        Some(libc::EOPNOTSUPP)
+    );
+    let (rx, _tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    assert_eq!(refused(&mut reactor, rx.as_raw_fd()), Some(libc::ENOTSOCK));
+    assert_eq!(refused(&mut reactor, -1), Some(libc::EBADF));
+    let tiny = Options {
+        buffer_size: datagram::PAYLOAD as u32,
+        buffer_count: 2,
+        ..Options::default()
+    };
+    let mut tiny = make(choice, tiny).unwrap();
+    assert_eq!(refused(&mut tiny, server.as_raw_fd()), Some(libc::EINVAL));
+    assert_eq!(reactor.pending(), 0);
+}
+
 fn errno_of(result: std::io::Result<()>) -> i32 {
     result
         .expect_err("expected an error")
@@ -1605,6 +1722,10 @@ macro_rules! suite {
             #[test]
             fn buffer_pool_exhaustion_with_one_event_per_poll() {
                 pool_exhaustion_loses_nothing($choice, 1);
+            }
+            #[test]
+            fn datagrams_are_received_with_their_senders() {
+                super::datagrams_are_received_with_their_senders($choice);
             }
             #[test]
             fn pipes_are_received_from() {

@@ -80,6 +80,7 @@ mod libc_errno {
     pub const ENOENT: i32 = 2;
     pub const ECANCELED: i32 = 125;
     pub const EBADF: i32 = 9;
+    pub const EOPNOTSUPP: i32 = 95;
 }
 
 fn raw_timers(lp: *mut rl_loop) {
@@ -424,6 +425,64 @@ fn raw_pipe(lp: *mut rl_loop) {
     writer.join().unwrap();
     assert!(received == payload, "the pipe's bytes arrived changed");
     println!("raw pipe: {} bytes read byte for byte, EOF", payload.len());
+}
+
+/// `rl_op_recvmsg` (0.6.0): UDP datagrams with their sender, read through the `RL_DGRAM_*`
+/// offsets; a stream socket is refused.
+fn raw_datagrams(lp: *mut rl_loop) {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let word = |buf: *const u8, at: u32| {
+        // SAFETY: `buf` is a datagram buffer of the last poll; the header is inside it.
+        unsafe { buf.add(at as usize).cast::<u32>().read_unaligned() }
+    };
+    // SAFETY: valid loop; out pointers are locals or NULL; buffer bytes are read before the next
+    // rl_poll.
+    unsafe {
+        let mut base: *const u8 = ptr::null();
+        let mut size = 0u32;
+        check(
+            rl_buffers(lp, &mut base, &mut size, ptr::null_mut()),
+            "rl_buffers",
+        );
+        let mut op = 0u64;
+        check(
+            rl_op_recvmsg(lp, server.as_raw_fd(), 50, &mut op),
+            "rl_op_recvmsg",
+        );
+        let messages: [&[u8]; 3] = [b"one", b"", b"three"];
+        for message in messages {
+            client.send_to(message, server.local_addr().unwrap()).unwrap();
+        }
+        let mut received = Vec::new();
+        while received.len() < messages.len() {
+            for ev in poll(lp, -1) {
+                assert_eq!(ev.token, 50, "{ev:?}");
+                assert_eq!(ev.flags, RL_EV_MORE | RL_EV_BUFFER | RL_EV_DATAGRAM, "{ev:?}");
+                let buf = base.add(ev.aux as usize * size as usize);
+                assert_eq!(word(buf, RL_DGRAM_PAYLOAD_LEN), ev.result as u32);
+                assert_eq!(word(buf, RL_DGRAM_NAME_LEN), 16, "a sockaddr_in");
+                // sin_port, in network order, after the 2-byte family.
+                let name = buf.add(RL_DGRAM_NAME as usize);
+                let port = u16::from_be_bytes([*name.add(2), *name.add(3)]);
+                assert_eq!(port, client.local_addr().unwrap().port());
+                let payload = std::slice::from_raw_parts(
+                    buf.add(RL_DGRAM_PAYLOAD as usize),
+                    ev.result as usize,
+                );
+                received.push(payload.to_vec());
+            }
+        }
+        assert_eq!(received, messages);
+        check(rl_op_cancel(lp, op), "rl_op_cancel");
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        assert_eq!(
+            rl_op_recvmsg(lp, stream.as_raw_fd(), 51, ptr::null_mut()),
+            -libc_errno::EOPNOTSUPP
+        );
+    }
+    println!("raw datagrams: 3 datagrams with their sender, a stream socket refused");
 }
 
 fn backend_is_io_uring(lp: *mut rl_loop) -> bool {
@@ -1079,6 +1138,7 @@ fn main() {
     raw_kept_buffer(lp);
     raw_recv_once(lp);
     raw_pipe(lp);
+    raw_datagrams(lp);
     raw_wake(lp);
     callback_mode(lp);
     callback_kept_buffers(lp);

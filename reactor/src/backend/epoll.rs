@@ -39,7 +39,7 @@ use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
     close_now, errno_of, fork_generation, forked_child_error, from_nix, is_fifo, neg_errno,
-    neg_errno_of, read_nowait,
+    neg_errno_of, read_nowait, recv_datagram,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -76,6 +76,8 @@ enum Kind {
     RecvOnce {
         max: u32,
     },
+    /// Datagrams, one per event (see `crate::datagram`).
+    RecvMsg,
     Send {
         buf: *const u8,
         len: usize,
@@ -225,12 +227,20 @@ impl Epoll {
                 }
                 mask
             }
-            Kind::Recv | Kind::RecvOnce { .. } | Kind::Accept | Kind::Signal { .. }
+            Kind::Recv
+            | Kind::RecvOnce { .. }
+            | Kind::RecvMsg
+            | Kind::Accept
+            | Kind::Signal { .. }
                 if !op.starved && !op.paused && !op.waiting =>
             {
                 IN
             }
-            Kind::Recv | Kind::RecvOnce { .. } | Kind::Accept | Kind::Signal { .. } => 0,
+            Kind::Recv
+            | Kind::RecvOnce { .. }
+            | Kind::RecvMsg
+            | Kind::Accept
+            | Kind::Signal { .. } => 0,
             Kind::Send { .. } => {
                 if self.fds.is_send_head(op.fd, key) {
                     OUT
@@ -393,6 +403,9 @@ impl Epoll {
                 {
                     self.do_recv_once(key, fd, token, max)
                 }
+                Kind::RecvMsg if !op.starved && revents & (IN | ERR_HUP) != 0 => {
+                    self.do_recvmsg(key, fd, token)
+                }
                 Kind::Accept if !op.paused && revents & (IN | ERR_HUP) != 0 => {
                     self.do_accept(key, fd, token)
                 }
@@ -534,6 +547,38 @@ impl Epoll {
                 }
             }
             return;
+        }
+    }
+
+    fn do_recvmsg(&mut self, key: u64, fd: RawFd, token: u64) {
+        for _ in 0..RECV_BURST {
+            let Some(bid) = self.free.pop() else {
+                if let Some(op) = self.ops.get_mut(key) {
+                    op.starved = true;
+                    self.starved.push(key);
+                }
+                return;
+            };
+            // SAFETY: a free buffer is referenced by nobody else; the pool's buffers are larger
+            // than `datagram::PAYLOAD` (checked by `Reactor::recvmsg_multi`).
+            let received =
+                unsafe { recv_datagram(fd, self.pool.buffer_ptr(bid), self.pool.size()) };
+            match received {
+                Ok(held) => {
+                    self.batch.received += held;
+                    let flags = flags::MORE | flags::BUFFER | flags::DATAGRAM;
+                    self.emit(key, token, held as i32, flags, u64::from(bid));
+                }
+                Err(err) => {
+                    self.free.push(bid);
+                    match err.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EAGAIN) => {}
+                        _ => self.finish(key, errno_of(&err)),
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -789,6 +834,7 @@ impl Backend for Epoll {
                 match op.kind {
                     Kind::Recv if !waiting => self.do_recv(key, fd, token),
                     Kind::RecvOnce { max } if !waiting => self.do_recv_once(key, fd, token, max),
+                    Kind::RecvMsg => self.do_recvmsg(key, fd, token),
                     _ => {}
                 }
                 let _ = self.update_interest(fd);
@@ -874,6 +920,10 @@ impl Backend for Epoll {
     fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64> {
         let max = super::recv_once_cap(max_len, self.pool.size());
         self.start_recv(fd, token, Kind::RecvOnce { max })
+    }
+
+    fn recvmsg_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        self.start(fd, token, Kind::RecvMsg)
     }
 
     unsafe fn send(

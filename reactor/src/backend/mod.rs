@@ -54,6 +54,10 @@ pub(crate) trait Backend: Send {
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
     /// One receive of at most `max_len` bytes (see [`recv_once_cap`]); one final event.
     fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64>;
+    /// Multishot datagram receive: one event per datagram, laid out in its buffer as
+    /// [`crate::datagram`] says, `result` = payload bytes held, flags `MORE | BUFFER | DATAGRAM`.
+    /// No stash: datagrams of a cancelled receive are dropped.
+    fn recvmsg_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
     /// # Safety
     /// `buf..buf+len` stays valid and unmodified until the op's final event has been returned by
     /// `poll` (the caller's promise in [`crate::Reactor::send`]).

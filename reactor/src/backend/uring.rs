@@ -49,8 +49,8 @@ use super::{
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
-    close_now, current_tid, errno_of, file_identity, fork_generation, forked_child_error,
-    is_always_ready_file, is_fifo, thread_exists,
+    close_now, current_tid, datagram_held, errno_of, file_identity, fork_generation,
+    forked_child_error, is_always_ready_file, is_fifo, thread_exists,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -199,6 +199,11 @@ enum Kind {
     RecvOnce {
         max: u32,
     },
+    /// Datagrams (multishot `recvmsg`); the kernel reads the address and control room from
+    /// `msghdr` at each arming, so it is boxed and lives with the op.
+    RecvMsg {
+        msghdr: Box<libc::msghdr>,
+    },
     Send {
         buf: *const u8,
         len: usize,
@@ -220,6 +225,7 @@ enum Next {
     Watch(Interest),
     Recv,
     RecvOnce,
+    RecvMsg,
     Accept,
     Send { len: usize, sent: usize },
     Final,
@@ -522,6 +528,12 @@ impl Uring {
                 .offset(u64::MAX)
                 .build(),
             Kind::Recv => opcode::RecvMulti::new(fd, BUF_GROUP).build(),
+            // MSG_TRUNC: the header gives a datagram's real length even when it was cut short.
+            Kind::RecvMsg { msghdr } => {
+                opcode::RecvMsgMulti::new(fd, &**msghdr as *const libc::msghdr, BUF_GROUP)
+                    .flags(libc::MSG_TRUNC as u32)
+                    .build()
+            }
             // With a selected buffer the kernel reads min(len, buffer length) bytes (len 0: the
             // whole buffer); `max` is never 0 here.
             Kind::RecvOnce { max } => opcode::Recv::new(fd, std::ptr::null_mut(), *max)
@@ -815,6 +827,7 @@ impl Uring {
             Kind::Watch { interest } => Next::Watch(*interest),
             Kind::Recv => Next::Recv,
             Kind::RecvOnce { .. } => Next::RecvOnce,
+            Kind::RecvMsg { .. } => Next::RecvMsg,
             Kind::Accept => Next::Accept,
             Kind::Send { len, sent, .. } => {
                 if res > 0 {
@@ -879,6 +892,29 @@ impl Uring {
                     // A pipe: read it instead, armed now so that this poll's wait covers it.
                     if let Err(err) = self.arm(key) {
                         self.fail(key, errno_of(&err));
+                    }
+                } else {
+                    if let Some(bid) = buffer {
+                        self.pool.lend(bid);
+                    }
+                    self.fail(key, res);
+                }
+            }
+            Next::RecvMsg => {
+                if let (Some(bid), true) = (buffer, res > 0) {
+                    let room = self.pool.size() - crate::datagram::PAYLOAD;
+                    // SAFETY: the kernel wrote the header at the start of buffer `bid`, which is
+                    // out of the ring now and not lent yet.
+                    let held = unsafe { datagram_held(self.pool.buffer_ptr(bid), room) };
+                    self.depth.received(held);
+                    let flags = flags::MORE | flags::BUFFER | flags::DATAGRAM;
+                    self.emit(key, token, held as i32, flags, u64::from(bid));
+                    if !more {
+                        self.starved.push(key);
+                    }
+                } else if res == -libc::ENOBUFS {
+                    if !more {
+                        self.starved.push(key);
                     }
                 } else {
                     if let Some(bid) = buffer {
@@ -1457,6 +1493,14 @@ impl Backend for Uring {
     fn recv_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
         // Bytes an earlier, cancelled recv on this socket took out of it come first.
         self.start_recv(fd, token, Kind::Recv)
+    }
+
+    fn recvmsg_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
+        // SAFETY: an all-zero msghdr is valid; only the address room matters to a multishot
+        // recvmsg (no iovec: the payload goes to the selected buffer), and no control data.
+        let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msghdr.msg_namelen = crate::datagram::NAME_MAX as libc::socklen_t;
+        self.start(fd, token, Kind::RecvMsg { msghdr })
     }
 
     fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<u64> {

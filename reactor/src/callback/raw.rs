@@ -46,6 +46,12 @@ impl RawOps<'_> {
         self.lp.reactor.recv_multi(fd, token)
     }
 
+    /// See [`crate::Reactor::recvmsg_multi`].
+    pub fn recvmsg_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
+        self.check(token)?;
+        self.lp.reactor.recvmsg_multi(fd, token)
+    }
+
     /// See [`crate::Reactor::recv_once`].
     pub fn recv_once(&mut self, fd: RawFd, max_len: u32, token: u64) -> io::Result<OpId> {
         self.check(token)?;
