@@ -409,3 +409,23 @@ def test_read_pipe_falls_back_to_readiness_when_the_kernel_cannot_receive(loop_f
     finally:
         os.close(slave)
         loop.close()
+
+
+def test_udp_transports_take_a_datagram_receive_on_io_uring_only(loop_factory):
+    if not loop_factory.is_ringloop:
+        pytest.skip("ringloop-only behaviour")
+    loop = loop_factory()
+    try:
+        async def main():
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+            )
+            await asyncio.sleep(0)
+            mode = transport._completion
+            transport.close()
+            await asyncio.sleep(0)
+            return mode
+
+        assert loop.run_until_complete(main()) == (loop_factory.backend == "io_uring")
+    finally:
+        loop.close()

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from support import run
+from support import has_ipv6_loopback, run
 from test_tcp import CollectingClientProtocol, EchoServerProtocol, random_payload
 
 
@@ -216,5 +216,87 @@ def test_datagram_endpoint_on_an_existing_socket_and_unix_datagrams(loop, tmp_pa
         assert unix_collector.received[0] == (b"unix datagram", server_path)
         unix_client.close()
         unix_echo.close()
+
+    run(loop, main())
+
+
+def test_datagram_senders_are_told_apart_over_ipv4_and_ipv6(loop):
+    families = [("127.0.0.1", socket.AF_INET)]
+    if has_ipv6_loopback():
+        families.append(("::1", socket.AF_INET6))
+
+    async def main():
+        for host, family in families:
+            transport, collector = await loop.create_datagram_endpoint(
+                lambda: DatagramCollector(loop, 20), local_addr=(host, 0)
+            )
+            address = transport.get_extra_info("sockname")
+            senders = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(10)]
+            try:
+                for sender in senders:
+                    sender.bind((host, 0))
+                for round_ in range(2):
+                    for i, sender in enumerate(senders):
+                        sender.sendto(b"%d/%d" % (round_, i), address)
+                await collector.done
+                expected = {(b"%d/%d" % (r, i), s.getsockname()) for r in range(2) for i, s in enumerate(senders)}
+                assert set(collector.received) == expected
+            finally:
+                for sender in senders:
+                    sender.close()
+            transport.close()
+
+    run(loop, main())
+
+
+def test_datagram_transport_paused_receives_nothing_until_resumed(loop):
+    async def main():
+        transport, collector = await loop.create_datagram_endpoint(
+            lambda: DatagramCollector(loop, 5), local_addr=("127.0.0.1", 0)
+        )
+        address = transport.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"before", address)
+            while not collector.received:
+                await asyncio.sleep(0.001)
+            transport.pause_reading()
+            assert not transport.is_reading()
+            for i in range(4):
+                sender.sendto(b"paused %d" % i, address)
+            await asyncio.sleep(0.05)
+            assert [d for d, _ in collector.received] == [b"before"]
+            transport.resume_reading()
+            await collector.done
+        assert [d for d, _ in collector.received] == [b"before"] + [b"paused %d" % i for i in range(4)]
+        transport.close()
+
+    run(loop, main())
+
+
+def test_datagram_received_error_is_reported_and_receiving_goes_on(loop):
+    reported = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    class FailsOnce(DatagramCollector):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if len(self.received) == 1:
+                raise ZeroDivisionError("from datagram_received")
+
+    async def main():
+        transport, collector = await loop.create_datagram_endpoint(
+            lambda: FailsOnce(loop, 2), local_addr=("127.0.0.1", 0)
+        )
+        address = transport.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"one", address)
+            while not collector.received:
+                await asyncio.sleep(0.001)
+            sender.sendto(b"two", address)
+            await collector.done
+        assert [d for d, _ in collector.received] == [b"one", b"two"]
+        assert [type(c["exception"]) for c in reported] == [ZeroDivisionError]
+        assert reported[0]["message"].startswith("Exception in callback ")
+        transport.close()
 
     run(loop, main())

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 __all__ = [
+    "DGRAM_NAME",
+    "DGRAM_PAYLOAD",
     "EVENT_SIZE",
+    "EV_DATAGRAM",
     "EV_BUFFER",
     "EV_MORE",
     "READABLE",
@@ -33,6 +36,10 @@ READABLE = 1
 WRITABLE = 2
 EV_MORE = 1
 EV_BUFFER = 2
+EV_DATAGRAM = 4
+#: Where a datagram event's buffer holds the sender's address and the payload (RL_DGRAM_*).
+DGRAM_NAME = 16
+DGRAM_PAYLOAD = 144
 WAKE_TOKEN = (1 << 64) - 1
 TOKEN_RESERVED = 1 << 63
 ERR_BASE = 100000
@@ -149,6 +156,16 @@ class Library:
             # Without argtypes, for Reactor.recv_once (one call per sock_recv): see there.
             self.rl_op_recv_once_bare = pydll._FuncPtr(("rl_op_recv_once", pydll))
             self.rl_op_recv_once_bare.restype = _i32
+        # Library version 0.6: None in an older build, whose loops read UDP as asyncio does.
+        self.rl_op_recvmsg: Optional[Any] = None
+        try:
+            func = pydll.rl_op_recvmsg
+        except AttributeError:
+            pass
+        else:
+            func.restype = _i32
+            func.argtypes = [_ptr, _i32, _u64, _ptr]
+            self.rl_op_recvmsg = func
         # rl_poll without argtypes, for the loop's once-per-iteration poll: it passes
         # parameters prepared once (Reactor.poll_forever_args and poll_nowait_args), so no
         # argument is converted per call. With a zero timeout it never blocks, so that call may
@@ -319,6 +336,9 @@ class Reactor:
         self._out_arg = _pointer_param(self._out_addr)
         #: Whether :meth:`recv_once` exists in this library.
         self.has_recv_once = lib.rl_op_recv_once is not None
+        self._recvmsg = lib.rl_op_recvmsg
+        #: Whether :meth:`recvmsg` exists in this library.
+        self.has_recvmsg = lib.rl_op_recvmsg is not None
         self._send = lib.rl_op_send
         self._cancel = lib.rl_op_cancel
         self._wake = lib.rl_wake_bare
@@ -382,6 +402,14 @@ class Reactor:
 
     def recv(self, fd: int, token: int) -> int:
         rc = self._recv(self._handle, fd, token, self._out_addr)
+        if rc < 0:
+            raise self._lib.error(rc)
+        return self._out.value
+
+    def recvmsg(self, fd: int, token: int) -> int:
+        """A multishot datagram receive: one event per datagram, laid out in its buffer as
+        ``DGRAM_*`` say."""
+        rc = self._recvmsg(self._handle, fd, token, self._out_addr)
         if rc < 0:
             raise self._lib.error(rc)
         return self._out.value

@@ -233,6 +233,8 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         # On epoll the library would read them just as os.read() does, into its own buffers,
         # from which data_received()'s bytes are a second copy: 64 KiB chunks cost 35 % more.
         self._recv_pipes = reactor.backend == "io_uring"
+        # UDP sockets likewise take a datagram receive on io_uring (library 0.6 and later).
+        self._recv_datagrams = reactor.backend == "io_uring" and reactor.has_recvmsg
         selector = RingSelector(
             reactor,
             self._handlers,

@@ -28,7 +28,8 @@ import socket
 import _socket
 import stat
 import warnings
-from typing import Any, List, Optional
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 from asyncio import (
     constants,
@@ -43,7 +44,7 @@ from asyncio import (
 )
 from asyncio.base_events import Server
 
-from ._lib import EV_MORE, READABLE
+from ._lib import DGRAM_NAME, DGRAM_PAYLOAD, EV_MORE, READABLE
 
 logger = logging.getLogger("asyncio")
 
@@ -58,6 +59,11 @@ _sock_family = _socket.socket.family.__get__  # type: ignore[attr-defined]
 _sock_type = _socket.socket.type.__get__  # type: ignore[attr-defined]
 _sock_proto = _socket.socket.proto.__get__  # type: ignore[attr-defined]
 _INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(socket.AF_INET6)
+_inet_ntop = socket.inet_ntop
+_BYTEORDER = sys.byteorder
+_NI_NUMERICHOST = socket.NI_NUMERICHOST
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _IPPROTO_TCP = socket.IPPROTO_TCP
 _TCP_NODELAY = socket.TCP_NODELAY
@@ -779,7 +785,16 @@ MAX_READ_SIZE = 64 * 1024
 
 
 class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
-    """asyncio's datagram transport; UDP datagrams are read with a 64 KiB request."""
+    """asyncio's datagram transport. On io_uring a UDP socket receives through one multishot
+    datagram receive: each datagram comes with the loop's one poll per iteration, with its
+    sender, and no readiness event nor ``recvfrom()`` from Python. Unix datagram sockets, a
+    ``max_size`` below 64 KiB and the epoll backend read as asyncio does, with a 64 KiB request
+    (see ``Loop._recv_datagrams``). Sending is asyncio's."""
+
+    # The receive mode is chosen when reading first starts, as for read pipes.
+    _completion: Optional[bool] = None
+    _recv_op: Optional[int] = None
+    _recv_token = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -787,6 +802,156 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
         self._small_reads = (
             _sock_family(self._sock) in _INET_FAMILIES and self.max_size >= MAX_READ_SIZE
         )
+        # Datagrams of the poll that paused reading, delivered on resume.
+        self._held: List[Tuple[bytes, Any]] = []
+
+    def _add_reader(self, fd: int, callback: Any, *args: Any) -> None:
+        if not self.is_reading():
+            return
+        if self._completion is None:
+            loop = self._loop
+            self._completion = self._small_reads and loop._recv_datagrams
+            if self._completion:
+                reactor = loop._reactor
+                self._buffer_bytes = reactor.buffer_bytes
+                self._buffer_size = reactor.buffer_size
+                # sockaddr_in: family, port, address (8 bytes, then padding); sockaddr_in6: 28.
+                self._name_size = 8 if _sock_family(self._sock) == _AF_INET else 28
+                self._addresses: Dict[bytes, Any] = {}
+        if self._completion:
+            self._start_receiving()
+        else:
+            self._loop._add_reader(fd, callback, *args)
+
+    def pause_reading(self) -> None:
+        if self._completion and self.is_reading():
+            self._stop_receiving()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._completion or self._closing or not self._paused:
+            super().resume_reading()
+            return
+        self._paused = False
+        if self._held or self._loop._selector.dispatching:
+            # On the next turn: held datagrams first, then a new receive.
+            self._loop.call_soon(self._start_receiving)
+        else:
+            self._start_receiving()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def close(self) -> None:
+        if self._completion and not self._closing:
+            self._held.clear()
+            self._stop_receiving()
+        super().close()
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._completion and not self._closing:
+            self._held.clear()
+            self._stop_receiving()
+        super()._force_close(exc)
+
+    def _start_receiving(self) -> None:
+        while self._held:
+            if not self.is_reading():
+                return
+            data, addr = self._held.pop(0)
+            self._deliver(data, addr)
+        if not self.is_reading() or self._recv_op is not None:
+            return
+        loop = self._loop
+        token = loop._new_token()
+        try:
+            self._recv_op = loop._reactor.recvmsg(self._sock_fd, token)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        self._recv_token = token
+        # Protocol callbacks run in a copy of the context reading started in, as asyncio's
+        # reader handle runs them.
+        loop._handlers[token] = _partial(_copy_context().run, self._on_datagram)
+
+    def _stop_receiving(self) -> None:
+        op, self._recv_op = self._recv_op, None
+        token, self._recv_token = self._recv_token, 0
+        if token:
+            selector = self._loop._selector
+            if selector is not None and selector.dispatching:
+                selector.retire(token)  # its events of this batch still reach _on_datagram
+            else:
+                self._loop._handlers.pop(token, None)
+        if op is not None:
+            try:
+                self._loop._reactor.cancel(op)
+            except RuntimeError:
+                pass  # the loop is gone: nothing left to cancel
+
+    def _on_datagram(self, result: int, flags: int, aux: int) -> None:
+        if result >= 0 and flags & EV_MORE:
+            if self._closing:
+                return
+            start = aux * self._buffer_size
+            name = start + DGRAM_NAME
+            key = self._buffer_bytes[name : name + self._name_size]
+            addr = self._addresses.get(key)
+            if addr is None:
+                addr = self._address_of(key)
+            payload = start + DGRAM_PAYLOAD
+            data = self._buffer_bytes[payload : payload + result]
+            if self._paused:
+                self._held.append((data, addr))
+            else:
+                self._deliver(data, addr)
+            return
+        # The receive is over: an error (reported, and receiving goes on, as asyncio's reader
+        # stays), or its cancel.
+        if self._recv_token:
+            self._loop._handlers.pop(self._recv_token, None)
+            self._recv_op = None
+            self._recv_token = 0
+        if result == -_ECANCELED or self._closing:
+            return
+        try:
+            self._protocol.error_received(OSError(-result, os.strerror(-result)))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report_error(exc)
+        if not self._closing:
+            self._start_receiving()
+
+    def _address_of(self, key: bytes) -> Any:
+        # The (host, port[, flowinfo, scope_id]) tuple recvfrom() would give for this sockaddr.
+        port = int.from_bytes(key[2:4], "big")
+        if len(key) == 8:
+            addr: Any = (_inet_ntop(_AF_INET, key[4:8]), port)
+        else:
+            host = _inet_ntop(_AF_INET6, key[8:24])
+            flowinfo = int.from_bytes(key[4:8], "big")
+            scope_id = int.from_bytes(key[24:28], _BYTEORDER)
+            if scope_id:
+                # recvfrom() names a scoped address's interface ("fe80::1%eth0").
+                host = socket.getnameinfo((host, port, flowinfo, scope_id), _NI_NUMERICHOST)[0]
+            addr = (host, port, flowinfo, scope_id)
+        if len(self._addresses) >= 4096:
+            self._addresses.clear()  # many peers: a bounded cache, not a leak
+        self._addresses[key] = addr
+        return addr
+
+    def _deliver(self, data: bytes, addr: Any) -> None:
+        try:
+            self._protocol.datagram_received(data, addr)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report_error(exc)
+
+    def _report_error(self, exc: BaseException) -> None:
+        # As asyncio reports an exception from a protocol method called by _read_ready(): one in
+        # the reader callback; reading goes on.
+        _report_callback_error(events.Handle(self._read_ready, (), self._loop, None), exc)
 
     def _read_ready(self) -> None:
         if not self._small_reads:
