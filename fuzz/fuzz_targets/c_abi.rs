@@ -98,6 +98,8 @@ enum Call {
     LoopFree(LoopRef),
     LoopInfo(LoopRef),
     Socketpair,
+    /// A pair of connected Unix datagram sockets.
+    DatagramPair,
     Pipe,
     Listen,
     CloseFd(u8),
@@ -110,6 +112,8 @@ enum Call {
     Recv(LoopRef, FdRef, bool),
     /// A callback-mode receive whose callback keeps (and sometimes releases) what it gets.
     RecvKeep(LoopRef, FdRef),
+    /// A raw datagram receive (on any fd: stream sockets and pipes are refused).
+    RecvMsg(LoopRef, FdRef),
     Send(LoopRef, FdRef, u16, bool, bool),
     Accept(LoopRef, FdRef, bool),
     Connect(LoopRef, Target, bool),
@@ -464,14 +468,29 @@ impl Harness {
                 if ev.flags & RL_EV_BUFFER != 0 {
                     assert!(ev.result >= 0 && (ev.aux as u32) < count);
                     self.last_buffers.push(ev.aux as u32);
-                    assert!(ev.result as u32 <= size);
-                    // The bytes are readable (ASan checks the access).
+                    // A datagram's payload follows its header and sender's address.
+                    let offset = if ev.flags & RL_EV_DATAGRAM != 0 {
+                        RL_DGRAM_PAYLOAD
+                    } else {
+                        0
+                    };
+                    assert!(ev.result as u32 + offset <= size);
                     // SAFETY: buffer `aux` lies inside the region rl_buffers described.
+                    let buffer = unsafe { base.add(ev.aux as usize * size as usize) };
+                    if offset > 0 {
+                        // SAFETY: the header lies inside the buffer (checked above).
+                        let name_len = unsafe {
+                            buffer
+                                .add(RL_DGRAM_NAME_LEN as usize)
+                                .cast::<u32>()
+                                .read_unaligned()
+                        };
+                        assert!(name_len <= RL_DGRAM_NAME_MAX);
+                    }
+                    // The bytes are readable (ASan checks the access).
+                    // SAFETY: as above, `offset + result` bytes lie inside the buffer.
                     let data = unsafe {
-                        std::slice::from_raw_parts(
-                            base.add(ev.aux as usize * size as usize),
-                            ev.result as usize,
-                        )
+                        std::slice::from_raw_parts(buffer.add(offset as usize), ev.result as usize)
                     };
                     assert!(data.iter().all(|&b| b == 0x5a || b == b'w'));
                 }
@@ -513,6 +532,24 @@ impl Harness {
                     libc::socketpair(
                         libc::AF_UNIX,
                         libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        0,
+                        pair.as_mut_ptr(),
+                    )
+                };
+                if rc == 0 {
+                    for fd in pair {
+                        // SAFETY: fresh fds from socketpair.
+                        self.keep_fd(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            Call::DatagramPair => {
+                let mut pair = [0; 2];
+                // SAFETY: `pair` has room for two fds.
+                let rc = unsafe {
+                    libc::socketpair(
+                        libc::AF_UNIX,
+                        libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                         0,
                         pair.as_mut_ptr(),
                     )
@@ -616,6 +653,15 @@ impl Harness {
                 };
                 check(rc, "recv");
                 self.record_op(rc, op, raw);
+            }
+            Call::RecvMsg(r, f) => {
+                let (lp, fd) = (self.lp(r), self.fd(f));
+                let mut op = 0;
+                let token = self.token(TOKEN_OTHER);
+                // SAFETY: `op` is writable.
+                let rc = unsafe { rl_op_recvmsg(lp, fd, token, &mut op) };
+                check(rc, "recvmsg");
+                self.record_op(rc, op, true);
             }
             Call::RecvKeep(r, f) => {
                 let (lp, fd) = (self.lp(r), self.fd(f));
