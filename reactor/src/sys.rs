@@ -185,23 +185,28 @@ pub(crate) unsafe fn datagram_held(buf: *const u8, room: usize) -> usize {
     (full as usize).min(room)
 }
 
-/// Whether `fd` is a datagram socket (`SO_TYPE` is `SOCK_DGRAM`): `ENOTSOCK`, `EBADF`... when
-/// the question has no answer.
-pub(crate) fn is_datagram_socket(fd: std::os::fd::RawFd) -> io::Result<bool> {
-    let mut kind: libc::c_int = 0;
+/// An integer `SOL_SOCKET` option of `fd` (`SO_ERROR`, `SO_TYPE`...).
+pub(crate) fn socket_option(fd: std::os::fd::RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind`/`len` are valid out-parameters of the right size.
+    // SAFETY: `value`/`len` are valid out-parameters of the right size.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
+            name,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
     neg_errno(rc)?;
-    Ok(kind == libc::SOCK_DGRAM)
+    Ok(value)
+}
+
+/// Whether `fd` is a datagram socket (`SO_TYPE` is `SOCK_DGRAM`): `ENOTSOCK`, `EBADF`... when
+/// the question has no answer.
+pub(crate) fn is_datagram_socket(fd: std::os::fd::RawFd) -> io::Result<bool> {
+    Ok(socket_option(fd, libc::SO_TYPE)? == libc::SOCK_DGRAM)
 }
 
 /// `(st_dev, st_ino)` of an open fd, or `None` when it is not open.

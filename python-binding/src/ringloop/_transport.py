@@ -29,7 +29,7 @@ import _socket
 import stat
 import warnings
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from asyncio import (
     constants,
@@ -784,7 +784,55 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
 MAX_READ_SIZE = 64 * 1024
 
 
-class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
+class _ReceiveOp:
+    """The one multishot receive op of a transport that reads through the library instead of on
+    readiness (read pipes and UDP sockets on io_uring): arming it, cancelling it, and reporting a
+    protocol's exception as asyncio's reader callback would."""
+
+    _loop: Any
+    _recv_op: Optional[int] = None
+    _recv_token = 0
+
+    def _arm_receive(self, start: Callable[[int, int], int], fd: int, handler: Any) -> None:
+        # start(fd, token) is the Reactor method that starts the op; handler gets its events.
+        loop = self._loop
+        token = loop._new_token()
+        self._recv_op = start(fd, token)  # (OSError for the caller)
+        self._recv_token = token
+        # Protocol callbacks run in a copy of the context reading started in, as asyncio's
+        # reader handle runs them.
+        loop._handlers[token] = _partial(_copy_context().run, handler)
+
+    def _cancel_receive(self) -> None:
+        op, self._recv_op = self._recv_op, None
+        token, self._recv_token = self._recv_token, 0
+        if token:
+            selector = self._loop._selector
+            if selector is not None and selector.dispatching:
+                selector.retire(token)  # its events of this batch still reach the handler
+            else:
+                self._loop._handlers.pop(token, None)
+        if op is not None:
+            try:
+                self._loop._reactor.cancel(op)
+            except RuntimeError:
+                pass  # the loop is gone: nothing left to cancel
+
+    def _receive_ended(self) -> None:
+        # The op produced its last event (end of stream, error, cancel).
+        if self._recv_token:
+            self._loop._handlers.pop(self._recv_token, None)
+            self._recv_op = None
+            self._recv_token = 0
+
+    def _report_error(self, exc: BaseException) -> None:
+        # As asyncio reports an exception from a protocol method that its _read_ready() called:
+        # one in the reader callback; reading goes on.
+        handle = events.Handle(self._read_ready, (), self._loop, None)  # type: ignore[attr-defined]
+        _report_callback_error(handle, exc)
+
+
+class RingDatagramTransport(_ReceiveOp, selector_events._SelectorDatagramTransport):  # type: ignore[misc,name-defined]
     """asyncio's datagram transport. On io_uring a UDP socket receives through one multishot
     datagram receive: each datagram comes with the loop's one poll per iteration, with its
     sender, and no readiness event nor ``recvfrom()`` from Python. Unix datagram sockets, a
@@ -793,8 +841,6 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
 
     # The receive mode is chosen when reading first starts, as for read pipes.
     _completion: Optional[bool] = None
-    _recv_op: Optional[int] = None
-    _recv_token = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -825,7 +871,7 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
 
     def pause_reading(self) -> None:
         if self._completion and self.is_reading():
-            self._stop_receiving()
+            self._cancel_receive()
         super().pause_reading()
 
     def resume_reading(self) -> None:
@@ -844,13 +890,13 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
     def close(self) -> None:
         if self._completion and not self._closing:
             self._held.clear()
-            self._stop_receiving()
+            self._cancel_receive()
         super().close()
 
     def _force_close(self, exc: Optional[BaseException]) -> None:
         if self._completion and not self._closing:
             self._held.clear()
-            self._stop_receiving()
+            self._cancel_receive()
         super()._force_close(exc)
 
     def _start_receiving(self) -> None:
@@ -861,32 +907,10 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
             self._deliver(data, addr)
         if not self.is_reading() or self._recv_op is not None:
             return
-        loop = self._loop
-        token = loop._new_token()
         try:
-            self._recv_op = loop._reactor.recvmsg(self._sock_fd, token)
+            self._arm_receive(self._loop._reactor.recvmsg, self._sock_fd, self._on_datagram)
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
-        self._recv_token = token
-        # Protocol callbacks run in a copy of the context reading started in, as asyncio's
-        # reader handle runs them.
-        loop._handlers[token] = _partial(_copy_context().run, self._on_datagram)
-
-    def _stop_receiving(self) -> None:
-        op, self._recv_op = self._recv_op, None
-        token, self._recv_token = self._recv_token, 0
-        if token:
-            selector = self._loop._selector
-            if selector is not None and selector.dispatching:
-                selector.retire(token)  # its events of this batch still reach _on_datagram
-            else:
-                self._loop._handlers.pop(token, None)
-        if op is not None:
-            try:
-                self._loop._reactor.cancel(op)
-            except RuntimeError:
-                pass  # the loop is gone: nothing left to cancel
 
     def _on_datagram(self, result: int, flags: int, aux: int) -> None:
         if result >= 0 and flags & EV_MORE:
@@ -907,10 +931,7 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
             return
         # The receive is over: an error (reported, and receiving goes on, as asyncio's reader
         # stays), or its cancel.
-        if self._recv_token:
-            self._loop._handlers.pop(self._recv_token, None)
-            self._recv_op = None
-            self._recv_token = 0
+        self._receive_ended()
         if result == -_ECANCELED or self._closing:
             return
         try:
@@ -948,11 +969,6 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
         except BaseException as exc:
             self._report_error(exc)
 
-    def _report_error(self, exc: BaseException) -> None:
-        # As asyncio reports an exception from a protocol method called by _read_ready(): one in
-        # the reader callback; reading goes on.
-        _report_callback_error(events.Handle(self._read_ready, (), self._loop, None), exc)
-
     def _read_ready(self) -> None:
         if not self._small_reads:
             super()._read_ready()
@@ -973,7 +989,7 @@ class RingDatagramTransport(selector_events._SelectorDatagramTransport):  # type
             self._protocol.datagram_received(data, addr)
 
 
-class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore[misc,name-defined]
+class RingReadPipeTransport(_ReceiveOp, unix_events._UnixReadPipeTransport):  # type: ignore[misc,name-defined]
     """asyncio's read-pipe transport (subprocess output too). On io_uring a pipe or socket is
     read by a multishot receive: its bytes come with the loop's one poll per iteration, with no
     readiness event and no ``os.read()`` from Python. A character device (a tty), a ``max_size``
@@ -984,8 +1000,6 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
     # set max_size) and kept: a cancelled receive leaves the bytes it took for the next receive
     # op, which an os.read() would overtake.
     _completion: Optional[bool] = None
-    _recv_op: Optional[int] = None
-    _recv_token = 0
 
     def __init__(
         self,
@@ -1044,7 +1058,7 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
         if not self.is_reading():
             return
         self._paused = True
-        self._stop_reading()
+        self._cancel_receive()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -1072,7 +1086,7 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
             return
         self._closing = True
         self._held.clear()
-        self._stop_reading()
+        self._cancel_receive()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _start_reading(self) -> None:
@@ -1082,32 +1096,10 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
             self._deliver(self._held.pop(0))
         if not self.is_reading() or self._recv_op is not None:
             return
-        loop = self._loop
-        token = loop._new_token()
         try:
-            self._recv_op = loop._reactor.recv(self._fileno, token)
+            self._arm_receive(self._loop._reactor.recv, self._fileno, self._on_recv)
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on pipe transport")
-            return
-        self._recv_token = token
-        # Protocol callbacks run in a copy of the context reading started in, as asyncio's
-        # reader handle runs them.
-        loop._handlers[token] = _partial(_copy_context().run, self._on_recv)
-
-    def _stop_reading(self) -> None:
-        op, self._recv_op = self._recv_op, None
-        token, self._recv_token = self._recv_token, 0
-        if token:
-            selector = self._loop._selector
-            if selector is not None and selector.dispatching:
-                selector.retire(token)  # its events of this batch still reach _on_recv
-            else:
-                self._loop._handlers.pop(token, None)
-        if op is not None:
-            try:
-                self._loop._reactor.cancel(op)
-            except RuntimeError:
-                pass  # the loop is gone: nothing left to cancel
 
     def _on_recv(self, result: int, flags: int, aux: int) -> None:
         if result > 0 and flags & EV_MORE and not (self._closing or self._paused):
@@ -1120,11 +1112,8 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
             except BaseException as exc:
                 self._report_error(exc)
             return
-        if not flags & EV_MORE and self._recv_token:
-            # The receive is over (end of stream, error).
-            self._loop._handlers.pop(self._recv_token, None)
-            self._recv_op = None
-            self._recv_token = 0
+        if not flags & EV_MORE:
+            self._receive_ended()
         if self._closing:
             return
         if result > 0:
@@ -1159,11 +1148,6 @@ class RingReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore
             raise
         except BaseException as exc:
             self._report_error(exc)
-
-    def _report_error(self, exc: BaseException) -> None:
-        # As asyncio reports an exception from data_received() here: one in the reader callback;
-        # reading goes on.
-        _report_callback_error(events.Handle(self._read_ready, (), self._loop, None), exc)
 
     def _read_ready(self) -> None:
         if self.max_size < MAX_READ_SIZE:

@@ -39,7 +39,7 @@ use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable, Unstashed};
 use crate::sys::{
     close_now, errno_of, fork_generation, forked_child_error, from_nix, is_fifo, neg_errno,
-    neg_errno_of, read_nowait, recv_datagram,
+    neg_errno_of, read_nowait, recv_datagram, socket_option,
 };
 use crate::wake::WakeShared;
 use crate::{flags, BackendKind, Event, Interest, Options};
@@ -415,20 +415,8 @@ impl Epoll {
                     self.do_send(key, fd);
                 }
                 Kind::Connect if revents & (OUT | ERR_HUP) != 0 => {
-                    let mut error: libc::c_int = 0;
-                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    // SAFETY: `error`/`len` are valid out-parameters of the right size.
-                    let rc = unsafe {
-                        libc::getsockopt(
-                            fd,
-                            libc::SOL_SOCKET,
-                            libc::SO_ERROR,
-                            &mut error as *mut libc::c_int as *mut libc::c_void,
-                            &mut len,
-                        )
-                    };
-                    let result = match neg_errno(rc) {
-                        Ok(_) => -error,
+                    let result = match socket_option(fd, libc::SO_ERROR) {
+                        Ok(error) => -error,
                         Err(err) => errno_of(&err),
                     };
                     self.finish(key, result);
@@ -452,14 +440,23 @@ impl Epoll {
         let _ = self.update_interest(fd);
     }
 
+    /// A free buffer for recv `key`; without one the recv is starved: it loses its read interest
+    /// until the next `poll` has recycled buffers, and then receives before the others.
+    fn free_buffer_for(&mut self, key: u64) -> Option<u16> {
+        let bid = self.free.pop();
+        if bid.is_none() {
+            if let Some(op) = self.ops.get_mut(key) {
+                op.starved = true;
+                self.starved.push(key);
+            }
+        }
+        bid
+    }
+
     fn do_recv(&mut self, key: u64, fd: RawFd, token: u64) {
         let mut pipe = self.ops.get(key).is_some_and(|op| op.pipe);
         for _ in 0..RECV_BURST {
-            let Some(bid) = self.free.pop() else {
-                if let Some(op) = self.ops.get_mut(key) {
-                    op.starved = true;
-                    self.starved.push(key);
-                }
+            let Some(bid) = self.free_buffer_for(key) else {
                 return;
             };
             // SAFETY: a free buffer is referenced by nobody else; it lies inside the pool.
@@ -514,11 +511,7 @@ impl Epoll {
 
     fn do_recv_once(&mut self, key: u64, fd: RawFd, token: u64, max: u32) {
         loop {
-            let Some(bid) = self.free.pop() else {
-                if let Some(op) = self.ops.get_mut(key) {
-                    op.starved = true;
-                    self.starved.push(key);
-                }
+            let Some(bid) = self.free_buffer_for(key) else {
                 return;
             };
             // SAFETY: a free buffer is referenced by nobody else; it lies inside the pool, and
@@ -552,11 +545,7 @@ impl Epoll {
 
     fn do_recvmsg(&mut self, key: u64, fd: RawFd, token: u64) {
         for _ in 0..RECV_BURST {
-            let Some(bid) = self.free.pop() else {
-                if let Some(op) = self.ops.get_mut(key) {
-                    op.starved = true;
-                    self.starved.push(key);
-                }
+            let Some(bid) = self.free_buffer_for(key) else {
                 return;
             };
             // SAFETY: a free buffer is referenced by nobody else; the pool's buffers are larger
