@@ -224,6 +224,7 @@ typedef struct rl_loop rl_loop;
  * | `rl_call_soon*`, `rl_call_later`, `rl_call_at` | 0 | -1 | NULL/0 |
  * | `rl_add_reader`/`rl_add_writer` | ready bits (`RL_READABLE`/`RL_WRITABLE`) | the fd | NULL/0 |
  * | `rl_recv` | byte count, 0 = end of stream, or `-errno` | the socket | the bytes |
+ * | `rl_recvmsg` | payload bytes (0: an empty datagram) or `-errno` | the socket | the payload (`source`: the sender) |
  * | `rl_accept` | the new fd (the callback owns it) or `-errno` | the listening socket | NULL/0 |
  * | `rl_send` | total bytes sent or `-errno` | the socket | NULL/0 |
  * | `rl_connect`, `rl_close` | 0 or `-errno` | the socket | NULL/0 |
@@ -260,6 +261,16 @@ typedef struct rl_outcome {
      * The result value of a future (done callbacks), else 0.
      */
     uint64_t value;
+    /**
+     * The sender of a datagram (`rl_recvmsg` only): a `struct sockaddr` of `source_len` bytes,
+     * valid during the callback; else NULL. (Added in 0.6.0, after the fields above, which
+     * keep their places.)
+     */
+    const void *source;
+    /**
+     * Length of `source` in bytes (0 without one).
+     */
+    uint32_t source_len;
 } rl_outcome;
 
 /**
@@ -509,6 +520,26 @@ int rl_accept(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t
  * `op_out` is NULL or writable.
  */
 int rl_recv(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
+
+/**
+ * Receives datagrams on the `SOCK_DGRAM` socket `fd` (UDP, Unix datagram; multishot, as
+ * `rl_op_recvmsg`): `cb` gets each datagram with `RL_EV_MORE`, its payload in
+ * `outcome->bytes`/`nbytes` (`result` = `nbytes`; 0 for an empty datagram, when `bytes` is NULL)
+ * and its sender in `outcome->source`/`source_len` (a `struct sockaddr`), both valid only
+ * during the call (copy them: `rl_recv_keep` does not apply); then a last call without
+ * `RL_EV_MORE` with the `-errno` that ended the receive (`-ECONNREFUSED` after an ICMP error
+ * on a connected socket, ...): register again to go on. A datagram longer than
+ * `buffer_size - RL_DGRAM_PAYLOAD` is cut short, as `recvmsg` cuts it. After `rl_cancel`,
+ * datagrams received and not yet delivered are dropped.
+ *
+ * Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`,
+ * `-EBADF`, `-ENOTSOCK`, `-EOPNOTSUPP` (not a datagram socket), `RL_EHANDLE`, `RL_ESTATE`,
+ * `-errno`. The fd stays the caller's. Loop thread only.
+ *
+ * # Safety
+ * `op_out` is NULL or writable.
+ */
+int rl_recvmsg(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
 
 /**
  * Keeps the bytes an `rl_recv` callback got beyond the callback: called from that callback with

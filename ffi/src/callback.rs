@@ -23,6 +23,7 @@ use crate::{RL_EV_MORE, RL_RUN_DEFAULT, RL_RUN_NOWAIT, RL_RUN_ONCE};
 /// | `rl_call_soon*`, `rl_call_later`, `rl_call_at` | 0 | -1 | NULL/0 |
 /// | `rl_add_reader`/`rl_add_writer` | ready bits (`RL_READABLE`/`RL_WRITABLE`) | the fd | NULL/0 |
 /// | `rl_recv` | byte count, 0 = end of stream, or `-errno` | the socket | the bytes |
+/// | `rl_recvmsg` | payload bytes (0: an empty datagram) or `-errno` | the socket | the payload (`source`: the sender) |
 /// | `rl_accept` | the new fd (the callback owns it) or `-errno` | the listening socket | NULL/0 |
 /// | `rl_send` | total bytes sent or `-errno` | the socket | NULL/0 |
 /// | `rl_connect`, `rl_close` | 0 or `-errno` | the socket | NULL/0 |
@@ -48,6 +49,12 @@ pub struct rl_outcome {
     pub flags: u32,
     /// The result value of a future (done callbacks), else 0.
     pub value: u64,
+    /// The sender of a datagram (`rl_recvmsg` only): a `struct sockaddr` of `source_len` bytes,
+    /// valid during the callback; else NULL. (Added in 0.6.0, after the fields above, which
+    /// keep their places.)
+    pub source: *const c_void,
+    /// Length of `source` in bytes (0 without one).
+    pub source_len: u32,
 }
 
 /// A callback: called on the loop thread with the loop, what happened, and the `data` it was
@@ -108,6 +115,12 @@ unsafe fn call_c(lp: &mut EventLoop, outcome: &Outcome<'_>, data: *mut c_void, e
         nbytes: outcome.bytes.len(),
         flags: if outcome.more { RL_EV_MORE } else { 0 },
         value,
+        source: if outcome.source.is_empty() {
+            std::ptr::null()
+        } else {
+            outcome.source.as_ptr().cast()
+        },
+        source_len: outcome.source.len() as u32,
     };
     let entry = lp.context().cast_const().cast::<LoopEntry>();
     debug_assert!(
@@ -428,6 +441,35 @@ pub unsafe extern "C" fn rl_recv(
 ) -> c_int {
     register(r#loop, cb, data, op_out, |lp, cb| {
         lp.recv_raw(check_fd(fd)?, cb).map(|op| op.into_raw())
+    })
+}
+
+/// Receives datagrams on the `SOCK_DGRAM` socket `fd` (UDP, Unix datagram; multishot, as
+/// `rl_op_recvmsg`): `cb` gets each datagram with `RL_EV_MORE`, its payload in
+/// `outcome->bytes`/`nbytes` (`result` = `nbytes`; 0 for an empty datagram, when `bytes` is NULL)
+/// and its sender in `outcome->source`/`source_len` (a `struct sockaddr`), both valid only
+/// during the call (copy them: `rl_recv_keep` does not apply); then a last call without
+/// `RL_EV_MORE` with the `-errno` that ended the receive (`-ECONNREFUSED` after an ICMP error
+/// on a connected socket, ...): register again to go on. A datagram longer than
+/// `buffer_size - RL_DGRAM_PAYLOAD` is cut short, as `recvmsg` cuts it. After `rl_cancel`,
+/// datagrams received and not yet delivered are dropped.
+///
+/// Stores the op id in `*op_out` (when not NULL) for `rl_cancel`. Returns 0, `-EINVAL`,
+/// `-EBADF`, `-ENOTSOCK`, `-EOPNOTSUPP` (not a datagram socket), `RL_EHANDLE`, `RL_ESTATE`,
+/// `-errno`. The fd stays the caller's. Loop thread only.
+///
+/// # Safety
+/// `op_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rl_recvmsg(
+    r#loop: *mut rl_loop,
+    fd: c_int,
+    cb: rl_callback,
+    data: *mut c_void,
+    op_out: *mut u64,
+) -> c_int {
+    register(r#loop, cb, data, op_out, |lp, cb| {
+        lp.recvmsg_raw(check_fd(fd)?, cb).map(|op| op.into_raw())
     })
 }
 

@@ -112,8 +112,9 @@ enum Call {
     Recv(LoopRef, FdRef, bool),
     /// A callback-mode receive whose callback keeps (and sometimes releases) what it gets.
     RecvKeep(LoopRef, FdRef),
-    /// A raw datagram receive (on any fd: stream sockets and pipes are refused).
-    RecvMsg(LoopRef, FdRef),
+    /// A datagram receive, raw or callback mode (on any fd: stream sockets and pipes are
+    /// refused).
+    RecvMsg(LoopRef, FdRef, bool),
     Send(LoopRef, FdRef, u16, bool, bool),
     Accept(LoopRef, FdRef, bool),
     Connect(LoopRef, Target, bool),
@@ -177,7 +178,11 @@ unsafe extern "C" fn on_accept(_lp: *mut rl_loop, outcome: *const rl_outcome, _d
 
 /// Receive callback that keeps the received bytes' buffer with `rl_recv_keep`, and releases every
 /// other one at once (the rest stay kept until the loop is freed, which frees them).
-unsafe extern "C" fn on_recv_keep(lp: *mut rl_loop, outcome: *const rl_outcome, _data: *mut c_void) {
+unsafe extern "C" fn on_recv_keep(
+    lp: *mut rl_loop,
+    outcome: *const rl_outcome,
+    _data: *mut c_void,
+) {
     // SAFETY: NULL is refused, not read.
     assert_eq!(unsafe { rl_recv_keep(lp, std::ptr::null()) }, -libc::EINVAL);
     // SAFETY: the loop passes a valid outcome for the duration of the call.
@@ -192,10 +197,41 @@ unsafe extern "C" fn on_recv_keep(lp: *mut rl_loop, outcome: *const rl_outcome, 
     assert!(id >= 0 || id == -libc::ENOENT, "rl_recv_keep returned {id}");
     if id >= 0 {
         // SAFETY: as above.
-        assert_eq!(unsafe { rl_recv_keep(lp, outcome) }, -libc::ENOENT, "kept twice");
+        assert_eq!(
+            unsafe { rl_recv_keep(lp, outcome) },
+            -libc::ENOENT,
+            "kept twice"
+        );
         if id % 2 == 0 {
             assert_eq!(rl_buffer_release(lp, id as u32), 0);
         }
+    }
+}
+
+/// Datagram callback: the payload and the sender it is given are readable for their lengths
+/// (ASan checks the reads), and a sender never exceeds a `sockaddr_storage`.
+unsafe extern "C" fn on_datagram(
+    _lp: *mut rl_loop,
+    outcome: *const rl_outcome,
+    _data: *mut c_void,
+) {
+    // SAFETY: the loop passes a valid outcome for the duration of the call.
+    let o = unsafe { &*outcome };
+    if o.result < 0 {
+        assert_eq!(o.flags & RL_EV_MORE, 0, "an error ends the receive");
+        return;
+    }
+    assert!(o.source_len as usize <= RL_DGRAM_NAME_MAX as usize);
+    if o.nbytes > 0 {
+        // SAFETY: `bytes` holds `nbytes` readable bytes during the call.
+        let payload = unsafe { std::slice::from_raw_parts(o.bytes, o.nbytes) };
+        assert!(payload.iter().all(|&b| b == 0x5a || b == b'w'));
+    }
+    if o.source_len > 0 {
+        // SAFETY: `source` holds `source_len` readable bytes during the call.
+        let source =
+            unsafe { std::slice::from_raw_parts(o.source.cast::<u8>(), o.source_len as usize) };
+        assert!(!source.is_empty());
     }
 }
 
@@ -654,14 +690,19 @@ impl Harness {
                 check(rc, "recv");
                 self.record_op(rc, op, raw);
             }
-            Call::RecvMsg(r, f) => {
+            Call::RecvMsg(r, f, raw) => {
                 let (lp, fd) = (self.lp(r), self.fd(f));
                 let mut op = 0;
-                let token = self.token(TOKEN_OTHER);
-                // SAFETY: `op` is writable.
-                let rc = unsafe { rl_op_recvmsg(lp, fd, token, &mut op) };
+                let rc = if raw {
+                    let token = self.token(TOKEN_OTHER);
+                    // SAFETY: `op` is writable.
+                    unsafe { rl_op_recvmsg(lp, fd, token, &mut op) }
+                } else {
+                    // SAFETY: `op` is writable.
+                    unsafe { rl_recvmsg(lp, fd, Some(on_datagram), null, &mut op) }
+                };
                 check(rc, "recvmsg");
-                self.record_op(rc, op, true);
+                self.record_op(rc, op, raw);
             }
             Call::RecvKeep(r, f) => {
                 let (lp, fd) = (self.lp(r), self.fd(f));

@@ -876,6 +876,56 @@ fn recv_reports_eof_and_cancel_stops_callbacks(choice: BackendChoice) {
     drop(b);
 }
 
+/// `recvmsg`: each datagram once and in order with its sender (an empty one too), no callback
+/// after a cancel, a stream socket refused.
+fn recvmsg_delivers_datagrams_with_their_senders(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let op = lp
+        .recvmsg(server.as_raw_fd(), move |_, datagram| {
+            let (payload, source) = datagram.expect("recvmsg failed");
+            // A sockaddr_in: family, then the port in network order.
+            let port = u16::from_be_bytes([source[2], source[3]]);
+            s.borrow_mut().push((payload.to_vec(), port));
+        })
+        .unwrap();
+    let to = server.local_addr().unwrap();
+    for message in [&b"first"[..], b"", b"third"] {
+        client.send_to(message, to).unwrap();
+    }
+    let dog = watchdog(&mut lp, 30);
+    while seen.borrow().len() < 3 {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    let port = client.local_addr().unwrap().port();
+    assert_eq!(
+        *seen.borrow(),
+        [
+            (b"first".to_vec(), port),
+            (Vec::new(), port),
+            (b"third".to_vec(), port)
+        ]
+    );
+    client.send_to(b"after the cancel", to).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(lp.cancel(op));
+    assert!(!lp.run(RunMode::NoWait).unwrap());
+    assert_eq!(seen.borrow().len(), 3, "no callback after the cancel");
+
+    // A stream socket is refused, with no callback.
+    let (a, _b) = pair();
+    let err = lp
+        .recvmsg(a.as_raw_fd(), |_, _| panic!("called"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+    assert!(!lp.is_alive());
+}
+
 /// Starts a recv on `fd` that appends to `got` and cancels itself (restarting from a fresh
 /// callback) after every 64 KiB, as a server applying backpressure does.
 fn start_stuttering_recv(
@@ -1718,6 +1768,7 @@ suite!(
     accept_recv_send_echo,
     connect_to_a_closed_port_is_refused,
     recv_reports_eof_and_cancel_stops_callbacks,
+    recvmsg_delivers_datagrams_with_their_senders,
     cancelling_and_restarting_recv_loses_no_bytes,
     futures_completed_from_other_threads,
     run_in_thread_results,

@@ -485,6 +485,67 @@ fn raw_datagrams(lp: *mut rl_loop) {
     println!("raw datagrams: 3 datagrams with their sender, a stream socket refused");
 }
 
+/// `rl_recvmsg`'s callback: records the payload and the sender's port, from `outcome` alone.
+unsafe extern "C" fn on_datagram(_lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: registered with a `Vec` that outlives the runs; `o` is valid during the call, and
+    // its bytes and source are valid for their lengths.
+    unsafe {
+        let seen = &mut *(data as *mut Vec<(Vec<u8>, u16)>);
+        let o = &*o;
+        assert!(o.result >= 0, "{}", o.result);
+        assert_eq!(o.flags, RL_EV_MORE);
+        assert_eq!(o.nbytes, o.result as usize);
+        let payload = if o.nbytes == 0 {
+            assert!(o.bytes.is_null());
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(o.bytes, o.nbytes).to_vec()
+        };
+        assert_eq!(o.source_len, 16, "a sockaddr_in");
+        let name = std::slice::from_raw_parts(o.source.cast::<u8>(), 4);
+        seen.push((payload, u16::from_be_bytes([name[2], name[3]])));
+    }
+}
+
+/// Callback mode's `rl_recvmsg` (0.6.0): datagrams with their sender in `rl_outcome.source`.
+fn callback_datagrams(lp: *mut rl_loop) {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seen: Vec<(Vec<u8>, u16)> = Vec::new();
+    let mut op = 0u64;
+    // SAFETY: valid loop; `seen` outlives the runs and the receive (cancelled below).
+    unsafe {
+        check(
+            rl_recvmsg(
+                lp,
+                server.as_raw_fd(),
+                Some(on_datagram),
+                &mut seen as *mut _ as *mut c_void,
+                &mut op,
+            ),
+            "rl_recvmsg",
+        );
+        for message in [&b"uno"[..], b"", b"tres"] {
+            client.send_to(message, server.local_addr().unwrap()).unwrap();
+        }
+        while seen.len() < 3 {
+            check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
+        }
+        assert_eq!(rl_cancel(lp, op), 1);
+    }
+    let port = client.local_addr().unwrap().port();
+    assert_eq!(
+        seen,
+        [
+            (b"uno".to_vec(), port),
+            (Vec::new(), port),
+            (b"tres".to_vec(), port)
+        ]
+    );
+    println!("callback datagrams: 3 datagrams with their sender");
+}
+
 fn backend_is_io_uring(lp: *mut rl_loop) -> bool {
     // SAFETY: a valid loop; the name is a static string.
     unsafe { CStr::from_ptr(rl_loop_backend(lp)) }.to_bytes() == b"io_uring"
@@ -1142,6 +1203,7 @@ fn main() {
     raw_wake(lp);
     callback_mode(lp);
     callback_kept_buffers(lp);
+    callback_datagrams(lp);
     mixed_modes(lp);
     connect_and_accept(lp);
     free_cancels_registered_callbacks();

@@ -16,6 +16,7 @@ use super::EventLoop;
 /// | `call_soon*`, `call_later*`, `call_at*` | `0` | `-1` | empty |
 /// | `add_reader*` / `add_writer*` | ready [`crate::Interest`] bits | the watched fd | empty |
 /// | `recv*` | byte count, `0` = EOF, or `-errno` | the socket | the received bytes |
+/// | `recvmsg*` | payload bytes (`0`: an empty datagram) or `-errno` | the socket | the payload (`source`: the sender) |
 /// | `accept*` | the new fd (the callback owns it) or `-errno` | the listening socket | empty |
 /// | `send*` | total bytes sent or `-errno` | the socket | empty |
 /// | `connect*`, `close*` | `0` or `-errno` | the socket | empty |
@@ -33,6 +34,9 @@ pub struct Outcome<'a> {
     /// Received bytes (recv only). Valid only during the callback: the buffer goes back to the
     /// reactor's pool when the callback returns.
     pub bytes: &'a [u8],
+    /// The sender's address of a datagram (`recvmsg` only): `sockaddr` bytes, valid as long as
+    /// `bytes`. Empty for everything else.
+    pub source: &'a [u8],
     /// Whether more calls will follow for this registration (multishot ops and watches).
     pub more: bool,
     /// The future whose done-callback this is.
@@ -45,6 +49,7 @@ impl Outcome<'_> {
             result,
             fd: -1,
             bytes: &[],
+            source: &[],
             more: false,
             future: None,
         }

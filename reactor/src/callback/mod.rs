@@ -669,10 +669,16 @@ impl EventLoop {
             Some(data) => unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) },
             None => &[],
         };
+        let source: &[u8] = match self.reactor.event_source(&event) {
+            // SAFETY: as for `bytes`: the same buffer, lent to the callback only.
+            Some(name) => unsafe { std::slice::from_raw_parts(name.as_ptr(), name.len()) },
+            None => &[],
+        };
         let outcome = Outcome {
             result: event.result,
             fd,
             bytes,
+            source,
             more: !last,
             future: None,
         };
@@ -695,7 +701,8 @@ impl EventLoop {
                 // gone, so nothing else holds or will close this fd.
                 drop(unsafe { OwnedFd::from_raw_fd(event.result) });
             }
-            OpKind::Recv if event.result > 0 => {
+            // (A datagram of a cancelled receive is dropped: datagrams have no order to keep.)
+            OpKind::Recv if event.result > 0 && event.flags & flags::DATAGRAM == 0 => {
                 let Some(&(_, fd)) = self.cancelled_recvs.iter().find(|(k, _)| *k == key) else {
                     // Ended by a close: unread bytes of a closed socket are gone anyway.
                     return;
@@ -747,6 +754,7 @@ impl EventLoop {
                 result: chunk.len() as i32,
                 fd,
                 bytes: chunk,
+                source: &[],
                 more: true,
                 future: None,
             };
@@ -1436,6 +1444,42 @@ impl EventLoop {
         Self::check_fd(fd)?;
         let key = self.start_op(OpKind::Recv, fd, handler, None, |r, token| {
             r.recv_multi(fd, token)
+        })?;
+        Ok(OpHandle(token_for(OpKind::Recv, key)))
+    }
+
+    /// Receives datagrams on the `SOCK_DGRAM` socket `fd` (multishot, see
+    /// [`crate::Reactor::recvmsg_multi`]): `f` gets each datagram's payload and its sender's
+    /// address (`sockaddr` bytes), both valid during the call, then a last call with the error
+    /// that ended the receive. [`EventLoop::cancel`] stops it; datagrams received for it and not
+    /// yet delivered are dropped.
+    pub fn recvmsg(
+        &mut self,
+        fd: RawFd,
+        mut f: impl FnMut(&mut EventLoop, io::Result<(&[u8], &[u8])>) + 'static,
+    ) -> io::Result<OpHandle> {
+        let handler = Handler::Many(Box::new(move |lp, outcome| {
+            if outcome.result >= 0 {
+                f(lp, Ok((outcome.bytes, outcome.source)))
+            } else {
+                f(lp, Err(io::Error::from_raw_os_error(-outcome.result)))
+            }
+        }));
+        self.recvmsg_with(fd, handler)
+    }
+
+    /// [`EventLoop::recvmsg`] for a raw callback: `bytes` holds the payload, `result` its length
+    /// (or `-errno`), `source` the sender; `more` is false on the last call.
+    pub fn recvmsg_raw(&mut self, fd: RawFd, cb: RawCallback) -> io::Result<OpHandle> {
+        self.recvmsg_with(fd, Handler::Raw(cb))
+    }
+
+    fn recvmsg_with(&mut self, fd: RawFd, handler: Handler) -> io::Result<OpHandle> {
+        Self::check_fd(fd)?;
+        // A datagram receive is a receive to the rest of the loop (cancel, close, shutdown); its
+        // events say DATAGRAM, which keeps them out of the stream stash.
+        let key = self.start_op(OpKind::Recv, fd, handler, None, |r, token| {
+            r.recvmsg_multi(fd, token)
         })?;
         Ok(OpHandle(token_for(OpKind::Recv, key)))
     }
