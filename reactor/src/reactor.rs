@@ -35,6 +35,10 @@
 //!   A multishot recv ends with `result == 0` (EOF) or `-errno`. When the receive-buffer pool runs
 //!   dry the reactor holds the recv back and re-arms it after buffers are recycled: the caller never
 //!   sees `ENOBUFS` and no byte is lost.
+//! * A datagram receive ([`Reactor::recvmsg_multi`]) is a multishot recv whose events each carry
+//!   one datagram ([`crate::flags::DATAGRAM`], the layout in [`crate::datagram`]); it ends only
+//!   with `-errno`. It has no stash: datagrams it took but did not deliver before a cancel are
+//!   dropped, as datagrams have no order to keep. Pool exhaustion holds it back as any recv.
 //! * A multishot accept reports per-connection errors (`ECONNABORTED`, `EPERM`...) and resource
 //!   errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) with [`crate::flags::MORE`]: it stays
 //!   alive. After a resource error the reactor does not try the listening socket again until

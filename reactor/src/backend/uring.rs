@@ -1417,7 +1417,6 @@ impl Uring {
         self.stash_waiters.extend(again);
     }
 
-    /// Adds a recv and starts it (see [`Uring::serve_or_arm`]).
     /// Marks multishot recv `key` as reading a pipe when its fd is one and it was not already;
     /// `true` when it now is (a second `ENOTSOCK` for a pipe is an error, not a retry).
     fn pipe_recv(&mut self, key: u64) -> bool {
@@ -1430,6 +1429,7 @@ impl Uring {
         }
     }
 
+    /// Adds a recv and starts it (see [`Uring::serve_or_arm`]).
     fn start_recv(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
         let key = self.insert(fd, token, kind)?;
         if let Err(err) = self.serve_or_arm(key) {
