@@ -300,3 +300,22 @@ def test_datagram_received_error_is_reported_and_receiving_goes_on(loop):
         transport.close()
 
     run(loop, main())
+
+
+def test_datagram_transport_write_buffer_size_counts_only_unsent_bytes(loop):
+    async def main():
+        transport, collector = await loop.create_datagram_endpoint(
+            lambda: DatagramCollector(loop, 1), local_addr=("127.0.0.1", 0)
+        )
+        assert transport.get_write_buffer_size() == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"in", transport.get_extra_info("sockname"))
+            await collector.done
+            # Receiving buffers nothing to write; a datagram sent at once neither.
+            assert transport.get_write_buffer_size() == 0
+            transport.sendto(b"out", sender.getsockname())
+            assert transport.get_write_buffer_size() == 0
+            assert sender.recv(16) == b"out"
+        transport.close()
+
+    run(loop, main())

@@ -796,6 +796,10 @@ class _ReceiveOp:
     def _arm_receive(self, start: Callable[[int, int], int], fd: int, handler: Any) -> None:
         # start(fd, token) is the Reactor method that starts the op; handler gets its events.
         loop = self._loop
+        # Where the events' bytes are, for the handler. (Not _buffer_size: asyncio's datagram
+        # transport counts its unsent bytes in that.)
+        self._recv_bytes = loop._reactor.buffer_bytes
+        self._recv_size = loop._reactor.buffer_size
         token = loop._new_token()
         self._recv_op = start(fd, token)  # (OSError for the caller)
         self._recv_token = token
@@ -858,9 +862,6 @@ class RingDatagramTransport(_ReceiveOp, selector_events._SelectorDatagramTranspo
             loop = self._loop
             self._completion = self._small_reads and loop._recv_datagrams
             if self._completion:
-                reactor = loop._reactor
-                self._buffer_bytes = reactor.buffer_bytes
-                self._buffer_size = reactor.buffer_size
                 # sockaddr_in: family, port, address (8 bytes, then padding); sockaddr_in6: 28.
                 self._name_size = 8 if _sock_family(self._sock) == _AF_INET else 28
                 self._addresses: Dict[bytes, Any] = {}
@@ -916,14 +917,14 @@ class RingDatagramTransport(_ReceiveOp, selector_events._SelectorDatagramTranspo
         if result >= 0 and flags & EV_MORE:
             if self._closing:
                 return
-            start = aux * self._buffer_size
+            start = aux * self._recv_size
             name = start + DGRAM_NAME
-            key = self._buffer_bytes[name : name + self._name_size]
+            key = self._recv_bytes[name : name + self._name_size]
             addr = self._addresses.get(key)
             if addr is None:
                 addr = self._address_of(key)
             payload = start + DGRAM_PAYLOAD
-            data = self._buffer_bytes[payload : payload + result]
+            data = self._recv_bytes[payload : payload + result]
             if self._paused:
                 self._held.append((data, addr))
             else:
@@ -1012,8 +1013,6 @@ class RingReadPipeTransport(_ReceiveOp, unix_events._UnixReadPipeTransport):  # 
         super().__init__(loop, pipe, protocol, waiter, extra)
         # Bytes that arrived in the poll that paused reading, delivered on resume.
         self._held: List[bytes] = []
-        self._buffer_bytes = loop._reactor.buffer_bytes
-        self._buffer_size = loop._reactor.buffer_size
 
     def __repr__(self) -> str:
         if not self._completion:
@@ -1104,9 +1103,9 @@ class RingReadPipeTransport(_ReceiveOp, unix_events._UnixReadPipeTransport):  # 
     def _on_recv(self, result: int, flags: int, aux: int) -> None:
         if result > 0 and flags & EV_MORE and not (self._closing or self._paused):
             # The steady state: the bytes straight from the receive buffer to the protocol.
-            start = aux * self._buffer_size
+            start = aux * self._recv_size
             try:
-                self._protocol.data_received(self._buffer_bytes[start : start + result])
+                self._protocol.data_received(self._recv_bytes[start : start + result])
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -1117,8 +1116,8 @@ class RingReadPipeTransport(_ReceiveOp, unix_events._UnixReadPipeTransport):  # 
         if self._closing:
             return
         if result > 0:
-            start = aux * self._buffer_size
-            data = self._buffer_bytes[start : start + result]
+            start = aux * self._recv_size
+            data = self._recv_bytes[start : start + result]
             if self._paused:
                 self._held.append(data)
             else:
