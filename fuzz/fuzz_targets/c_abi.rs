@@ -534,6 +534,26 @@ impl Harness {
         }
     }
 
+    /// A connected pair of non-blocking Unix sockets of type `kind`, kept among the fds.
+    fn unix_pair(&mut self, kind: c_int) {
+        let mut pair = [0; 2];
+        // SAFETY: `pair` has room for two fds.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        if rc == 0 {
+            for fd in pair {
+                // SAFETY: fresh fds from socketpair.
+                self.keep_fd(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+
     fn buffers_of(&self, lp: *mut rl_loop) -> (*const u8, u32, u32) {
         let mut base: *const u8 = std::ptr::null();
         let (mut size, mut count) = (0u32, 0u32);
@@ -561,42 +581,8 @@ impl Harness {
                 }
                 assert_eq!(rl_now(lp) != 0, live);
             }
-            Call::Socketpair => {
-                let mut pair = [0; 2];
-                // SAFETY: `pair` has room for two fds.
-                let rc = unsafe {
-                    libc::socketpair(
-                        libc::AF_UNIX,
-                        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        0,
-                        pair.as_mut_ptr(),
-                    )
-                };
-                if rc == 0 {
-                    for fd in pair {
-                        // SAFETY: fresh fds from socketpair.
-                        self.keep_fd(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                }
-            }
-            Call::DatagramPair => {
-                let mut pair = [0; 2];
-                // SAFETY: `pair` has room for two fds.
-                let rc = unsafe {
-                    libc::socketpair(
-                        libc::AF_UNIX,
-                        libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        0,
-                        pair.as_mut_ptr(),
-                    )
-                };
-                if rc == 0 {
-                    for fd in pair {
-                        // SAFETY: fresh fds from socketpair.
-                        self.keep_fd(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                }
-            }
+            Call::Socketpair => self.unix_pair(libc::SOCK_STREAM),
+            Call::DatagramPair => self.unix_pair(libc::SOCK_DGRAM),
             Call::Pipe => {
                 let mut pair = [0; 2];
                 // SAFETY: `pair` has room for two fds.

@@ -243,9 +243,7 @@ impl Reactor {
         if self.backend.buffers().size() <= crate::datagram::PAYLOAD {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
+        // (getsockopt answers EBADF for a negative or closed fd.)
         if !crate::sys::is_datagram_socket(fd)? {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }

@@ -396,7 +396,8 @@ impl Epoll {
                     }
                 }
                 Kind::Recv if !op.starved && !op.waiting && revents & (IN | ERR_HUP) != 0 => {
-                    self.do_recv(key, fd, token)
+                    let pipe = op.pipe;
+                    self.do_recv(key, fd, token, pipe)
                 }
                 &Kind::RecvOnce { max }
                     if !op.starved && !op.waiting && revents & (IN | ERR_HUP) != 0 =>
@@ -453,8 +454,8 @@ impl Epoll {
         bid
     }
 
-    fn do_recv(&mut self, key: u64, fd: RawFd, token: u64) {
-        let mut pipe = self.ops.get(key).is_some_and(|op| op.pipe);
+    /// Receives for recv `key`; `pipe`: its fd is known to be a pipe (read it).
+    fn do_recv(&mut self, key: u64, fd: RawFd, token: u64, mut pipe: bool) {
         for _ in 0..RECV_BURST {
             let Some(bid) = self.free_buffer_for(key) else {
                 return;
@@ -819,9 +820,9 @@ impl Backend for Epoll {
                     continue;
                 };
                 op.starved = false;
-                let (fd, token, waiting) = (op.fd, op.token, op.waiting);
+                let (fd, token, waiting, pipe) = (op.fd, op.token, op.waiting, op.pipe);
                 match op.kind {
-                    Kind::Recv if !waiting => self.do_recv(key, fd, token),
+                    Kind::Recv if !waiting => self.do_recv(key, fd, token, pipe),
                     Kind::RecvOnce { max } if !waiting => self.do_recv_once(key, fd, token, max),
                     Kind::RecvMsg => self.do_recvmsg(key, fd, token),
                     _ => {}

@@ -223,11 +223,16 @@ enum Kind {
 /// What to do with a completion, decided while the op is borrowed.
 enum Next {
     Watch(Interest),
-    Recv,
+    /// A multishot recv's completion; `datagram` for a datagram receive.
+    Recv {
+        datagram: bool,
+    },
     RecvOnce,
-    RecvMsg,
     Accept,
-    Send { len: usize, sent: usize },
+    Send {
+        len: usize,
+        sent: usize,
+    },
     Final,
     Signal,
     Wake,
@@ -825,9 +830,9 @@ impl Uring {
         }
         let next = match &mut op.kind {
             Kind::Watch { interest } => Next::Watch(*interest),
-            Kind::Recv => Next::Recv,
+            Kind::Recv => Next::Recv { datagram: false },
             Kind::RecvOnce { .. } => Next::RecvOnce,
-            Kind::RecvMsg { .. } => Next::RecvMsg,
+            Kind::RecvMsg { .. } => Next::Recv { datagram: true },
             Kind::Accept => Next::Accept,
             Kind::Send { len, sent, .. } => {
                 if res > 0 {
@@ -869,14 +874,23 @@ impl Uring {
                     self.rearm.push(key);
                 }
             }
-            Next::Recv => {
+            Next::Recv { datagram } => {
                 if res > 0 {
                     let Some(bid) = buffer else {
                         self.fail(key, -libc::EIO);
                         return;
                     };
-                    self.depth.received(res as usize);
-                    self.emit(key, token, res, flags::MORE | flags::BUFFER, u64::from(bid));
+                    let (len, flags) = if datagram {
+                        let room = self.pool.size() - crate::datagram::PAYLOAD;
+                        // SAFETY: the kernel wrote the header at the start of buffer `bid`,
+                        // which is out of the ring now and not lent yet.
+                        let held = unsafe { datagram_held(self.pool.buffer_ptr(bid), room) };
+                        (held, flags::MORE | flags::BUFFER | flags::DATAGRAM)
+                    } else {
+                        (res as usize, flags::MORE | flags::BUFFER)
+                    };
+                    self.depth.received(len);
+                    self.emit(key, token, len as i32, flags, u64::from(bid));
                     if !more {
                         // Ended early (e.g. CQ overflow, pool just ran dry) without an error:
                         // transparently re-armed as soon as the ring has buffers.
@@ -888,33 +902,14 @@ impl Uring {
                     if !more {
                         self.starved.push(key);
                     }
-                } else if res == -libc::ENOTSOCK && self.read_multishot && self.pipe_recv(key) {
+                } else if res == -libc::ENOTSOCK
+                    && !datagram
+                    && self.read_multishot
+                    && self.pipe_recv(key)
+                {
                     // A pipe: read it instead, armed now so that this poll's wait covers it.
                     if let Err(err) = self.arm(key) {
                         self.fail(key, errno_of(&err));
-                    }
-                } else {
-                    if let Some(bid) = buffer {
-                        self.pool.lend(bid);
-                    }
-                    self.fail(key, res);
-                }
-            }
-            Next::RecvMsg => {
-                if let (Some(bid), true) = (buffer, res > 0) {
-                    let room = self.pool.size() - crate::datagram::PAYLOAD;
-                    // SAFETY: the kernel wrote the header at the start of buffer `bid`, which is
-                    // out of the ring now and not lent yet.
-                    let held = unsafe { datagram_held(self.pool.buffer_ptr(bid), room) };
-                    self.depth.received(held);
-                    let flags = flags::MORE | flags::BUFFER | flags::DATAGRAM;
-                    self.emit(key, token, held as i32, flags, u64::from(bid));
-                    if !more {
-                        self.starved.push(key);
-                    }
-                } else if res == -libc::ENOBUFS {
-                    if !more {
-                        self.starved.push(key);
                     }
                 } else {
                     if let Some(bid) = buffer {

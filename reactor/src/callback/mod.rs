@@ -1431,19 +1431,26 @@ impl EventLoop {
                 f(lp, Err(io::Error::from_raw_os_error(-outcome.result)))
             }
         }));
-        self.recv_with(fd, handler)
+        self.recv_with(fd, handler, false)
     }
 
     /// [`EventLoop::recv`] for a raw callback: `bytes` holds the data, `result` its length, `0`
     /// at EOF or `-errno`; `more` is false on the last call.
     pub fn recv_raw(&mut self, fd: RawFd, cb: RawCallback) -> io::Result<OpHandle> {
-        self.recv_with(fd, Handler::Raw(cb))
+        self.recv_with(fd, Handler::Raw(cb), false)
     }
 
-    fn recv_with(&mut self, fd: RawFd, handler: Handler) -> io::Result<OpHandle> {
+    /// A stream receive, or a datagram receive when `datagrams`. To the rest of the loop (cancel,
+    /// close, shutdown) both are receives; a datagram receive's events say DATAGRAM, which keeps
+    /// them out of the stream stash.
+    fn recv_with(&mut self, fd: RawFd, handler: Handler, datagrams: bool) -> io::Result<OpHandle> {
         Self::check_fd(fd)?;
         let key = self.start_op(OpKind::Recv, fd, handler, None, |r, token| {
-            r.recv_multi(fd, token)
+            if datagrams {
+                r.recvmsg_multi(fd, token)
+            } else {
+                r.recv_multi(fd, token)
+            }
         })?;
         Ok(OpHandle(token_for(OpKind::Recv, key)))
     }
@@ -1465,23 +1472,13 @@ impl EventLoop {
                 f(lp, Err(io::Error::from_raw_os_error(-outcome.result)))
             }
         }));
-        self.recvmsg_with(fd, handler)
+        self.recv_with(fd, handler, true)
     }
 
     /// [`EventLoop::recvmsg`] for a raw callback: `bytes` holds the payload, `result` its length
     /// (or `-errno`), `source` the sender; `more` is false on the last call.
     pub fn recvmsg_raw(&mut self, fd: RawFd, cb: RawCallback) -> io::Result<OpHandle> {
-        self.recvmsg_with(fd, Handler::Raw(cb))
-    }
-
-    fn recvmsg_with(&mut self, fd: RawFd, handler: Handler) -> io::Result<OpHandle> {
-        Self::check_fd(fd)?;
-        // A datagram receive is a receive to the rest of the loop (cancel, close, shutdown); its
-        // events say DATAGRAM, which keeps them out of the stream stash.
-        let key = self.start_op(OpKind::Recv, fd, handler, None, |r, token| {
-            r.recvmsg_multi(fd, token)
-        })?;
-        Ok(OpHandle(token_for(OpKind::Recv, key)))
+        self.recv_with(fd, Handler::Raw(cb), true)
     }
 
     /// Sends all of `data` on `fd`; `f` gets the total bytes sent or the error. The loop owns
