@@ -1,8 +1,11 @@
 /* Datagrams and pipes in callback mode.
  *
- * UDP: rl_recvmsg gives each datagram with its sender (outcome->source), so a server answers with
- * a plain sendto(); the client side receives its echoes with rl_recvmsg too. 200 datagrams of 0
- * to 1,393 bytes go back and forth one at a time and must come back byte for byte, in order.
+ * UDP: rl_recvmsg gives each datagram with its sender (outcome->source). The server keeps the
+ * loop buffer holding it (rl_recv_keep) and answers with rl_sendto straight from that buffer to
+ * that sender, releasing the buffer in the send's callback: an echo without a copy. The client
+ * sends with rl_sendto on its connected socket (no address) and receives its echoes with
+ * rl_recvmsg too. 200 datagrams of 0 to 1,393 bytes go back and forth one at a time and must come
+ * back byte for byte, in order; every send's callback must report the whole datagram sent.
  *
  * Pipes: rl_recv reads a pipe as it reads a socket, without ever blocking the loop (the read end
  * here is left blocking on purpose). A writer callback (rl_add_writer) fills the other end with
@@ -22,8 +25,17 @@
 struct udp_test {
     int server, client;
     uint64_t server_op, client_op;
-    int sent, echoed;
+    int sent, echoed, sends_done;
     int failed;
+    unsigned char out[1400]; /* the client's datagram in flight (one at a time) */
+    size_t out_len;
+};
+
+/* What an echo's send callback needs: the test, and the kept buffer to release (-1: none). */
+struct echo {
+    struct udp_test *t;
+    int buffer;
+    size_t len;
 };
 
 struct pipe_test {
@@ -45,20 +57,49 @@ static void fill_datagram(unsigned char *buf, int i)
         buf[k] = (unsigned char)(i + k);
 }
 
-static void send_next(struct udp_test *t)
+/* A send's callback (client and server alike): the whole datagram must have gone. */
+static void check_sent(struct udp_test *t, const rl_outcome *o, size_t len)
 {
-    unsigned char buf[1400];
-    fill_datagram(buf, t->sent);
-    if (send(t->client, buf, datagram_len(t->sent), MSG_DONTWAIT) < 0)
-        die_errno("send");
-    t->sent++;
+    if (o->result != (int32_t)len) {
+        fprintf(stderr, "udp: a send of %zu bytes ended with %d (%s)\n", len, o->result,
+                o->result < 0 ? rl_strerror(o->result) : "short");
+        t->failed = 1;
+    }
+    t->sends_done++;
 }
 
-/* The server's receive: every datagram goes back to whoever sent it. */
-static void on_server_datagram(rl_loop *loop, const rl_outcome *o, void *data)
+static void on_client_sent(rl_loop *loop, const rl_outcome *o, void *data)
 {
     struct udp_test *t = data;
     (void)loop;
+    check_sent(t, o, t->out_len);
+}
+
+static void send_next(rl_loop *loop, struct udp_test *t)
+{
+    /* t->out stays unchanged until on_client_sent: the next datagram is only built after the
+     * echo of this one, which comes after its send. */
+    fill_datagram(t->out, t->sent);
+    t->out_len = datagram_len(t->sent);
+    CHECK_RL(rl_sendto(loop, t->client, t->out, t->out_len, NULL, 0, on_client_sent, t, NULL));
+    t->sent++;
+}
+
+static void on_echo_sent(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct echo *e = data;
+    check_sent(e->t, o, e->len);
+    if (e->buffer >= 0)
+        CHECK_RL(rl_buffer_release(loop, (uint32_t)e->buffer));
+    free(e);
+}
+
+/* The server's receive: every datagram goes back to whoever sent it, from the loop buffer it
+ * arrived in (an empty one has no buffer to keep). */
+static void on_server_datagram(rl_loop *loop, const rl_outcome *o, void *data)
+{
+    struct udp_test *t = data;
+    struct echo *e;
     if (o->result < 0) {
         if (o->result != -ECANCELED) {
             fprintf(stderr, "udp server: %s\n", rl_strerror(o->result));
@@ -66,8 +107,18 @@ static void on_server_datagram(rl_loop *loop, const rl_outcome *o, void *data)
         }
         return;
     }
-    if (sendto(o->fd, o->bytes, o->nbytes, MSG_DONTWAIT, o->source, o->source_len) < 0)
-        die_errno("sendto");
+    e = malloc(sizeof *e);
+    if (!e)
+        die_errno("malloc");
+    e->t = t;
+    e->len = o->nbytes;
+    e->buffer = -1;
+    if (o->nbytes > 0) {
+        e->buffer = rl_recv_keep(loop, o);
+        CHECK_RL(e->buffer);
+    }
+    CHECK_RL(rl_sendto(loop, o->fd, o->bytes, o->nbytes, o->source, o->source_len, on_echo_sent,
+                       e, NULL));
 }
 
 /* The client's receive: checks each echo, sends the next datagram, stops after the last. */
@@ -90,7 +141,7 @@ static void on_client_datagram(rl_loop *loop, const rl_outcome *o, void *data)
     }
     t->echoed++;
     if (t->echoed < DATAGRAMS) {
-        send_next(t);
+        send_next(loop, t);
     } else {
         /* Nothing else keeps the loop alive once both receives are cancelled. */
         if (rl_cancel(loop, t->client_op) != 1 || rl_cancel(loop, t->server_op) != 1)
@@ -128,11 +179,11 @@ static int run_udp(rl_loop *loop)
 
     CHECK_RL(rl_recvmsg(loop, t.server, on_server_datagram, &t, &t.server_op));
     CHECK_RL(rl_recvmsg(loop, t.client, on_client_datagram, &t, &t.client_op));
-    send_next(&t);
+    send_next(loop, &t);
     CHECK_RL(rl_run(loop, RL_RUN_DEFAULT));
 
-    printf("udp: %d datagrams echoed\n", t.echoed);
-    if (t.echoed != DATAGRAMS)
+    printf("udp: %d datagrams echoed, %d sends completed\n", t.echoed, t.sends_done);
+    if (t.echoed != DATAGRAMS || t.sends_done != 2 * DATAGRAMS)
         t.failed = 1;
     /* A stream socket cannot receive datagrams: a clear error, nothing registered. */
     {

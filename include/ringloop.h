@@ -32,7 +32,7 @@
 /**
  * Minor version (backwards-compatible additions).
  */
-#define RL_VERSION_MINOR 6
+#define RL_VERSION_MINOR 7
 
 /**
  * Patch version (fixes only).
@@ -227,6 +227,7 @@ typedef struct rl_loop rl_loop;
  * | `rl_recvmsg` | payload bytes (0: an empty datagram) or `-errno` | the socket | the payload (`source`: the sender) |
  * | `rl_accept` | the new fd (the callback owns it) or `-errno` | the listening socket | NULL/0 |
  * | `rl_send` | total bytes sent or `-errno` | the socket | NULL/0 |
+ * | `rl_sendto` | bytes sent or `-errno` | the socket | NULL/0 |
  * | `rl_connect`, `rl_close` | 0 or `-errno` | the socket | NULL/0 |
  * | `rl_signal_start` | the signal number | -1 | NULL/0 |
  * | `rl_future_add_done_callback` | 0 (done; `value` = the result), the future's error code, or `-ECANCELED` | -1 | NULL/0 |
@@ -542,10 +543,12 @@ int rl_recv(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *
 int rl_recvmsg(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
 
 /**
- * Keeps the bytes an `rl_recv` callback got beyond the callback: called from that callback with
- * its `outcome`, it returns the id of the loop buffer holding them, and they stay valid and
- * unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a copy: `rl_send`
- * straight from `outcome->bytes`, released in the send's callback (an echo, a proxy).
+ * Keeps the bytes an `rl_recv` or `rl_recvmsg` callback got beyond the callback: called from
+ * that callback with its `outcome`, it returns the id of the loop buffer holding them, and they
+ * stay valid and unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a
+ * copy: `rl_send` (or, for a datagram, `rl_sendto`, since 0.7.0) straight from `outcome->bytes`,
+ * released in the send's callback (an echo, a proxy). A datagram's sender (`outcome->source`)
+ * is in the same buffer and stays valid with it.
  *
  * A kept buffer is out of the loop's pool meanwhile: keeping many makes receives wait for
  * buffers (no bytes are lost). A buffer still kept when the loop is freed is freed with it.
@@ -583,6 +586,34 @@ int rl_send(struct rl_loop *loop,
             uint64_t *op_out);
 
 /**
+ * Sends one datagram of `len` bytes at `buf` on the datagram socket `fd` to `sockaddr`
+ * (`addrlen` bytes, copied before return), or to the connected peer when `sockaddr` is NULL and
+ * `addrlen` 0; `cb` is called once with the bytes sent (a datagram goes whole or not at all) or
+ * `-errno`. As `rl_op_sendto`: datagram sends on one socket do not wait for each other, and
+ * the kernel sends them in call order while the socket's send buffer has room. The caller keeps
+ * `buf` valid and unchanged until `cb` is called — also after `rl_cancel` or `rl_close` on the
+ * fd, which still deliver that one final call (`-ECANCELED` or the count).
+ *
+ * Stores the op id in `*op_out` (when not NULL). Returns 0, `-EINVAL` (NULL `cb`; NULL `buf`
+ * with nonzero `len`; malformed address, or NULL `sockaddr` with nonzero `addrlen`),
+ * `-EMSGSIZE` (`len` above `INT32_MAX`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop
+ * thread only.
+ *
+ * # Safety
+ * `buf..buf+len` stays readable and unmodified until `cb` is called; `sockaddr` is NULL or
+ * points to `addrlen` readable bytes; `op_out` is NULL or writable.
+ */
+int rl_sendto(struct rl_loop *loop,
+              int fd,
+              const void *buf,
+              size_t len,
+              const void *sockaddr,
+              uint32_t addrlen,
+              rl_callback cb,
+              void *data,
+              uint64_t *op_out);
+
+/**
  * Connects the non-blocking socket `fd` to `sockaddr` (`addrlen` bytes, copied before return);
  * `cb` gets 0 or `-errno` (e.g. `-ECONNREFUSED`).
  *
@@ -616,9 +647,10 @@ int rl_connect(struct rl_loop *loop,
 int rl_close(struct rl_loop *loop, int fd, rl_callback cb, void *data, uint64_t *op_out);
 
 /**
- * Cancels an operation started with `rl_accept`, `rl_recv`, `rl_send`, `rl_connect` or
- * `rl_close`. Takes effect at once (its callback is not called again), except for a send, whose
- * callback still gets its final result once the kernel no longer reads the buffer.
+ * Cancels an operation started with `rl_accept`, `rl_recv`, `rl_recvmsg`, `rl_send`,
+ * `rl_sendto`, `rl_connect` or `rl_close`. Takes effect at once (its callback is not called
+ * again), except for a send, whose callback still gets its final result once the kernel no
+ * longer reads the buffer.
  *
  * Returns 1 if the op was live, 0 if it already ended or was cancelled (harmless), `RL_EHANDLE`,
  * `RL_ESTATE`. Loop thread only. (Raw-mode ops are cancelled with `rl_op_cancel`.)
@@ -964,6 +996,42 @@ int rl_op_send(struct rl_loop *loop,
                size_t len,
                uint64_t token,
                uint64_t *op_out);
+
+/**
+ * Sends one datagram of `len` bytes from `buf` on the datagram socket `fd` (UDP, Unix
+ * datagram) to the address `sockaddr` (`addrlen` bytes, copied before return), or to the
+ * socket's connected peer when `sockaddr` is NULL and `addrlen` 0: `sendto(2)` through the
+ * loop. One event: the bytes sent (a datagram goes whole or not at all) or `-errno`
+ * (`-EDESTADDRREQ` without an address on an unconnected socket, `-EMSGSIZE`, `-ECONNREFUSED`
+ * after an ICMP error on a connected socket, `-ECANCELED` after `rl_op_cancel`). `len` 0 sends
+ * an empty datagram.
+ *
+ * Unlike `rl_op_send`, whose sends on one fd wait for each other, datagram sends go to the
+ * kernel with the next `rl_poll` without waiting for earlier ones: many can be in flight on one
+ * socket, and the kernel sends them in call order while the socket's send buffer has room (past
+ * that, UDP does not promise order). On a stream socket use `rl_op_send`: this one does not
+ * finish a short send.
+ *
+ * The library reads `buf` until the op's event has been returned by `rl_poll` (also after
+ * `rl_op_cancel`): the caller keeps it alive and unchanged until then.
+ *
+ * Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (NULL `buf` with nonzero
+ * `len`; malformed address, or NULL `sockaddr` with nonzero `addrlen`; reserved token),
+ * `-EMSGSIZE` (`len` above `INT32_MAX`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop
+ * thread only.
+ *
+ * # Safety
+ * `buf..buf+len` stays readable and unmodified until the op's event; `sockaddr` is NULL or
+ * points to `addrlen` readable bytes; `op_out` is NULL or writable.
+ */
+int rl_op_sendto(struct rl_loop *loop,
+                 int fd,
+                 const void *buf,
+                 size_t len,
+                 const void *sockaddr,
+                 uint32_t addrlen,
+                 uint64_t token,
+                 uint64_t *op_out);
 
 /**
  * Starts a multishot accept on the listening socket `fd`: one event per connection with

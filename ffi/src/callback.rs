@@ -13,7 +13,7 @@ use crate::error;
 use crate::future::{register_future, rl_future};
 use crate::guard::guard;
 use crate::handle::{lookup, rl_loop, with_loop, write_out, LoopEntry};
-use crate::raw::sockaddr_from_c;
+use crate::raw::{optional_sockaddr_from_c, sockaddr_from_c};
 use crate::{RL_EV_MORE, RL_RUN_DEFAULT, RL_RUN_NOWAIT, RL_RUN_ONCE};
 
 /// What a callback is told. Valid only during the callback.
@@ -26,6 +26,7 @@ use crate::{RL_EV_MORE, RL_RUN_DEFAULT, RL_RUN_NOWAIT, RL_RUN_ONCE};
 /// | `rl_recvmsg` | payload bytes (0: an empty datagram) or `-errno` | the socket | the payload (`source`: the sender) |
 /// | `rl_accept` | the new fd (the callback owns it) or `-errno` | the listening socket | NULL/0 |
 /// | `rl_send` | total bytes sent or `-errno` | the socket | NULL/0 |
+/// | `rl_sendto` | bytes sent or `-errno` | the socket | NULL/0 |
 /// | `rl_connect`, `rl_close` | 0 or `-errno` | the socket | NULL/0 |
 /// | `rl_signal_start` | the signal number | -1 | NULL/0 |
 /// | `rl_future_add_done_callback` | 0 (done; `value` = the result), the future's error code, or `-ECANCELED` | -1 | NULL/0 |
@@ -473,10 +474,12 @@ pub unsafe extern "C" fn rl_recvmsg(
     })
 }
 
-/// Keeps the bytes an `rl_recv` callback got beyond the callback: called from that callback with
-/// its `outcome`, it returns the id of the loop buffer holding them, and they stay valid and
-/// unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a copy: `rl_send`
-/// straight from `outcome->bytes`, released in the send's callback (an echo, a proxy).
+/// Keeps the bytes an `rl_recv` or `rl_recvmsg` callback got beyond the callback: called from
+/// that callback with its `outcome`, it returns the id of the loop buffer holding them, and they
+/// stay valid and unchanged until `rl_buffer_release(loop, id)`. So they can be sent on without a
+/// copy: `rl_send` (or, for a datagram, `rl_sendto`, since 0.7.0) straight from `outcome->bytes`,
+/// released in the send's callback (an echo, a proxy). A datagram's sender (`outcome->source`)
+/// is in the same buffer and stays valid with it.
 ///
 /// A kept buffer is out of the loop's pool meanwhile: keeping many makes receives wait for
 /// buffers (no bytes are lost). A buffer still kept when the loop is freed is freed with it.
@@ -539,6 +542,46 @@ pub unsafe extern "C" fn rl_send(
     })
 }
 
+/// Sends one datagram of `len` bytes at `buf` on the datagram socket `fd` to `sockaddr`
+/// (`addrlen` bytes, copied before return), or to the connected peer when `sockaddr` is NULL and
+/// `addrlen` 0; `cb` is called once with the bytes sent (a datagram goes whole or not at all) or
+/// `-errno`. As `rl_op_sendto`: datagram sends on one socket do not wait for each other, and
+/// the kernel sends them in call order while the socket's send buffer has room. The caller keeps
+/// `buf` valid and unchanged until `cb` is called — also after `rl_cancel` or `rl_close` on the
+/// fd, which still deliver that one final call (`-ECANCELED` or the count).
+///
+/// Stores the op id in `*op_out` (when not NULL). Returns 0, `-EINVAL` (NULL `cb`; NULL `buf`
+/// with nonzero `len`; malformed address, or NULL `sockaddr` with nonzero `addrlen`),
+/// `-EMSGSIZE` (`len` above `INT32_MAX`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop
+/// thread only.
+///
+/// # Safety
+/// `buf..buf+len` stays readable and unmodified until `cb` is called; `sockaddr` is NULL or
+/// points to `addrlen` readable bytes; `op_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rl_sendto(
+    r#loop: *mut rl_loop,
+    fd: c_int,
+    buf: *const c_void,
+    len: usize,
+    sockaddr: *const c_void,
+    addrlen: u32,
+    cb: rl_callback,
+    data: *mut c_void,
+    op_out: *mut u64,
+) -> c_int {
+    // SAFETY: the caller's promise.
+    let to = match unsafe { optional_sockaddr_from_c(sockaddr, addrlen) } {
+        Ok(to) => to,
+        Err(code) => return code,
+    };
+    register(r#loop, cb, data, op_out, |lp, cb| {
+        // SAFETY: the caller keeps `buf..buf+len` valid until `cb` is called (documented).
+        unsafe { lp.send_to_raw(check_fd(fd)?, buf.cast::<u8>(), len, to.as_ref(), cb) }
+            .map(|op| op.into_raw())
+    })
+}
+
 /// Connects the non-blocking socket `fd` to `sockaddr` (`addrlen` bytes, copied before return);
 /// `cb` gets 0 or `-errno` (e.g. `-ECONNREFUSED`).
 ///
@@ -594,9 +637,10 @@ pub unsafe extern "C" fn rl_close(
     })
 }
 
-/// Cancels an operation started with `rl_accept`, `rl_recv`, `rl_send`, `rl_connect` or
-/// `rl_close`. Takes effect at once (its callback is not called again), except for a send, whose
-/// callback still gets its final result once the kernel no longer reads the buffer.
+/// Cancels an operation started with `rl_accept`, `rl_recv`, `rl_recvmsg`, `rl_send`,
+/// `rl_sendto`, `rl_connect` or `rl_close`. Takes effect at once (its callback is not called
+/// again), except for a send, whose callback still gets its final result once the kernel no
+/// longer reads the buffer.
 ///
 /// Returns 1 if the op was live, 0 if it already ended or was cancelled (harmless), `RL_EHANDLE`,
 /// `RL_ESTATE`. Loop thread only. (Raw-mode ops are cancelled with `rl_op_cancel`.)

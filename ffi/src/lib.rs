@@ -31,7 +31,7 @@ pub use raw::*;
 /// Major version of the library this header describes (incompatible ABI changes).
 pub const RL_VERSION_MAJOR: u32 = 0;
 /// Minor version (backwards-compatible additions).
-pub const RL_VERSION_MINOR: u32 = 6;
+pub const RL_VERSION_MINOR: u32 = 7;
 /// Patch version (fixes only).
 pub const RL_VERSION_PATCH: u32 = 0;
 

@@ -330,6 +330,56 @@ pub unsafe extern "C" fn rl_op_send(
     })
 }
 
+/// Sends one datagram of `len` bytes from `buf` on the datagram socket `fd` (UDP, Unix
+/// datagram) to the address `sockaddr` (`addrlen` bytes, copied before return), or to the
+/// socket's connected peer when `sockaddr` is NULL and `addrlen` 0: `sendto(2)` through the
+/// loop. One event: the bytes sent (a datagram goes whole or not at all) or `-errno`
+/// (`-EDESTADDRREQ` without an address on an unconnected socket, `-EMSGSIZE`, `-ECONNREFUSED`
+/// after an ICMP error on a connected socket, `-ECANCELED` after `rl_op_cancel`). `len` 0 sends
+/// an empty datagram.
+///
+/// Unlike `rl_op_send`, whose sends on one fd wait for each other, datagram sends go to the
+/// kernel with the next `rl_poll` without waiting for earlier ones: many can be in flight on one
+/// socket, and the kernel sends them in call order while the socket's send buffer has room (past
+/// that, UDP does not promise order). On a stream socket use `rl_op_send`: this one does not
+/// finish a short send.
+///
+/// The library reads `buf` until the op's event has been returned by `rl_poll` (also after
+/// `rl_op_cancel`): the caller keeps it alive and unchanged until then.
+///
+/// Returns 0 and the op id in `*op_out` (when not NULL), or `-EINVAL` (NULL `buf` with nonzero
+/// `len`; malformed address, or NULL `sockaddr` with nonzero `addrlen`; reserved token),
+/// `-EMSGSIZE` (`len` above `INT32_MAX`), `-EBADF`, `RL_EHANDLE`, `RL_ESTATE`, `-errno`. Loop
+/// thread only.
+///
+/// # Safety
+/// `buf..buf+len` stays readable and unmodified until the op's event; `sockaddr` is NULL or
+/// points to `addrlen` readable bytes; `op_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rl_op_sendto(
+    r#loop: *mut rl_loop,
+    fd: c_int,
+    buf: *const c_void,
+    len: usize,
+    sockaddr: *const c_void,
+    addrlen: u32,
+    token: u64,
+    op_out: *mut u64,
+) -> c_int {
+    submit(r#loop, token, op_out, |state, token| {
+        let fd = check_fd(fd)?;
+        // SAFETY: the caller's promise.
+        let to = unsafe { optional_sockaddr_from_c(sockaddr, addrlen) }?;
+        // SAFETY: the caller keeps `buf..buf+len` valid until the op's final event (documented).
+        unsafe {
+            state
+                .reactor_mut()
+                .send_to(fd, buf.cast::<u8>(), len, to.as_ref(), token)
+        }
+        .map_err(|e| error::from_io(&e))
+    })
+}
+
 /// Starts a multishot accept on the listening socket `fd`: one event per connection with
 /// `result` = the new fd (non-blocking, close-on-exec, owned by the caller from then on) and
 /// `RL_EV_MORE`; a final event without `RL_EV_MORE` carries `-errno` if accepting stops.
@@ -394,6 +444,21 @@ pub(crate) unsafe fn sockaddr_from_c(
         )
     }
     .ok_or(-libc::EINVAL)
+}
+
+/// [`sockaddr_from_c`] for an optional address: NULL with `addrlen` 0 is none.
+///
+/// # Safety
+/// `addr` is NULL or points to `addrlen` readable bytes.
+pub(crate) unsafe fn optional_sockaddr_from_c(
+    addr: *const c_void,
+    addrlen: u32,
+) -> Result<Option<nix::sys::socket::SockaddrStorage>, c_int> {
+    if addr.is_null() && addrlen == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the caller's promise.
+    unsafe { sockaddr_from_c(addr, addrlen) }.map(Some)
 }
 
 /// Connects the non-blocking socket `fd` to the address `sockaddr` (`addrlen` bytes, copied

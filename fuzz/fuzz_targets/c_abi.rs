@@ -116,6 +116,9 @@ enum Call {
     /// refused).
     RecvMsg(LoopRef, FdRef, bool),
     Send(LoopRef, FdRef, u16, bool, bool),
+    /// A datagram send, raw or callback mode, to an address or (None) the connected peer, on
+    /// any fd (streams and pipes included).
+    SendTo(LoopRef, FdRef, u16, bool, Option<Target>),
     Accept(LoopRef, FdRef, bool),
     Connect(LoopRef, Target, bool),
     LoopClose(LoopRef, u8, bool),
@@ -321,6 +324,47 @@ impl Harness {
     fn token(&mut self, kind: u64) -> u64 {
         self.next_token += 1;
         kind | (self.next_token & 0xff_ffff_ffff)
+    }
+
+    /// The address a connect or a datagram send goes to, written into `storage`: a pointer (NULL
+    /// for `Target::Null`) and a length.
+    fn target_addr(&self, target: Target, storage: &mut [u8; 128]) -> (*const c_void, u32) {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = sock.local_addr().unwrap().port();
+        drop(sock);
+        match target {
+            Target::Listener | Target::ClosedPort => {
+                let addr = match (target, self.listener) {
+                    (Target::Listener, Some((_, addr))) => addr,
+                    _ => {
+                        // SAFETY: all-zero is a valid sockaddr_in.
+                        let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                        a.sin_family = libc::AF_INET as libc::sa_family_t;
+                        a.sin_port = closed_port.to_be();
+                        a.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+                        a
+                    }
+                };
+                // SAFETY: `storage` has room for a sockaddr_in.
+                unsafe {
+                    storage
+                        .as_mut_ptr()
+                        .cast::<libc::sockaddr_in>()
+                        .write_unaligned(addr)
+                };
+                (
+                    storage.as_ptr().cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+            Target::Garbage { len, family } => {
+                storage[..2].copy_from_slice(&family.to_ne_bytes());
+                // Stay off real addresses: garbage ports point at loopback or nowhere.
+                storage[4..8].copy_from_slice(&[127, 0, 0, 1]);
+                (storage.as_ptr().cast(), u32::from(len) % 129)
+            }
+            Target::Null => (std::ptr::null(), 16),
+        }
     }
 
     fn lp(&self, r: LoopRef) -> *mut rl_loop {
@@ -721,6 +765,43 @@ impl Harness {
                 }
                 self.record_op(rc, op, raw);
             }
+            Call::SendTo(r, f, len, raw, target) => {
+                let (lp, fd) = (self.lp(r), self.fd(f));
+                let len = usize::from(len);
+                let buf: *const c_void = SEND_DATA.as_ptr().cast();
+                let mut storage = [0u8; 128];
+                let (addr_ptr, addr_len) = match target {
+                    Some(target) => self.target_addr(target, &mut storage),
+                    None => (std::ptr::null(), 0),
+                };
+                let mut op = 0;
+                let rc = if raw {
+                    let token = self.token(TOKEN_OTHER);
+                    // SAFETY: `buf` is static data of at least `len` bytes; `addr_ptr` is NULL or
+                    // `storage` (128 bytes >= addr_len).
+                    unsafe { rl_op_sendto(lp, fd, buf, len, addr_ptr, addr_len, token, &mut op) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe {
+                        rl_sendto(
+                            lp,
+                            fd,
+                            buf,
+                            len,
+                            addr_ptr,
+                            addr_len,
+                            Some(on_anything),
+                            null,
+                            &mut op,
+                        )
+                    }
+                };
+                check(rc, "sendto");
+                if addr_ptr.is_null() && addr_len > 0 {
+                    assert!(rc < 0, "a NULL address with a length must be refused");
+                }
+                self.record_op(rc, op, raw);
+            }
             Call::Accept(r, f, raw) => {
                 let (lp, fd) = (self.lp(r), self.fd(f));
                 let mut op = 0;
@@ -740,9 +821,6 @@ impl Harness {
                 if self.fds.len() >= MAX_FDS {
                     return;
                 }
-                let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let closed_port = sock.local_addr().unwrap().port();
-                drop(sock);
                 // SAFETY: plain socket creation.
                 let fd = unsafe {
                     libc::socket(
@@ -755,40 +833,7 @@ impl Harness {
                 // SAFETY: fresh fd from socket().
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 let mut storage = [0u8; 128];
-                let (addr_ptr, addr_len): (*const c_void, u32) = match target {
-                    Target::Listener | Target::ClosedPort => {
-                        let addr = match (target, self.listener) {
-                            (Target::Listener, Some((_, addr))) => addr,
-                            _ => {
-                                // SAFETY: all-zero is a valid sockaddr_in.
-                                let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-                                a.sin_family = libc::AF_INET as libc::sa_family_t;
-                                a.sin_port = closed_port.to_be();
-                                a.sin_addr.s_addr =
-                                    u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-                                a
-                            }
-                        };
-                        // SAFETY: `storage` has room for a sockaddr_in.
-                        unsafe {
-                            storage
-                                .as_mut_ptr()
-                                .cast::<libc::sockaddr_in>()
-                                .write_unaligned(addr)
-                        };
-                        (
-                            storage.as_ptr().cast(),
-                            std::mem::size_of::<libc::sockaddr_in>() as u32,
-                        )
-                    }
-                    Target::Garbage { len, family } => {
-                        storage[..2].copy_from_slice(&family.to_ne_bytes());
-                        // Stay off real addresses: garbage ports point at loopback or nowhere.
-                        storage[4..8].copy_from_slice(&[127, 0, 0, 1]);
-                        (storage.as_ptr().cast(), u32::from(len) % 129)
-                    }
-                    Target::Null => (std::ptr::null(), 16),
-                };
+                let (addr_ptr, addr_len) = self.target_addr(target, &mut storage);
                 let mut op = 0;
                 let rc = if raw {
                     let token = self.token(TOKEN_OTHER);

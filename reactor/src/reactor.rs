@@ -47,7 +47,9 @@
 //!   never waits past the end of a delay. Cancelling a paused accept behaves as cancelling any
 //!   accept (no further event).
 //! * A send completes once with the total bytes sent (all of them, or the count before an error is
-//!   reported as `-errno`); the reactor finishes short sends itself.
+//!   reported as `-errno`); the reactor finishes short sends itself. A datagram send
+//!   ([`Reactor::send_to`]) completes once with the kernel's answer; datagram sends on one fd
+//!   are not held back behind each other.
 //! * New fds (accept) are non-blocking and close-on-exec.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -264,6 +266,54 @@ impl Reactor {
     ) -> io::Result<OpId> {
         // SAFETY: the caller's promise is passed on unchanged.
         unsafe { self.backend.send(fd, buf, len, token) }.map(OpId)
+    }
+
+    /// Sends one datagram of `len` bytes from `buf` on `fd` to `to` (`None`: the socket's
+    /// connected peer), as `sendto(2)` does. One event: the bytes sent (a datagram goes whole or
+    /// not at all) or `-errno` (`-EDESTADDRREQ` without an address on an unconnected socket,
+    /// `-EMSGSIZE`, `-ECONNREFUSED` after an ICMP error on a connected socket...). `len` 0
+    /// sends an empty datagram. `to` is copied.
+    ///
+    /// Meant for datagram sockets (UDP, Unix datagram). Unlike [`Reactor::send`], whose sends on
+    /// one fd wait for each other so that a short send is finished before the next begins, these
+    /// go to the kernel at once, several in flight per fd, in call order; the kernel sends them
+    /// in that order while the socket's send buffer has room (when it is full, ones retried
+    /// later may pass each other, as UDP allows). On a stream socket the result may be a short
+    /// count that is not finished: use [`Reactor::send`] there.
+    ///
+    /// Errors: `EBADF`, `EINVAL` for a null `buf` with nonzero `len`, `EMSGSIZE` for `len`
+    /// above `i32::MAX`.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid and unmodified until this op's final event has been returned
+    /// by `poll` (also after [`Reactor::cancel`]).
+    pub unsafe fn send_to(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        to: Option<&nix::sys::socket::SockaddrStorage>,
+        token: u64,
+    ) -> io::Result<OpId> {
+        if buf.is_null() && len > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "send from a null buffer",
+            ));
+        }
+        // The event's result must hold the count.
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|&len| len <= i32::MAX as u32)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EMSGSIZE))?;
+        // A dangling, never-read pointer stands for an empty datagram's missing buffer.
+        let buf = if buf.is_null() {
+            std::ptr::NonNull::<u8>::dangling().as_ptr()
+        } else {
+            buf
+        };
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.backend.send_to(fd, buf, len, to, token) }.map(OpId)
     }
 
     /// Multishot accept on a listening socket: one event per connection, `result` = the new fd

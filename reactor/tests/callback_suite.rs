@@ -926,6 +926,76 @@ fn recvmsg_delivers_datagrams_with_their_senders(choice: BackendChoice) {
     assert!(!lp.is_alive());
 }
 
+/// A UDP echo in callback mode: each datagram goes back to its sender with `send_to`, whose
+/// callback gets the byte count; without an address an unconnected socket's send fails in its
+/// callback.
+fn send_to_answers_each_sender(choice: BackendChoice) {
+    let Some(mut lp) = make(choice) else { return };
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let fd = server.as_raw_fd();
+    let sent = Rc::new(RefCell::new(Vec::new()));
+    let s = sent.clone();
+    let op = lp
+        .recvmsg(fd, move |lp, datagram| {
+            let (payload, source) = datagram.expect("recvmsg failed");
+            // SAFETY: `source` holds the sender's sockaddr, `source.len()` bytes.
+            let to = unsafe {
+                <SockaddrStorage as nix::sys::socket::SockaddrLike>::from_raw(
+                    source.as_ptr().cast(),
+                    Some(source.len() as u32),
+                )
+            }
+            .expect("a socket address");
+            let s = s.clone();
+            lp.send_to(fd, payload.to_vec(), Some(&to), move |_, result| {
+                s.borrow_mut().push(result.expect("send_to failed"));
+            })
+            .unwrap();
+        })
+        .unwrap();
+    let clients = [
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let messages: [&[u8]; 4] = [b"one", b"", b"three, from the second client", b"four"];
+    for (i, message) in messages.iter().enumerate() {
+        clients[i % 2]
+            .send_to(message, server.local_addr().unwrap())
+            .unwrap();
+    }
+    let dog = watchdog(&mut lp, 30);
+    while sent.borrow().len() < messages.len() {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    assert_eq!(*sent.borrow(), messages.map(|m| m.len()));
+    let mut buf = [0u8; 64];
+    for (i, message) in messages.iter().enumerate() {
+        let client = &clients[i % 2];
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], *message, "echo {i}, to its sender");
+    }
+    assert!(lp.cancel(op));
+
+    let failed = Rc::new(Cell::new(0));
+    let f = failed.clone();
+    lp.send_to(fd, &b"to nobody"[..], None, move |_, result| {
+        f.set(result.unwrap_err().raw_os_error().unwrap());
+    })
+    .unwrap();
+    let dog = watchdog(&mut lp, 30);
+    while failed.get() == 0 {
+        lp.run(RunMode::Once).unwrap();
+    }
+    lp.cancel_timer(dog);
+    assert_eq!(failed.get(), libc::EDESTADDRREQ);
+    assert!(!lp.is_alive());
+}
+
 /// Starts a recv on `fd` that appends to `got` and cancels itself (restarting from a fresh
 /// callback) after every 64 KiB, as a server applying backpressure does.
 fn start_stuttering_recv(
@@ -1769,6 +1839,7 @@ suite!(
     connect_to_a_closed_port_is_refused,
     recv_reports_eof_and_cancel_stops_callbacks,
     recvmsg_delivers_datagrams_with_their_senders,
+    send_to_answers_each_sender,
     cancelling_and_restarting_recv_loses_no_bytes,
     futures_completed_from_other_threads,
     run_in_thread_results,

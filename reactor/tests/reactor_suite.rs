@@ -914,6 +914,223 @@ fn datagrams_are_received_with_their_senders(choice: BackendChoice) {
     assert_eq!(reactor.pending(), 0);
 }
 
+/// Datagram sends: a burst to two receivers, all in flight at once, arrives whole, in call order,
+/// from the sender's address, one final event each with the byte count (empty datagrams too);
+/// a connected socket sends to its peer without an address; a peer that cannot keep up holds the
+/// sends back without losing one; errors come as events or at submission; cancel and close
+/// leave exactly one final event per send.
+fn datagrams_are_sent_to_their_addresses(choice: BackendChoice) {
+    use std::net::UdpSocket;
+    use std::os::unix::net::UnixDatagram;
+
+    let Some(mut reactor) = make(choice, Options::default()) else {
+        return;
+    };
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.set_nonblocking(true).unwrap();
+    let receivers = [
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let addrs: Vec<SockaddrStorage> = receivers
+        .iter()
+        .map(|r| SockaddrStorage::from(r.local_addr().unwrap()))
+        .collect();
+    let mut events = [Event::default(); 64];
+    for round in 0..3u64 {
+        let payloads: Vec<Vec<u8>> = (0..64u64)
+            .map(|i| random_bytes(((i * 37 + round * 11) % 1400) as usize, round * 64 + i))
+            .collect();
+        for (i, payload) in payloads.iter().enumerate() {
+            // SAFETY: `payloads` outlives every send's final event (all collected below).
+            unsafe {
+                reactor.send_to(
+                    sender.as_raw_fd(),
+                    payload.as_ptr(),
+                    payload.len(),
+                    Some(&addrs[i % 2]),
+                    i as u64,
+                )
+            }
+            .unwrap();
+        }
+        let mut results = vec![None; payloads.len()];
+        let mut done = 0;
+        poll_until(&mut reactor, &mut events, |_, batch| {
+            for ev in batch {
+                assert_eq!(ev.flags, 0, "one final event: {ev:?}");
+                let slot = &mut results[ev.token as usize];
+                assert!(slot.is_none(), "a second event for send {}", ev.token);
+                *slot = Some(ev.result);
+                done += 1;
+            }
+            done == payloads.len()
+        });
+        for (i, payload) in payloads.iter().enumerate() {
+            assert_eq!(results[i], Some(payload.len() as i32), "send {i}");
+        }
+        assert_eq!(reactor.pending(), 0);
+        let mut buf = vec![0u8; 2048];
+        for (i, payload) in payloads.iter().enumerate() {
+            let receiver = &receivers[i % 2];
+            receiver
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let (n, from) = receiver.recv_from(&mut buf).unwrap();
+            assert_eq!(from, sender.local_addr().unwrap());
+            assert!(
+                buf[..n] == payload[..],
+                "round {round}: datagram {i} (in call order)"
+            );
+        }
+    }
+
+    // A connected socket sends to its peer without an address; an unconnected one cannot.
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    // SAFETY: the literal is static.
+    unsafe { reactor.send_to(sender.as_raw_fd(), b"where?".as_ptr(), 6, None, 100) }.unwrap();
+    // A datagram larger than UDP allows.
+    let huge = vec![7u8; 70_000];
+    // SAFETY: `huge` outlives the event (collected below).
+    unsafe {
+        reactor.send_to(
+            sender.as_raw_fd(),
+            huge.as_ptr(),
+            huge.len(),
+            Some(&addrs[0]),
+            101,
+        )
+    }
+    .unwrap();
+    let mut errors = HashMap::new();
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        errors.extend(batch.iter().map(|ev| (ev.token, ev.result)));
+        errors.len() == 2
+    });
+    assert_eq!(errors[&100], -libc::EDESTADDRREQ);
+    assert_eq!(errors[&101], -libc::EMSGSIZE);
+
+    // A peer that does not read, with a small send buffer in between: the sends wait, none is
+    // lost or duplicated, and each ends once.
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let burst: Vec<Vec<u8>> = (0..200u64)
+        .map(|i| random_bytes(100 + i as usize, i))
+        .collect();
+    for (i, payload) in burst.iter().enumerate() {
+        // SAFETY: `burst` outlives the final events (all collected below).
+        unsafe {
+            reactor.send_to(
+                ours.as_raw_fd(),
+                payload.as_ptr(),
+                payload.len(),
+                None,
+                i as u64,
+            )
+        }
+        .unwrap();
+    }
+    let first = poll_for(&mut reactor, Duration::from_millis(50));
+    assert!(
+        first.len() < burst.len(),
+        "the peer's queue cannot take {} datagrams unread",
+        burst.len()
+    );
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        while got.len() < 200 {
+            let n = theirs.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        got
+    });
+    let mut ended: Vec<Event> = first;
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        ended.extend_from_slice(batch);
+        ended.len() >= burst.len()
+    });
+    let mut got = reader.join().unwrap();
+    let mut tokens: Vec<u64> = ended.iter().map(|ev| ev.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, (0..200).collect::<Vec<u64>>(), "one event per send");
+    for ev in &ended {
+        assert_eq!(ev.result, burst[ev.token as usize].len() as i32);
+    }
+    let mut expected = burst.clone();
+    got.sort();
+    expected.sort();
+    assert!(got == expected, "every datagram arrived once");
+
+    // Refused at submission.
+    let null = std::ptr::null::<u8>();
+    // SAFETY: the pointers are not read (refused before anything is sent).
+    unsafe {
+        let err = reactor
+            .send_to(sender.as_raw_fd(), null, 1, None, 1)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        let err = reactor.send_to(-1, b"x".as_ptr(), 1, None, 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        let err = reactor
+            .send_to(sender.as_raw_fd(), b"x".as_ptr(), 1 << 31, None, 1)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        // An empty datagram needs no buffer.
+        reactor
+            .send_to(sender.as_raw_fd(), null, 0, Some(&addrs[1]), 102)
+            .unwrap();
+    }
+    poll_until(&mut reactor, &mut events, |_, batch| {
+        assert!(
+            batch.iter().all(|ev| (ev.token, ev.result) == (102, 0)),
+            "{batch:?}"
+        );
+        !batch.is_empty()
+    });
+    let mut buf = [0u8; 16];
+    assert_eq!(receivers[1].recv(&mut buf).unwrap(), 0, "an empty datagram");
+
+    // Cancelled at once, and closed while waiting for a full peer: one final event each.
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let filler = [1u8; 64];
+    let mut ids = Vec::new();
+    for token in 0..40u64 {
+        // SAFETY: `filler` outlives the final events (all collected below).
+        ids.push(
+            unsafe { reactor.send_to(ours.as_raw_fd(), filler.as_ptr(), 64, None, token) }.unwrap(),
+        );
+    }
+    reactor.cancel(ids[39]).unwrap();
+    let mut ended = poll_for(&mut reactor, Duration::from_millis(30));
+    assert!(ended.len() < 40, "the small send buffer holds sends back");
+    reactor.close(OwnedFd::from(ours), 999).unwrap();
+    ended.extend(poll_for(&mut reactor, Duration::from_millis(100)));
+    drop(theirs);
+    assert_eq!(reactor.pending(), 0, "the close ended every send");
+    let mut per_token: HashMap<u64, Vec<i32>> = HashMap::new();
+    for ev in &ended {
+        per_token.entry(ev.token).or_default().push(ev.result);
+    }
+    assert_eq!(per_token.remove(&999), Some(vec![0]), "the close's event");
+    assert_eq!(per_token.len(), 40, "every send ended: {per_token:?}");
+    for (token, results) in &per_token {
+        assert!(
+            results.len() == 1 && (results[0] == 64 || results[0] == -libc::ECANCELED),
+            "send {token}: {results:?}"
+        );
+    }
+    assert!(
+        per_token.values().any(|r| r[0] == -libc::ECANCELED),
+        "the close cancelled the sends still waiting"
+    );
+}
+
 fn errno_of(result: std::io::Result<()>) -> i32 {
     result
         .expect_err("expected an error")
@@ -1726,6 +1943,10 @@ macro_rules! suite {
             #[test]
             fn datagrams_are_received_with_their_senders() {
                 super::datagrams_are_received_with_their_senders($choice);
+            }
+            #[test]
+            fn datagrams_are_sent_to_their_addresses() {
+                super::datagrams_are_sent_to_their_addresses($choice);
             }
             #[test]
             fn pipes_are_received_from() {

@@ -81,6 +81,19 @@ mod libc_errno {
     pub const ECANCELED: i32 = 125;
     pub const EBADF: i32 = 9;
     pub const EOPNOTSUPP: i32 = 95;
+    pub const EDESTADDRREQ: i32 = 89;
+}
+
+/// A `struct sockaddr_in` for an IPv4 address, as C code builds one.
+fn sockaddr_in(addr: std::net::SocketAddr) -> [u8; 16] {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("an IPv4 address expected: {addr}");
+    };
+    let mut raw = [0u8; 16];
+    raw[..2].copy_from_slice(&2u16.to_ne_bytes()); // AF_INET
+    raw[2..4].copy_from_slice(&v4.port().to_be_bytes());
+    raw[4..8].copy_from_slice(&v4.ip().octets());
+    raw
 }
 
 fn raw_timers(lp: *mut rl_loop) {
@@ -475,6 +488,71 @@ fn raw_datagrams(lp: *mut rl_loop) {
             }
         }
         assert_eq!(received, messages);
+
+        // `rl_op_sendto` (0.7.0): an echo straight from kept receive buffers, to the address
+        // each datagram came from; each buffer is released at its send's event.
+        let mut echoes = 0;
+        let client_fd = client.as_raw_fd();
+        let to_client = sockaddr_in(client.local_addr().unwrap());
+        for message in messages {
+            client.send_to(message, server.local_addr().unwrap()).unwrap();
+        }
+        let mut sends = std::collections::HashMap::new();
+        while echoes < messages.len() {
+            for ev in poll(lp, -1) {
+                if ev.token == 50 {
+                    check(rl_buffer_keep(lp, ev.aux as u32), "rl_buffer_keep");
+                    let buf = base.add(ev.aux as usize * size as usize);
+                    let token = 60 + sends.len() as u64;
+                    check(
+                        rl_op_sendto(
+                            lp,
+                            server.as_raw_fd(),
+                            buf.add(RL_DGRAM_PAYLOAD as usize).cast(),
+                            ev.result as usize,
+                            buf.add(RL_DGRAM_NAME as usize).cast(),
+                            word(buf, RL_DGRAM_NAME_LEN),
+                            token,
+                            ptr::null_mut(),
+                        ),
+                        "rl_op_sendto",
+                    );
+                    sends.insert(token, (ev.aux as u32, ev.result));
+                } else {
+                    let (buffer, len) = sends[&ev.token];
+                    assert_eq!(ev.result, len, "the echo's send: {ev:?}");
+                    assert_eq!(ev.flags, 0);
+                    check(rl_buffer_release(lp, buffer), "rl_buffer_release");
+                    echoes += 1;
+                }
+            }
+        }
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut echo = [0u8; 16];
+        for message in messages {
+            let (n, from) = client.recv_from(&mut echo).unwrap();
+            assert_eq!((&echo[..n], from), (message, server.local_addr().unwrap()));
+        }
+        // A NULL address means the connected peer: there is none.
+        check(
+            rl_op_sendto(lp, client_fd, b"x".as_ptr().cast(), 1, ptr::null(), 0, 61, ptr::null_mut()),
+            "rl_op_sendto",
+        );
+        let evs = poll(lp, -1);
+        assert_eq!((evs[0].token, evs[0].result), (61, -libc_errno::EDESTADDRREQ));
+        assert_eq!(
+            rl_op_sendto(lp, client_fd, b"x".as_ptr().cast(), 1, ptr::null(), 16, 62, ptr::null_mut()),
+            -libc_errno::EINVAL,
+            "NULL address with a length"
+        );
+        assert_eq!(
+            rl_op_sendto(lp, client_fd, ptr::null(), 1, to_client.as_ptr().cast(), 16, 62, ptr::null_mut()),
+            -libc_errno::EINVAL,
+            "NULL buffer"
+        );
+
         check(rl_op_cancel(lp, op), "rl_op_cancel");
         let (stream, _peer) = UnixStream::pair().unwrap();
         assert_eq!(
@@ -482,7 +560,10 @@ fn raw_datagrams(lp: *mut rl_loop) {
             -libc_errno::EOPNOTSUPP
         );
     }
-    println!("raw datagrams: 3 datagrams with their sender, a stream socket refused");
+    println!(
+        "raw datagrams: 3 datagrams with their sender, echoed from kept buffers with rl_op_sendto, \
+         a stream socket refused"
+    );
 }
 
 /// `rl_recvmsg`'s callback: records the payload and the sender's port, from `outcome` alone.
@@ -505,6 +586,12 @@ unsafe extern "C" fn on_datagram(_lp: *mut rl_loop, o: *const rl_outcome, data: 
         let name = std::slice::from_raw_parts(o.source.cast::<u8>(), 4);
         seen.push((payload, u16::from_be_bytes([name[2], name[3]])));
     }
+}
+
+/// `rl_sendto`'s callback: stores the result in the `i32` at `data`.
+unsafe extern "C" fn on_sent(_lp: *mut rl_loop, o: *const rl_outcome, data: *mut c_void) {
+    // SAFETY: registered with an `i32` that outlives the run; `o` is valid during the call.
+    unsafe { *(data as *mut i32) = (*o).result };
 }
 
 /// Callback mode's `rl_recvmsg` (0.6.0): datagrams with their sender in `rl_outcome.source`.
@@ -533,6 +620,34 @@ fn callback_datagrams(lp: *mut rl_loop) {
             check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
         }
         assert_eq!(rl_cancel(lp, op), 1);
+
+        // `rl_sendto` (0.7.0): one datagram back to the client; the callback gets the count.
+        let to = sockaddr_in(client.local_addr().unwrap());
+        let mut sent: i32 = i32::MIN;
+        check(
+            rl_sendto(
+                lp,
+                server.as_raw_fd(),
+                b"back".as_ptr().cast(),
+                4,
+                to.as_ptr().cast(),
+                to.len() as u32,
+                Some(on_sent),
+                &mut sent as *mut i32 as *mut c_void,
+                ptr::null_mut(),
+            ),
+            "rl_sendto",
+        );
+        while sent == i32::MIN {
+            check(rl_run(lp, RL_RUN_ONCE as i32), "rl_run");
+        }
+        assert_eq!(sent, 4);
+        let mut back = [0u8; 8];
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(client.recv(&mut back).unwrap(), 4);
+        assert_eq!(&back[..4], b"back");
     }
     let port = client.local_addr().unwrap().port();
     assert_eq!(
@@ -543,7 +658,7 @@ fn callback_datagrams(lp: *mut rl_loop) {
             (b"tres".to_vec(), port)
         ]
     );
-    println!("callback datagrams: 3 datagrams with their sender");
+    println!("callback datagrams: 3 datagrams with their sender, one sent back with rl_sendto");
 }
 
 fn backend_is_io_uring(lp: *mut rl_loop) -> bool {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::EpollCreateFlags;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{accept4, recv, send, MsgFlags, SockFlag, SockaddrStorage};
+use nix::sys::socket::{accept4, recv, send, sendto, MsgFlags, SockFlag, SockaddrStorage};
 
 use super::{
     accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
@@ -82,6 +82,13 @@ enum Kind {
         buf: *const u8,
         len: usize,
         sent: usize,
+    },
+    /// A datagram send (`sendto`; `to` None: the connected peer), in the fd's send FIFO like a
+    /// send: it is tried at once when nothing is queued ahead of it.
+    SendTo {
+        buf: *const u8,
+        len: u32,
+        to: Option<Box<SockaddrStorage>>,
     },
     Accept,
     Connect,
@@ -241,7 +248,7 @@ impl Epoll {
             | Kind::RecvMsg
             | Kind::Accept
             | Kind::Signal { .. } => 0,
-            Kind::Send { .. } => {
+            Kind::Send { .. } | Kind::SendTo { .. } => {
                 if self.fds.is_send_head(op.fd, key) {
                     OUT
                 } else {
@@ -410,7 +417,7 @@ impl Epoll {
                 Kind::Accept if !op.paused && revents & (IN | ERR_HUP) != 0 => {
                     self.do_accept(key, fd, token)
                 }
-                Kind::Send { .. }
+                Kind::Send { .. } | Kind::SendTo { .. }
                     if revents & (OUT | ERR_HUP) != 0 && self.fds.is_send_head(fd, key) =>
                 {
                     self.do_send(key, fd);
@@ -598,16 +605,51 @@ impl Epoll {
         }
     }
 
+    /// Adds a send (or datagram send) to its fd's FIFO, trying it right away when nothing is
+    /// queued ahead, as most sends fit in the socket buffer.
+    fn queue_send(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
+        let key = self.insert(fd, token, kind);
+        if self.fds.push_send(fd, key) {
+            self.do_send(key, fd);
+        }
+        if self.ops.get(key).is_some() {
+            if let Err(err) = self.update_interest(fd) {
+                self.discard(key);
+                return Err(err);
+            }
+        }
+        Ok(key)
+    }
+
     /// Pushes a send forward; ends it when done or failed.
     fn do_send(&mut self, key: u64, fd: RawFd) {
-        let Some(Op {
-            kind: Kind::Send { buf, len, sent },
-            ..
-        }) = self.ops.get_mut(key)
-        else {
+        let Some(op) = self.ops.get_mut(key) else {
             return;
         };
-        let (buf, len) = (*buf, *len);
+        let (buf, len, sent) = match &mut op.kind {
+            Kind::Send { buf, len, sent } => (*buf, *len, sent),
+            Kind::SendTo { buf, len, to } => {
+                // SAFETY: the caller keeps `buf..buf+len` valid and unmodified until the final
+                // event (contract of `Reactor::send_to`).
+                let datagram = unsafe { std::slice::from_raw_parts(*buf, *len as usize) };
+                let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+                let result = loop {
+                    let sent = match to {
+                        Some(to) => sendto(fd, datagram, &**to, flags),
+                        None => send(fd, datagram, flags),
+                    };
+                    match sent {
+                        Ok(n) => break n.min(i32::MAX as usize) as i32,
+                        Err(Errno::EINTR) => {}
+                        Err(Errno::EAGAIN) => return,
+                        Err(errno) => break neg_errno_of(errno),
+                    }
+                };
+                self.finish(key, result);
+                return;
+            }
+            _ => return,
+        };
         let result = loop {
             if *sent == len {
                 break Some(len.min(i32::MAX as usize) as i32);
@@ -930,18 +972,20 @@ impl Backend for Epoll {
                 "send from a null buffer",
             ));
         }
-        let key = self.insert(fd, token, Kind::Send { buf, len, sent: 0 });
-        if self.fds.push_send(fd, key) {
-            // Nothing queued ahead: try right away, as most sends fit in the socket buffer.
-            self.do_send(key, fd);
-        }
-        if self.ops.get(key).is_some() {
-            if let Err(err) = self.update_interest(fd) {
-                self.discard(key);
-                return Err(err);
-            }
-        }
-        Ok(key)
+        self.queue_send(fd, token, Kind::Send { buf, len, sent: 0 })
+    }
+
+    unsafe fn send_to(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        to: Option<&SockaddrStorage>,
+        token: u64,
+    ) -> io::Result<u64> {
+        self.fds.check(fd)?;
+        let to = to.map(|addr| Box::new(*addr));
+        self.queue_send(fd, token, Kind::SendTo { buf, len, to })
     }
 
     fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
@@ -992,7 +1036,7 @@ impl Backend for Epoll {
         let once = matches!(op.kind, Kind::RecvOnce { .. });
         let send_result = match op.kind {
             Kind::Send { sent, .. } if sent > 0 => Some(sent.min(i32::MAX as usize) as i32),
-            Kind::Send { .. } => Some(-libc::ECANCELED),
+            Kind::Send { .. } | Kind::SendTo { .. } => Some(-libc::ECANCELED),
             _ => None,
         };
         self.purge_ready(key, fd, is_recv, is_accept);

@@ -7,7 +7,8 @@
 //!
 //! * deliver exactly the events the contract in `reactor.rs` describes — watches level-triggered
 //!   (at most one event per `poll` per watch), multishot recv/accept/signal with
-//!   [`crate::flags::MORE`] on all but the last event, one final event per send/connect/close;
+//!   [`crate::flags::MORE`] on all but the last event, one final event per
+//!   send/send_to/connect/close;
 //! * make `cancel` take effect before it returns (drop anything queued or later completed for the
 //!   op, returning buffers and closing accepted fds nobody will see), except that a send produces
 //!   exactly one final event once the kernel no longer reads caller memory;
@@ -63,6 +64,20 @@ pub(crate) trait Backend: Send {
     /// `poll` (the caller's promise in [`crate::Reactor::send`]).
     unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: usize, token: u64)
         -> io::Result<u64>;
+    /// One datagram send (`sendto(2)`; `to` None: the connected peer): one final event, the
+    /// kernel's answer (bytes sent or `-errno`), never finished further. It need not wait for
+    /// the fd's other sends, but datagram sends on one fd go to the kernel in call order.
+    ///
+    /// # Safety
+    /// As [`Backend::send`].
+    unsafe fn send_to(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        to: Option<&SockaddrStorage>,
+        token: u64,
+    ) -> io::Result<u64>;
     fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64>;
     fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64>;
     fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64>;

@@ -20,7 +20,9 @@
 //!   the next `poll`; after a resource error it is re-armed once the back-off delay has passed
 //!   (`AcceptBackoff`), and `poll` caps its wait at that instant.
 //! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
-//!   follow-up SQE can never interleave with the next send's bytes.
+//!   follow-up SQE can never interleave with the next send's bytes. Datagram sends (`send_to`)
+//!   have no short count to finish: they go to the kernel at once, several in flight per fd, and
+//!   the kernel issues them in submission order.
 //! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
 //!   `SINGLE_ISSUER`/`DEFER_TASKRUN` bind the ring to one submitting task, while a reactor may be
 //!   created on one thread, polled from another and dropped on a third (Python and the C ABI do
@@ -209,6 +211,13 @@ enum Kind {
         len: usize,
         sent: usize,
     },
+    /// A datagram send (`sendto`); `to` None: the connected peer. The kernel reads `to` when it
+    /// issues the request, so it is boxed and lives with the op.
+    SendTo {
+        buf: *const u8,
+        len: u32,
+        to: Option<Box<SockAddrBuf>>,
+    },
     Accept,
     Connect {
         addr: Box<SockAddrBuf>,
@@ -233,6 +242,7 @@ enum Next {
         len: usize,
         sent: usize,
     },
+    SendTo,
     Final,
     Signal,
     Wake,
@@ -546,6 +556,18 @@ impl Uring {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
             Kind::Send { buf, len, sent } => send_entry(op.fd, *buf, *len, *sent),
+            Kind::SendTo { buf, len, to } => {
+                let send = opcode::Send::new(fd, *buf, *len).flags(libc::MSG_NOSIGNAL);
+                match to {
+                    Some(to) => send
+                        .dest_addr(
+                            &to.storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+                        )
+                        .dest_addr_len(to.len)
+                        .build(),
+                    None => send.build(),
+                }
+            }
             Kind::Accept => opcode::AcceptMulti::new(fd)
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
                 .build(),
@@ -717,9 +739,35 @@ impl Uring {
             // Cancelled or failed while paused: its back-off must not wake `poll` any more.
             self.backoff.forget(key);
         }
-        if let Kind::Connect { addr } = op.kind {
-            self.spare_addrs.push(addr);
+        match op.kind {
+            Kind::Connect { addr } | Kind::SendTo { to: Some(addr), .. } => {
+                self.spare_addrs.push(addr)
+            }
+            _ => {}
         }
+    }
+
+    /// `addr` copied into a box the kernel may read until the op's last completion (recycled).
+    fn addr_buf(&mut self, addr: &SockaddrStorage) -> Box<SockAddrBuf> {
+        let mut buf = self.spare_addrs.pop().unwrap_or_else(|| {
+            Box::new(SockAddrBuf {
+                // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+                storage: unsafe { std::mem::zeroed() },
+                len: 0,
+            })
+        });
+        let len = (addr.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `addr.as_ptr()` points at `addr.len()` valid bytes, of which `len` fit in a
+        // sockaddr_storage; the regions are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                addr.as_ptr() as *const u8,
+                &mut buf.storage as *mut _ as *mut u8,
+                len,
+            );
+        }
+        buf.len = len as libc::socklen_t;
+        buf
     }
 
     fn emit(&mut self, key: u64, token: u64, result: i32, flags: u32, aux: u64) {
@@ -791,8 +839,20 @@ impl Uring {
         }
         let token = op.token;
         if op.cancelled {
-            let send_total = match op.kind {
-                Kind::Send { sent, .. } => Some(sent + res.max(0) as usize),
+            // The one final event a cancelled send still owes the caller.
+            let send_result = match op.kind {
+                Kind::Send { sent, .. } => {
+                    let total = sent + res.max(0) as usize;
+                    Some(if total > 0 {
+                        total.min(i32::MAX as usize) as i32
+                    } else if res < 0 {
+                        res
+                    } else {
+                        -libc::ECANCELED
+                    })
+                }
+                // Sent whole or not at all: the kernel's answer (-ECANCELED if the cancel won).
+                Kind::SendTo { .. } => Some(res),
                 _ => None,
             };
             let accepted_fd = matches!(op.kind, Kind::Accept) && res >= 0;
@@ -812,15 +872,7 @@ impl Uring {
                 // this fd, so the reactor owns it and closes it.
                 drop(unsafe { OwnedFd::from_raw_fd(res) });
             }
-            if let Some(total) = send_total {
-                // The one final event a cancelled send still owes the caller.
-                let result = if total > 0 {
-                    total.min(i32::MAX as usize) as i32
-                } else if res < 0 {
-                    res
-                } else {
-                    -libc::ECANCELED
-                };
+            if let Some(result) = send_result {
                 self.emit(0, token, result, 0, 0);
             }
             if !still_armed {
@@ -843,6 +895,7 @@ impl Uring {
                     sent: *sent,
                 }
             }
+            Kind::SendTo { .. } => Next::SendTo,
             Kind::Connect { .. } | Kind::Close => Next::Final,
             Kind::Signal { signalfd } => {
                 if res >= 0 {
@@ -971,6 +1024,15 @@ impl Uring {
                     self.fail(key, res);
                 } else {
                     self.fail(key, sent.min(i32::MAX as usize) as i32);
+                }
+            }
+            Next::SendTo => {
+                if res == -libc::EAGAIN || res == -libc::EINTR {
+                    if let Err(err) = self.arm(key) {
+                        self.fail(key, errno_of(&err));
+                    }
+                } else {
+                    self.fail(key, res);
                 }
             }
             Next::Final => self.fail(key, res),
@@ -1209,7 +1271,7 @@ impl Uring {
             matches!(op.kind, Kind::Recv),
             matches!(op.kind, Kind::Accept),
         );
-        let queued_send = matches!(op.kind, Kind::Send { .. }) && !armed;
+        let queued_send = matches!(op.kind, Kind::Send { .. } | Kind::SendTo { .. }) && !armed;
         let token = op.token;
         self.live -= 1;
         self.purge_ready(key, fd, is_recv, is_accept);
@@ -1543,30 +1605,25 @@ impl Backend for Uring {
         Ok(key)
     }
 
+    unsafe fn send_to(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        to: Option<&SockaddrStorage>,
+        token: u64,
+    ) -> io::Result<u64> {
+        let to = to.map(|addr| self.addr_buf(addr));
+        self.start(fd, token, Kind::SendTo { buf, len, to })
+    }
+
     fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<u64> {
         self.start(fd, token, Kind::Accept)
     }
 
     fn connect(&mut self, fd: RawFd, addr: &SockaddrStorage, token: u64) -> io::Result<u64> {
-        let mut buf = self.spare_addrs.pop().unwrap_or_else(|| {
-            Box::new(SockAddrBuf {
-                // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-                storage: unsafe { std::mem::zeroed() },
-                len: 0,
-            })
-        });
-        let len = addr.len() as usize;
-        // SAFETY: `addr.as_ptr()` points at `addr.len()` valid bytes, which fit in a
-        // sockaddr_storage; the regions are distinct.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                addr.as_ptr() as *const u8,
-                &mut buf.storage as *mut _ as *mut u8,
-                len.min(std::mem::size_of::<libc::sockaddr_storage>()),
-            );
-        }
-        buf.len = len as libc::socklen_t;
-        self.start(fd, token, Kind::Connect { addr: buf })
+        let addr = self.addr_buf(addr);
+        self.start(fd, token, Kind::Connect { addr })
     }
 
     fn close(&mut self, fd: OwnedFd, token: u64) -> io::Result<u64> {

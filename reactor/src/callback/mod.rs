@@ -1034,8 +1034,9 @@ impl EventLoop {
         self.reactor.buffer_region()
     }
 
-    /// Keeps the pool buffer holding the bytes a recv callback got — `data` and `len` are its
-    /// outcome's bytes — beyond the callback, as [`RawOps::keep_buffer`] does for a raw event:
+    /// Keeps the pool buffer holding the bytes a recv or recvmsg callback got — `data` and `len`
+    /// are its outcome's bytes (a datagram's payload) — beyond the callback, as
+    /// [`RawOps::keep_buffer`] does for a raw event:
     /// they stay valid and unchanged until [`RawOps::release_buffer`] with the returned id, so
     /// they can be sent on without a copy (released at the send's callback). Only compares
     /// addresses; `data` is never read.
@@ -1049,7 +1050,12 @@ impl EventLoop {
         }
         let (base, size, count) = self.reactor.buffer_region();
         let offset = (data as usize).wrapping_sub(base as usize);
-        if offset >= size * count || !offset.is_multiple_of(size) || len > size {
+        // A stream's bytes start their buffer; a datagram's payload follows its header.
+        let start = offset % size;
+        if offset >= size * count
+            || !(start == 0 || start == crate::datagram::PAYLOAD)
+            || len > size - start
+        {
             return Err(invalid(libc::ENOENT));
         }
         let id = (offset / size) as u32;
@@ -1489,8 +1495,32 @@ impl EventLoop {
         data: impl Into<Box<[u8]>>,
         f: impl FnOnce(&mut EventLoop, io::Result<usize>) + 'static,
     ) -> io::Result<OpHandle> {
+        self.send_owned(fd, data.into(), None, f)
+    }
+
+    /// Sends `data` as one datagram on `fd` to `to` (`None`: the connected peer), as
+    /// [`Reactor::send_to`] does; `f` gets the bytes sent or the error. The loop owns `data`
+    /// until then.
+    pub fn send_to(
+        &mut self,
+        fd: RawFd,
+        data: impl Into<Box<[u8]>>,
+        to: Option<&SockaddrStorage>,
+        f: impl FnOnce(&mut EventLoop, io::Result<usize>) + 'static,
+    ) -> io::Result<OpHandle> {
+        self.send_owned(fd, data.into(), Some(to), f)
+    }
+
+    /// A send of loop-owned bytes: a stream send when `datagram_to` is `None`, else a datagram
+    /// send to the address it holds.
+    fn send_owned(
+        &mut self,
+        fd: RawFd,
+        data: Box<[u8]>,
+        datagram_to: Option<Option<&SockaddrStorage>>,
+        f: impl FnOnce(&mut EventLoop, io::Result<usize>) + 'static,
+    ) -> io::Result<OpHandle> {
         Self::check_fd(fd)?;
-        let data: Box<[u8]> = data.into();
         let (ptr, len) = (data.as_ptr(), data.len());
         let handler = Handler::Once(Box::new(move |lp, outcome| {
             if outcome.result >= 0 {
@@ -1504,7 +1534,12 @@ impl EventLoop {
             // keeps it (a Box's heap block does not move when the slot does) until the send's
             // final event has been dispatched, and if that event never comes the bytes are leaked
             // rather than freed (see `shutdown`).
-            unsafe { r.send(fd, ptr, len, token) }
+            unsafe {
+                match datagram_to {
+                    None => r.send(fd, ptr, len, token),
+                    Some(to) => r.send_to(fd, ptr, len, to, token),
+                }
+            }
         })?;
         Ok(OpHandle(token_for(OpKind::Send, key)))
     }
@@ -1526,6 +1561,28 @@ impl EventLoop {
             // SAFETY: the caller keeps the memory valid until `cb` runs, which is after the
             // send's final event.
             unsafe { r.send(fd, buf, len, token) }
+        })?;
+        Ok(OpHandle(token_for(OpKind::Send, key)))
+    }
+
+    /// [`EventLoop::send_to`] from caller memory, for a raw callback: `cb` is called once with
+    /// the bytes sent or `-errno` (also after [`EventLoop::cancel`], and during a close).
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid and unmodified until `cb` has been called.
+    pub unsafe fn send_to_raw(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        to: Option<&SockaddrStorage>,
+        cb: RawCallback,
+    ) -> io::Result<OpHandle> {
+        Self::check_fd(fd)?;
+        let key = self.start_op(OpKind::Send, fd, Handler::Raw(cb), None, |r, token| {
+            // SAFETY: the caller keeps the memory valid until `cb` runs, which is after the
+            // send's final event.
+            unsafe { r.send_to(fd, buf, len, to, token) }
         })?;
         Ok(OpHandle(token_for(OpKind::Send, key)))
     }

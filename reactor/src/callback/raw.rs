@@ -76,6 +76,25 @@ impl RawOps<'_> {
         unsafe { self.lp.reactor.send(fd, buf, len, token) }
     }
 
+    /// See [`crate::Reactor::send_to`].
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid and unmodified until this op's final event has been
+    /// returned by [`EventLoop::poll_raw`] (also after [`RawOps::cancel`]).
+    pub unsafe fn send_to(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+        to: Option<&SockaddrStorage>,
+        token: u64,
+    ) -> io::Result<OpId> {
+        self.check(token)?;
+        // SAFETY: forwarded verbatim: the caller upholds `Reactor::send_to`'s contract, stated
+        // identically above.
+        unsafe { self.lp.reactor.send_to(fd, buf, len, to, token) }
+    }
+
     /// See [`crate::Reactor::accept_multi`].
     pub fn accept_multi(&mut self, fd: RawFd, token: u64) -> io::Result<OpId> {
         self.check(token)?;
