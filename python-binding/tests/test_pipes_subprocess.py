@@ -74,6 +74,26 @@ def test_read_pipe_pause_and_resume(loop):
     run(loop, main())
 
 
+def test_read_pipe_paused_right_after_a_poll_that_brought_bytes_loses_none(loop):
+    # As for sockets: a callback ready before the poll pauses reading after the poll brought
+    # bytes, before they are handled. They must wait for the resume, not vanish.
+    async def main():
+        r, w = os.pipe()
+        transport, collector = await loop.connect_read_pipe(lambda: PipeCollector(loop), os.fdopen(r, "rb", 0))
+        await asyncio.sleep(0.02)
+        os.write(w, b"hello")
+        loop.call_soon(transport.pause_reading)
+        await asyncio.sleep(0.05)
+        assert collector.received == b""
+        transport.resume_reading()
+        os.write(w, b", world")
+        os.close(w)
+        await collector.lost
+        assert collector.received == b"hello, world"
+
+    run(loop, main())
+
+
 def test_read_pipe_paused_from_data_received_gets_nothing_until_resumed(loop):
     # Each chunk pauses reading until a later turn of the loop: bytes that arrive meanwhile (a
     # receive in flight when reading paused) wait for the resume, in order.

@@ -832,6 +832,67 @@ def test_pause_reading_stops_data_received_until_resumed(loop):
     run(loop, main())
 
 
+class _Accumulating(asyncio.Protocol):
+    def __init__(self):
+        self.data = b""
+
+    def data_received(self, data):
+        self.data += data
+
+
+class _AccumulatingBuffered(asyncio.BufferedProtocol):
+    def __init__(self):
+        self.data = b""
+        self._buf = bytearray(64)
+
+    def get_buffer(self, sizehint):
+        return self._buf
+
+    def buffer_updated(self, nbytes):
+        self.data += bytes(self._buf[:nbytes])
+
+
+@pytest.mark.parametrize("protocol_type", [_Accumulating, _AccumulatingBuffered])
+def test_pause_reading_right_after_a_poll_that_brought_bytes_loses_none(loop, protocol_type):
+    # A callback that was ready before the loop polled runs after the poll and before the
+    # poll's I/O is handled: bytes that poll brought must not be lost when it pauses reading
+    # (asyncio: they stay in the socket), and must come after a resume, in order. anyio's socket
+    # streams pause and resume this way around every read.
+    async def main():
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            transport, protocol = await loop.create_connection(
+                protocol_type, *listener.getsockname()
+            )
+            conn, _ = listener.accept()
+            with conn:
+                await asyncio.sleep(0.02)  # reading, nothing there yet
+                conn.sendall(b"hello")
+                loop.call_soon(transport.pause_reading)
+                await asyncio.sleep(0.05)
+                assert protocol.data == b"", "nothing is delivered while paused"
+                transport.resume_reading()
+                await asyncio.sleep(0.05)
+                assert protocol.data == b"hello"
+                # Paused and resumed by two callbacks between a poll and its dispatch.
+                for i in range(20):
+                    conn.sendall(b"<%d>" % i)
+                    loop.call_soon(transport.pause_reading)
+                    loop.call_soon(transport.resume_reading)
+                    await asyncio.sleep(0.002)
+                conn.sendall(b"end")
+                expected = b"hello" + b"".join(b"<%d>" % i for i in range(20)) + b"end"
+                for _ in range(200):
+                    if len(protocol.data) >= len(expected):
+                        break
+                    await asyncio.sleep(0.005)
+                assert protocol.data == expected
+            transport.close()
+
+    run(loop, main())
+
+
 def test_no_fd_leak_after_many_servers_and_connections(loop_factory):
     from support import open_fds
 

@@ -273,6 +273,29 @@ def test_datagram_transport_paused_receives_nothing_until_resumed(loop):
     run(loop, main())
 
 
+def test_datagram_transport_paused_right_after_a_poll_that_brought_datagrams_loses_none(loop):
+    # A callback ready before the poll pauses reading after the poll brought a datagram, before
+    # it is handled: it must wait for the resume, not vanish.
+    async def main():
+        transport, collector = await loop.create_datagram_endpoint(
+            lambda: DatagramCollector(loop, 2), local_addr=("127.0.0.1", 0)
+        )
+        address = transport.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            await asyncio.sleep(0.02)
+            sender.sendto(b"hello", address)
+            loop.call_soon(transport.pause_reading)
+            await asyncio.sleep(0.05)
+            assert collector.received == []
+            transport.resume_reading()
+            sender.sendto(b"again", address)
+            await collector.done
+        assert [d for d, _ in collector.received] == [b"hello", b"again"]
+        transport.close()
+
+    run(loop, main())
+
+
 def test_datagram_received_error_is_reported_and_receiving_goes_on(loop):
     reported = []
     loop.set_exception_handler(lambda _, context: reported.append(context))

@@ -107,8 +107,6 @@ class RingSelector(selectors.BaseSelector):
         self._remove_writer = remove_writer
         #: Counts polls: lets a handler tell whether two events came from the same poll.
         self.iteration = 0
-        #: True while dispatch() runs: events of the batch may still be queued.
-        self.dispatching = False
         self._retired: List[int] = []
         self._closed = False
 
@@ -246,6 +244,14 @@ class RingSelector(selectors.BaseSelector):
             self._pending_count = n
         return n
 
+    @property
+    def batch_pending(self) -> bool:
+        """Events of the last poll are not all delivered yet: from :meth:`select` until
+        :meth:`dispatch` has delivered the last one (callbacks that were ready before the poll
+        run in between). An op cancelled meanwhile may still have events in the batch, and
+        a receive's events carry bytes that are already out of the socket."""
+        return self._pending is not None
+
     def retire(self, token: int) -> None:
         """Unregisters ``token``'s handler once the current batch has been dispatched (for an op
         cancelled while events of that batch may still be queued for it)."""
@@ -277,7 +283,6 @@ class RingSelector(selectors.BaseSelector):
         handler: Any = None
         # The readiness handle being run here, for its exception's report.
         handle: Any = None
-        self.dispatching = True
         try:
             while True:
                 try:
@@ -351,5 +356,4 @@ class RingSelector(selectors.BaseSelector):
             self._pending = None
             self._pending_count = 0
         finally:
-            self.dispatching = False
             handler = handle = None  # a surviving frame object must not keep them alive

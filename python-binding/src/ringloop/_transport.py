@@ -297,10 +297,10 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._paused = False
         self._refresh_receiving()
-        if self._held or (self._multishot and self._selector.dispatching):
+        if self._held or (self._multishot and self._selector.batch_pending):
             # On the loop's next turn: data that arrived after the pause goes first (asyncio
             # never calls back into the protocol from resume_reading() itself), and a new
-            # multishot receive (same token) is armed only once every event the current poll
+            # multishot receive is armed only once every event the current poll
             # returned for the cancelled one has been dispatched.
             self._loop.call_soon(self._start_reading, context=self._context)
         else:
@@ -343,7 +343,7 @@ class RingStreamTransport(transports._FlowControlMixin, transports.Transport):
         op, self._recv_op = self._recv_op, None
         token, self._recv_token = self._recv_token, 0
         if token:
-            if self._multishot and self._selector.dispatching:
+            if self._multishot and self._selector.batch_pending:
                 # Events of this receive may still be queued in the current batch: they carry
                 # bytes, so its handler stays until the batch is over.
                 self._selector.retire(token)
@@ -812,7 +812,7 @@ class _ReceiveOp:
         token, self._recv_token = self._recv_token, 0
         if token:
             selector = self._loop._selector
-            if selector is not None and selector.dispatching:
+            if selector is not None and selector.batch_pending:
                 selector.retire(token)  # its events of this batch still reach the handler
             else:
                 self._loop._handlers.pop(token, None)
@@ -880,7 +880,7 @@ class RingDatagramTransport(_ReceiveOp, selector_events._SelectorDatagramTranspo
             super().resume_reading()
             return
         self._paused = False
-        if self._held or self._loop._selector.dispatching:
+        if self._held or self._loop._selector.batch_pending:
             # On the next turn: held datagrams first, then a new receive.
             self._loop.call_soon(self._start_receiving)
         else:
@@ -1070,7 +1070,7 @@ class RingReadPipeTransport(_ReceiveOp, unix_events._UnixReadPipeTransport):  # 
         if self._closing or not self._paused:
             return
         self._paused = False
-        if self._held or self._loop._selector.dispatching:
+        if self._held or self._loop._selector.batch_pending:
             # On the next turn, as in the socket transport: held bytes first, and a new receive
             # only once the events of the current poll have all been dispatched.
             self._loop.call_soon(self._start_reading)
