@@ -541,3 +541,101 @@ def test_add_reader_on_a_pipe(loop):
     finally:
         os.close(r)
         os.close(w)
+
+
+class _TrackedSocket(socket.socket):
+    """A socket subclass that records which of its I/O methods were called."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls = set()
+        super().__init__(*args, **kwargs)
+
+    def recv(self, *args):
+        self.calls.add("recv")
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self.calls.add("recv_into")
+        return super().recv_into(*args)
+
+    def recvfrom(self, *args):
+        self.calls.add("recvfrom")
+        return super().recvfrom(*args)
+
+    def send(self, *args):
+        self.calls.add("send")
+        return super().send(*args)
+
+    def sendto(self, *args):
+        self.calls.add("sendto")
+        return super().sendto(*args)
+
+
+def test_a_socket_subclass_does_its_io_through_its_own_methods(loop):
+    # asyncio's transports and sock_* methods call the socket object's methods, so a subclass
+    # overriding them (instrumentation, fault injection; websockets' tests) sees its I/O.
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.got = loop.create_future()
+
+        def data_received(self, data):
+            self.got.set_result(data)
+
+    class BufferedClient(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.got = loop.create_future()
+            self.buf = bytearray(64)
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got.set_result(bytes(self.buf[:nbytes]))
+
+    class Datagrams(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = loop.create_future()
+
+        def datagram_received(self, data, addr):
+            self.got.set_result(data)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        for protocol_type, read_method in ((Client, "recv"), (BufferedClient, "recv_into")):
+            sock = _TrackedSocket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.connect(address)
+            transport, protocol = await loop.create_connection(protocol_type, sock=sock)
+            transport.write(b"hello")
+            assert await protocol.got == b"hello"
+            assert sock.calls == {read_method, "send"}, protocol_type
+            transport.close()
+
+        sock = nonblocking(_TrackedSocket(socket.AF_INET, socket.SOCK_STREAM))
+        with sock:
+            await loop.sock_connect(sock, address)
+            await loop.sock_sendall(sock, b"ping")
+            assert await loop.sock_recv(sock, 16) == b"ping"
+            await loop.sock_sendall(sock, b"pong")
+            buf = bytearray(16)
+            assert await loop.sock_recv_into(sock, buf) == 4 and buf[:4] == b"pong"
+            assert sock.calls == {"send", "recv", "recv_into"}
+        server.close()
+        await server.wait_closed()
+
+        sock = _TrackedSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        transport, protocol = await loop.create_datagram_endpoint(Datagrams, sock=sock)
+        transport.sendto(b"to myself", sock.getsockname())
+        assert await protocol.got == b"to myself"
+        assert sock.calls == {"sendto", "recvfrom"}
+        transport.close()
+
+    run(loop, main())

@@ -32,6 +32,7 @@ from asyncio import (
     constants,
     events,
     exceptions,
+    selector_events,
     sslproto,
     trsock,
     unix_events,
@@ -50,6 +51,7 @@ from ._transport import (
     _sock_family,
     _sock_proto,
     _sock_type,
+    overrides_socket_io,
 )
 
 __all__ = ["Loop"]
@@ -623,7 +625,12 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
                 if len(data) < n:
                     self._recv_filled.discard(fd)
                 return data  # type: ignore[no-any-return]
-        if not self._recv_once or n <= 0 or fd < 0:
+        if (
+            not self._recv_once
+            or n <= 0
+            or fd < 0
+            or (type(sock) is not _socket_type and overrides_socket_io(sock))
+        ):
             return await super().sock_recv(sock, n)
         fut, op = self._start_recv(sock, fd, n, None)
         if not op:
@@ -637,7 +644,11 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
     async def sock_recv_into(self, sock: Any, buf: Any) -> int:
         """asyncio's ``sock_recv_into``, as one receive op copied into ``buf``."""
         fd = sock.fileno()
-        if not self._recv_once or fd < 0:
+        if (
+            not self._recv_once
+            or fd < 0
+            or (type(sock) is not _socket_type and overrides_socket_io(sock))
+        ):
             return await super().sock_recv_into(sock, buf)
         target = memoryview(buf).cast("B")
         if not target.nbytes:
@@ -981,7 +992,12 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
         *,
         extra: Any = None,
         server: Any = None,
-    ) -> RingStreamTransport:
+    ) -> Any:
+        if type(sock) is not _socket_type and overrides_socket_io(sock):
+            # Its I/O goes through its own methods (see _transport's module doc).
+            return selector_events._SelectorSocketTransport(  # type: ignore[attr-defined]
+                self, sock, protocol, waiter, extra, server
+            )
         return RingStreamTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(
@@ -1018,6 +1034,6 @@ class Loop(unix_events._UnixSelectorEventLoop):  # type: ignore[name-defined,mis
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        RingStreamTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 

@@ -6,10 +6,15 @@ transport reads as asyncio's does: a readiness watch, then ``recv_into`` the buf
 ``get_buffer`` returned just before, so its bytes are copied once too (from the completion
 buffers they would be copied twice).
 
-Writing tries ``socket.send`` first; only what the kernel did not take is handed to the reactor
-(``rl_op_send`` of a ``bytes`` object kept alive until its event), and writes made while a send
-is in flight wait in a list until it completes. Flow control, EOF,
-close and abort follow asyncio's ``_SelectorSocketTransport`` exactly.
+Writing tries a ``send`` on the socket's fd first; only what the kernel did not take is handed to
+the reactor (``rl_op_send`` of a ``bytes`` object kept alive until its event), and writes made
+while a send is in flight wait in a list until it completes. Flow control, EOF, close and abort
+follow asyncio's ``_SelectorSocketTransport`` exactly.
+
+Those paths use the fd, not the socket object's methods. A ``socket.socket`` subclass that
+overrides its I/O methods (instrumentation, fault injection) gets asyncio's own transports
+instead, whose I/O goes through those methods, as on the stdlib loop (see
+:func:`overrides_socket_io`).
 
 Every protocol callback runs in the context the transport was created in (a copy of it, taken
 then), as with asyncio, whose transports get there through the contexts of the handles they
@@ -28,6 +33,7 @@ import socket
 import _socket
 import stat
 import warnings
+import weakref
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -70,6 +76,35 @@ _TCP_NODELAY = socket.TCP_NODELAY
 # _FlowControlMixin's write buffer limits when none are given.
 DEFAULT_HIGH_WATER = 64 * 1024
 DEFAULT_LOW_WATER = DEFAULT_HIGH_WATER // 4
+
+
+# The socket methods asyncio's transports and sock_* methods do their I/O through.
+_SOCKET_IO_METHODS = (
+    "recv",
+    "recv_into",
+    "recvfrom",
+    "recvfrom_into",
+    "send",
+    "sendto",
+    "sendall",
+)
+_io_overridden: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+
+
+def overrides_socket_io(sock: Any) -> bool:
+    """Whether ``sock`` is of a ``socket.socket`` subclass that overrides an I/O method: its
+    I/O must then go through those methods, as asyncio's does, not straight to the fd."""
+    cls = type(sock)
+    if cls is socket.socket:
+        return False
+    overridden = _io_overridden.get(cls)
+    if overridden is None:
+        overridden = any(
+            getattr(cls, name, None) is not getattr(socket.socket, name)
+            for name in _SOCKET_IO_METHODS
+        )
+        _io_overridden[cls] = overridden
+    return overridden
 
 
 def _takes_parameter(func: Any, name: str) -> bool:
@@ -848,9 +883,12 @@ class RingDatagramTransport(_ReceiveOp, selector_events._SelectorDatagramTranspo
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Unix datagrams may be larger than 64 KiB: those keep asyncio's reads.
+        # Unix datagrams may be larger than 64 KiB: those keep asyncio's reads, as do sockets
+        # whose class reads its own way.
         self._small_reads = (
-            _sock_family(self._sock) in _INET_FAMILIES and self.max_size >= MAX_READ_SIZE
+            _sock_family(self._sock) in _INET_FAMILIES
+            and self.max_size >= MAX_READ_SIZE
+            and not overrides_socket_io(self._sock)
         )
         # Datagrams of the poll that paused reading, delivered on resume.
         self._held: List[Tuple[bytes, Any]] = []
