@@ -22,7 +22,7 @@ PY_PACKAGES := pytest pytest-timeout uvloop pyOpenSSL psutil setuptools-rust whe
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build deps deps-deb deps-venv test test-rust test-rust-checks test-c test-python test-bench \
-        bench install header check-header clean fuzz soak test-reliability
+        bench install header check-header clean fuzz soak test-reliability compat
 
 ## Prerequisites ---------------------------------------------------------------------------------
 
@@ -96,6 +96,11 @@ test-bench: build deps-venv
 # Short forms of the reliability work (fuzzing the C ABI, soak, faults, fallback, fork).
 test-reliability: build deps-venv
 	$(MAKE) -C reliability test VPY=$(VPY)
+
+# Third-party libraries' own suites (anyio, aiohttp) on the stdlib loop and on ringloop, compared
+# per test. Not part of `test`: it downloads them from PyPI and takes ~15 minutes.
+compat: build deps-venv
+	$(VPY) python-binding/tools/run_third_party.py --check
 
 # Long forms.
 fuzz: deps
