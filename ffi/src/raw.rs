@@ -341,8 +341,9 @@ pub unsafe extern "C" fn rl_op_send(
 /// Unlike `rl_op_send`, whose sends on one fd wait for each other, datagram sends go to the
 /// kernel with the next `rl_poll` without waiting for earlier ones: many can be in flight on one
 /// socket, and the kernel sends them in call order while the socket's send buffer has room (past
-/// that, UDP does not promise order). On a stream socket use `rl_op_send`: this one does not
-/// finish a short send.
+/// that, UDP does not promise order). A datagram the socket cannot take now waits: for
+/// writability, or in pauses of 10 ms where polling cannot tell. On a stream socket use
+/// `rl_op_send`: this one does not finish a short send.
 ///
 /// The library reads `buf` until the op's event has been returned by `rl_poll` (also after
 /// `rl_op_cancel`): the caller keeps it alive and unchanged until then.

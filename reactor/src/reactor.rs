@@ -281,6 +281,10 @@ impl Reactor {
     /// later may pass each other, as UDP allows). On a stream socket the result may be a short
     /// count that is not finished: use [`Reactor::send`] there.
     ///
+    /// A datagram the socket cannot take now waits: for writability, or in pauses of 10 ms where
+    /// polling cannot tell (an unconnected Unix datagram socket whose receiver is full polls
+    /// writable all the same; on io_uring, any `EAGAIN`).
+    ///
     /// Errors: `EBADF`, `EINVAL` for a null `buf` with nonzero `len`, `EMSGSIZE` for `len`
     /// above `i32::MAX`.
     ///

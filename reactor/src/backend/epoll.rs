@@ -17,7 +17,7 @@
 //!   That lets `epoll_wait` ask for fewer fds when recent receives were large ([`BatchSize`]):
 //!   a poll's received bytes then stay in the CPU's cache until the caller has read them.
 //! * An accept that hits a resource error (EMFILE...) is "paused": its read interest is dropped
-//!   until the back-off delay has passed (`AcceptBackoff`), so a listener whose connections cannot
+//!   until the back-off delay has passed (`Backoff`), so a listener whose connections cannot
 //!   be accepted does not make every `epoll_wait` return at once; `poll` caps its wait at the end
 //!   of the delay.
 
@@ -33,7 +33,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{accept4, recv, send, sendto, MsgFlags, SockFlag, SockaddrStorage};
 
 use super::{
-    accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
+    accept_error_is_resource, accept_error_is_transient, ready_bits, Backend, Backoff,
+    SEND_RETRY_DELAY,
 };
 use crate::buffers::BufferPool;
 use crate::ops::{FdTable, OpTable, Unstashed};
@@ -164,7 +165,9 @@ pub(crate) struct Epoll {
     /// Recvs waiting for their fd's stash (`Unstashed::Busy`), served at the start of `poll`.
     stash_waiters: Vec<u64>,
     /// Accepts paused after a resource error, resumed when their delay is over.
-    backoff: AcceptBackoff,
+    backoff: Backoff,
+    /// Datagram sends paused after an `EAGAIN` on a writable socket (see [`SEND_RETRY_DELAY`]).
+    send_backoff: Backoff,
     epoll_events: Vec<libc::epoll_event>,
     batch: BatchSize,
     scratch: Vec<u64>,
@@ -197,7 +200,8 @@ impl Epoll {
             ready: VecDeque::with_capacity(1024),
             starved: Vec::new(),
             stash_waiters: Vec::new(),
-            backoff: AcceptBackoff::new(opts.accept_retry_delay),
+            backoff: Backoff::new(opts.accept_retry_delay),
+            send_backoff: Backoff::new(SEND_RETRY_DELAY),
             epoll_events: vec![epoll_event(0, 0); EPOLL_BATCH],
             batch: BatchSize::new(),
             scratch: Vec::new(),
@@ -249,7 +253,7 @@ impl Epoll {
             | Kind::Accept
             | Kind::Signal { .. } => 0,
             Kind::Send { .. } | Kind::SendTo { .. } => {
-                if self.fds.is_send_head(op.fd, key) {
+                if self.fds.is_send_head(op.fd, key) && !op.paused {
                     OUT
                 } else {
                     0
@@ -360,7 +364,10 @@ impl Epoll {
         };
         self.live -= 1;
         if op.paused {
-            self.backoff.forget(key);
+            match op.kind {
+                Kind::SendTo { .. } => self.send_backoff.forget(key),
+                _ => self.backoff.forget(key),
+            }
         }
         self.fds.remove_op(op.fd, key);
         let _ = self.update_interest(op.fd);
@@ -418,9 +425,11 @@ impl Epoll {
                     self.do_accept(key, fd, token)
                 }
                 Kind::Send { .. } | Kind::SendTo { .. }
-                    if revents & (OUT | ERR_HUP) != 0 && self.fds.is_send_head(fd, key) =>
+                    if !op.paused
+                        && revents & (OUT | ERR_HUP) != 0
+                        && self.fds.is_send_head(fd, key) =>
                 {
-                    self.do_send(key, fd);
+                    self.do_send(key, fd, true);
                 }
                 Kind::Connect if revents & (OUT | ERR_HUP) != 0 => {
                     let result = match socket_option(fd, libc::SO_ERROR) {
@@ -610,7 +619,7 @@ impl Epoll {
     fn queue_send(&mut self, fd: RawFd, token: u64, kind: Kind) -> io::Result<u64> {
         let key = self.insert(fd, token, kind);
         if self.fds.push_send(fd, key) {
-            self.do_send(key, fd);
+            self.do_send(key, fd, false);
         }
         if self.ops.get(key).is_some() {
             if let Err(err) = self.update_interest(fd) {
@@ -621,8 +630,9 @@ impl Epoll {
         Ok(key)
     }
 
-    /// Pushes a send forward; ends it when done or failed.
-    fn do_send(&mut self, key: u64, fd: RawFd) {
+    /// Pushes a send forward; ends it when done or failed. `writable`: the socket has just polled
+    /// writable (a datagram send refused then pauses, see [`SEND_RETRY_DELAY`]).
+    fn do_send(&mut self, key: u64, fd: RawFd, writable: bool) {
         let Some(op) = self.ops.get_mut(key) else {
             return;
         };
@@ -641,7 +651,13 @@ impl Epoll {
                     match sent {
                         Ok(n) => break n.min(i32::MAX as usize) as i32,
                         Err(Errno::EINTR) => {}
-                        Err(Errno::EAGAIN) => return,
+                        Err(Errno::EAGAIN) => {
+                            if writable && self.send_backoff.pause(key) {
+                                op.paused = true;
+                                let _ = self.update_interest(fd);
+                            }
+                            return;
+                        }
                         Err(errno) => break neg_errno_of(errno),
                     }
                 };
@@ -784,15 +800,17 @@ impl Epoll {
         Ok(key)
     }
 
-    /// Gives accepts whose back-off delay is over their read interest back; one whose listener
-    /// the kernel no longer accepts (closed behind the reactor's back) ends with that error.
-    fn resume_accepts(&mut self) {
-        if self.backoff.is_empty() {
-            return; // every poll of a loop with no paused accept
+    /// Gives accepts and datagram sends whose back-off delay is over their interest back; one
+    /// whose fd the kernel no longer accepts (closed behind the reactor's back) ends with that
+    /// error.
+    fn resume_paused(&mut self) {
+        if self.backoff.is_empty() && self.send_backoff.is_empty() {
+            return; // every poll of a loop with no paused op
         }
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.backoff.take_due(&mut keys);
+        self.send_backoff.take_due(&mut keys);
         for &key in &keys {
             let Some(op) = self.ops.get_mut(key) else {
                 continue;
@@ -851,7 +869,7 @@ impl Backend for Epoll {
             }
         }
         self.serve_stash_waiters();
-        self.resume_accepts();
+        self.resume_paused();
         if !self.free.is_empty() && !self.starved.is_empty() {
             // Receives that ran the pool dry go first, in the order they did: they receive now,
             // before `epoll_wait` reports sockets whose receives started later and would take
@@ -886,7 +904,7 @@ impl Backend for Epoll {
             };
             loop {
                 // A paused accept's delay ends the wait early (like a timer), never later.
-                let count = match self.wait(self.backoff.cap(wait)) {
+                let count = match self.wait(self.send_backoff.cap(self.backoff.cap(wait))) {
                     Ok(count) => count,
                     Err(err) if err.raw_os_error() == Some(libc::EINTR) => break,
                     Err(err) => return Err(err),
@@ -908,7 +926,7 @@ impl Backend for Epoll {
                 }
                 self.batch.update(count);
                 // One whose delay is over listens again; the next wait sees its backlog.
-                self.resume_accepts();
+                self.resume_paused();
                 if !self.ready.is_empty() || wait == Some(Duration::ZERO) {
                     break;
                 }

@@ -23,7 +23,8 @@
 //! * on drop, cancel everything in flight and wait until the kernel no longer references op or
 //!   caller memory;
 //! * after an accept reports a resource error ([`accept_error_is_resource`]), leave the listening
-//!   socket alone for the back-off delay ([`AcceptBackoff`]) and never wait past its end.
+//!   socket alone for the back-off delay ([`Backoff`]) and never wait past its end; likewise a
+//!   datagram send refused with `EAGAIN` when its socket polled writable ([`SEND_RETRY_DELAY`]).
 //!
 //! Keys returned by the op-starting methods are [`crate::OpId`] values (see `ops.rs`).
 
@@ -89,7 +90,7 @@ pub(crate) trait Backend: Send {
     fn cancel_token(&mut self, token: u64) -> usize;
     /// Live, caller-visible ops.
     fn pending(&self) -> usize;
-    /// Sets the pause after an accept's resource error (see [`AcceptBackoff`]); accepts already
+    /// Sets the pause after an accept's resource error (see [`Backoff`]); accepts already
     /// paused keep the deadline they had.
     fn set_accept_retry_delay(&mut self, delay: Duration);
 }
@@ -203,17 +204,24 @@ pub(crate) fn accept_error_is_resource(errno: i32) -> bool {
     )
 }
 
-/// Accepts paused after a resource error, each with the instant it may go again: asyncio's
-/// `ACCEPT_RETRY_DELAY`. Both backends keep one; it is empty (and costs one length check per
-/// `poll`, no clock read) unless a listener hit `EMFILE` and friends.
-pub(crate) struct AcceptBackoff {
+/// How long a datagram send waits before trying again after the kernel refused it (`EAGAIN`)
+/// although its socket had polled writable. That happens with an unconnected Unix datagram socket
+/// whose receiver's queue is full: Linux tracks the peer's queue in `poll` only for a connected
+/// socket, so waiting for writability would retry at once, forever.
+pub(crate) const SEND_RETRY_DELAY: Duration = Duration::from_millis(10);
+
+/// Ops paused until an instant: accepts after a resource error (asyncio's
+/// `ACCEPT_RETRY_DELAY`), and datagram sends after an `EAGAIN` that polling cannot wait out
+/// ([`SEND_RETRY_DELAY`]). Each backend keeps one per use; it is empty (and costs one length
+/// check per `poll`, no clock read) unless an op was paused.
+pub(crate) struct Backoff {
     delay: Duration,
     paused: Vec<(Instant, u64)>,
 }
 
-impl AcceptBackoff {
-    pub(crate) fn new(delay: Duration) -> AcceptBackoff {
-        AcceptBackoff {
+impl Backoff {
+    pub(crate) fn new(delay: Duration) -> Backoff {
+        Backoff {
             delay,
             // Room for a few listeners up front: pausing one need not allocate.
             paused: Vec::with_capacity(4),
@@ -277,12 +285,12 @@ mod tests {
 
     #[test]
     fn accept_backoff_pauses_caps_and_resumes() {
-        let mut off = AcceptBackoff::new(Duration::ZERO);
+        let mut off = Backoff::new(Duration::ZERO);
         assert!(!off.pause(1), "a zero delay means no back-off");
         assert_eq!(off.cap(None), None);
 
         let delay = Duration::from_millis(50);
-        let mut backoff = AcceptBackoff::new(delay);
+        let mut backoff = Backoff::new(delay);
         assert_eq!(
             backoff.cap(Some(Duration::from_secs(9))),
             Some(Duration::from_secs(9))

@@ -18,11 +18,12 @@
 //! * Accept is multishot with `SOCK_NONBLOCK | SOCK_CLOEXEC`; per-connection and resource errors
 //!   (EMFILE...) are reported with `MORE`. After a per-connection error the accept is re-armed at
 //!   the next `poll`; after a resource error it is re-armed once the back-off delay has passed
-//!   (`AcceptBackoff`), and `poll` caps its wait at that instant.
+//!   (`Backoff`), and `poll` caps its wait at that instant.
 //! * Sends on one fd are queued and only the head is in flight, so a short send finished by a
 //!   follow-up SQE can never interleave with the next send's bytes. Datagram sends (`send_to`)
 //!   have no short count to finish: they go to the kernel at once, several in flight per fd, and
-//!   the kernel issues them in submission order.
+//!   the kernel issues them in submission order. With `MSG_DONTWAIT`: one the socket cannot take
+//!   comes back `EAGAIN` and is retried after `SEND_RETRY_DELAY` (see `Kind::SendTo`).
 //! * Setup flags: `SUBMIT_ALL` and `COOP_TASKRUN | TASKRUN_FLAG` where the kernel has them.
 //!   `SINGLE_ISSUER`/`DEFER_TASKRUN` bind the ring to one submitting task, while a reactor may be
 //!   created on one thread, polled from another and dropped on a third (Python and the C ABI do
@@ -46,7 +47,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use super::{
-    accept_error_is_resource, accept_error_is_transient, ready_bits, AcceptBackoff, Backend,
+    accept_error_is_resource, accept_error_is_transient, ready_bits, Backend, Backoff,
+    SEND_RETRY_DELAY,
 };
 use crate::buffers::{BufferPool, Mapping};
 use crate::ops::{FdTable, OpTable, Unstashed};
@@ -344,7 +346,9 @@ pub(crate) struct Uring {
     /// served at the start of the next `poll`, after the lend they wait for has ended.
     stash_waiters: Vec<u64>,
     /// Accepts paused after a resource error (EMFILE...), armed again when their delay is over.
-    backoff: AcceptBackoff,
+    backoff: Backoff,
+    /// Datagram sends paused after an `EAGAIN` (see [`SEND_RETRY_DELAY`]).
+    send_backoff: Backoff,
     /// Buffers currently in the provided-buffer ring (not taken by the kernel).
     in_ring: usize,
     /// Free buffers the ring does not offer for now (LIFO: the warmest last); see [`RingDepth`].
@@ -498,7 +502,8 @@ impl Uring {
             rearm: Vec::new(),
             starved: Vec::new(),
             stash_waiters: Vec::new(),
-            backoff: AcceptBackoff::new(opts.accept_retry_delay),
+            backoff: Backoff::new(opts.accept_retry_delay),
+            send_backoff: Backoff::new(SEND_RETRY_DELAY),
             in_ring: count,
             spare: Vec::with_capacity(count),
             depth: RingDepth::new(count),
@@ -556,8 +561,14 @@ impl Uring {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
             Kind::Send { buf, len, sent } => send_entry(op.fd, *buf, *len, *sent),
+            // MSG_DONTWAIT: `EAGAIN` comes back as it is instead of the kernel retrying. Its
+            // retry has been seen (Linux 6.18) to send an *empty* datagram through an
+            // unconnected Unix datagram socket whose receiver was full, and to report 0: the
+            // first attempt had consumed the payload. The reactor retries after a pause
+            // (SEND_RETRY_DELAY) with the payload intact.
             Kind::SendTo { buf, len, to } => {
-                let send = opcode::Send::new(fd, *buf, *len).flags(libc::MSG_NOSIGNAL);
+                let send = opcode::Send::new(fd, *buf, *len)
+                    .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
                 match to {
                     Some(to) => send
                         .dest_addr(
@@ -735,9 +746,11 @@ impl Uring {
                 }
             }
         }
-        if matches!(op.kind, Kind::Accept) {
+        match op.kind {
             // Cancelled or failed while paused: its back-off must not wake `poll` any more.
-            self.backoff.forget(key);
+            Kind::Accept => self.backoff.forget(key),
+            Kind::SendTo { .. } => self.send_backoff.forget(key),
+            _ => {}
         }
         match op.kind {
             Kind::Connect { addr } | Kind::SendTo { to: Some(addr), .. } => {
@@ -851,7 +864,11 @@ impl Uring {
                         -libc::ECANCELED
                     })
                 }
-                // Sent whole or not at all: the kernel's answer (-ECANCELED if the cancel won).
+                // Sent whole or not at all: the kernel's answer (-ECANCELED if the cancel won,
+                // or instead of the EAGAIN that would have been retried).
+                Kind::SendTo { .. } if res == -libc::EAGAIN || res == -libc::EINTR => {
+                    Some(-libc::ECANCELED)
+                }
                 Kind::SendTo { .. } => Some(res),
                 _ => None,
             };
@@ -1027,12 +1044,14 @@ impl Uring {
                 }
             }
             Next::SendTo => {
-                if res == -libc::EAGAIN || res == -libc::EINTR {
+                if res != -libc::EAGAIN && res != -libc::EINTR {
+                    self.fail(key, res);
+                } else if !(res == -libc::EAGAIN && self.send_backoff.pause(key)) {
+                    // (EAGAIN comes only once the kernel's own wait for writability gave up,
+                    // see SEND_RETRY_DELAY: that one waits for resume_paused to arm it again.)
                     if let Err(err) = self.arm(key) {
                         self.fail(key, errno_of(&err));
                     }
-                } else {
-                    self.fail(key, res);
                 }
             }
             Next::Final => self.fail(key, res),
@@ -1058,7 +1077,7 @@ impl Uring {
     /// The body of `poll`, once the caller's array is the sink: recycles, submits, waits, reaps.
     fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.serve_stash_waiters();
-        self.resume_accepts();
+        self.resume_paused();
         self.rearm_fired();
         let room = self.sink.cap;
         self.reap(room);
@@ -1077,10 +1096,10 @@ impl Uring {
             // (completions it left queued were delivered and recycled by an earlier poll).
             self.rearm_starved();
             // A paused accept's delay ends the wait early (like a timer), never later.
-            let uninterrupted = self.enter(self.backoff.cap(wait))?;
+            let uninterrupted = self.enter(self.send_backoff.cap(self.backoff.cap(wait)))?;
             self.reap(room);
             // One whose delay is over goes again, submitted by the next enter.
-            self.resume_accepts();
+            self.resume_paused();
             if !uninterrupted || self.produced() > 0 || wait == Some(Duration::ZERO) {
                 break;
             }
@@ -1219,14 +1238,16 @@ impl Uring {
         self.rearm_starved();
     }
 
-    /// Re-arms accepts whose back-off delay is over (their SQEs go in with the next enter).
-    fn resume_accepts(&mut self) {
-        if self.backoff.is_empty() {
-            return; // every poll of a loop with no paused accept
+    /// Re-arms accepts and datagram sends whose back-off delay is over (their SQEs go in with
+    /// the next enter).
+    fn resume_paused(&mut self) {
+        if self.backoff.is_empty() && self.send_backoff.is_empty() {
+            return; // every poll of a loop with no paused op
         }
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         self.backoff.take_due(&mut keys);
+        self.send_backoff.take_due(&mut keys);
         for &key in &keys {
             if let Err(err) = self.arm(key) {
                 self.fail(key, errno_of(&err));
