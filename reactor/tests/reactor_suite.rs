@@ -914,6 +914,25 @@ fn datagrams_are_received_with_their_senders(choice: BackendChoice) {
     assert_eq!(reactor.pending(), 0);
 }
 
+/// Reads `count` datagrams from `socket` on a thread of its own (blocking, 5 s at most each).
+fn read_datagrams(
+    socket: std::os::unix::net::UnixDatagram,
+    count: usize,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        while got.len() < count {
+            let n = socket.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        got
+    })
+}
+
 /// Datagram sends: a burst to two receivers, all in flight at once, arrives whole, in call order,
 /// from the sender's address, one final event each with the byte count (empty datagrams too);
 /// a connected socket sends to its peer without an address; a peer that cannot keep up holds the
@@ -1036,18 +1055,7 @@ fn datagrams_are_sent_to_their_addresses(choice: BackendChoice) {
         "the peer's queue cannot take {} datagrams unread",
         burst.len()
     );
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1024];
-        theirs
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        while got.len() < 200 {
-            let n = theirs.recv(&mut buf).unwrap();
-            got.push(buf[..n].to_vec());
-        }
-        got
-    });
+    let reader = read_datagrams(theirs, burst.len());
     let mut ended: Vec<Event> = first;
     poll_until(&mut reactor, &mut events, |_, batch| {
         ended.extend_from_slice(batch);
@@ -1103,18 +1111,7 @@ fn datagrams_are_sent_to_their_addresses(choice: BackendChoice) {
     }
     let mut ended = poll_for(&mut reactor, Duration::from_millis(50));
     assert!(ended.len() < burst.len(), "the receiver's queue is full");
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1024];
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        while got.len() < 200 {
-            let n = receiver.recv(&mut buf).unwrap();
-            got.push(buf[..n].to_vec());
-        }
-        got
-    });
+    let reader = read_datagrams(receiver, burst.len());
     poll_until(&mut reactor, &mut events, |_, batch| {
         ended.extend_from_slice(batch);
         ended.len() >= burst.len()
