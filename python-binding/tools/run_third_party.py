@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -153,7 +154,7 @@ def prepare(name: str, work: Path) -> tuple:
         # The tests must import the installed wheel (compiled speedups), not the source tree.
         package = source / name
         if (source / "pyproject.toml").exists() and package.is_dir():
-            subprocess.run(["rm", "-rf", str(package)], check=True)
+            shutil.rmtree(package)
     (home / "ringloop_policy.py").write_text(PLUGIN)
     return python, source, home
 
@@ -163,6 +164,7 @@ def run_pytest(python: Path, source: Path, home: Path, column: str, args: List[s
     """One pytest run of ``args`` on ``column``'s loop, outcomes in ``xml``. ``strict``: a
     run that did not finish normally, or a ringloop run that made no ringloop loop, or a loop
     of another type, ends the program."""
+    xml.unlink(missing_ok=True)  # a run that writes none must not be read as the last one's
     env = dict(os.environ)
     env.pop("RINGLOOP_BACKEND", None)
     env["PYTHONPATH"] = os.pathsep.join([str(SOURCE), str(home)])
@@ -227,6 +229,11 @@ def node_id(test: str, source: Path) -> str:
     return test
 
 
+def options_only(args: List[str]) -> List[str]:
+    """A suite's pytest arguments without its test paths."""
+    return [a for a in args if not a.startswith("tests")]
+
+
 def main() -> int:
     global SOURCE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,7 +251,7 @@ def main() -> int:
     if options.tests:
         for name in options.suites:
             spec = SUITES[name]
-            spec["args"] = [a for a in spec["args"] if not a.startswith("tests")] + options.tests
+            spec["args"] = options_only(spec["args"]) + options.tests
     options.work_dir.mkdir(parents=True, exist_ok=True)
     differing_total = 0
     for name in options.suites:
@@ -272,7 +279,7 @@ def main() -> int:
             confirmed = []
             for test in suspects:
                 nid = node_id(test, source)
-                args = [a for a in SUITES[name]["args"] if not a.startswith("tests")]
+                args = options_only(SUITES[name]["args"])
                 if "-n" in args:
                     i = args.index("-n")
                     del args[i:i + 2]
